@@ -1,0 +1,65 @@
+"""Regenerate the demo task data in recipes/data/demo/ (deterministic; the files are committed).
+
+Run: python examples/make_demo_data.py
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent.parent / "recipes" / "data" / "demo"
+
+ANTONYMS = [
+    ("hot", "cold"), ("big", "small"), ("fast", "slow"), ("happy", "sad"), ("light", "dark"),
+    ("early", "late"), ("full", "empty"), ("hard", "soft"), ("high", "low"), ("rich", "poor"),
+    ("strong", "weak"), ("young", "old"), ("open", "closed"), ("wet", "dry"), ("loud", "quiet"),
+    ("long", "short"), ("clean", "dirty"), ("thick", "thin"), ("heavy", "light"), ("near", "far"),
+    ("true", "false"), ("first", "last"), ("win", "lose"), ("buy", "sell"), ("push", "pull"),
+    ("up", "down"), ("in", "out"), ("left", "right"), ("day", "night"), ("begin", "end"),
+    ("alive", "dead"), ("brave", "afraid"), ("cheap", "expensive"), ("deep", "shallow"), ("wide", "narrow"),
+    ("sharp", "dull"), ("sweet", "sour"), ("smooth", "rough"), ("tight", "loose"), ("wild", "tame"),
+]
+PLURALS = [
+    ("cat", "cats"), ("dog", "dogs"), ("box", "boxes"), ("child", "children"), ("mouse", "mice"),
+    ("foot", "feet"), ("tooth", "teeth"), ("man", "men"), ("woman", "women"), ("city", "cities"),
+    ("baby", "babies"), ("leaf", "leaves"), ("knife", "knives"), ("wolf", "wolves"), ("bus", "buses"),
+    ("church", "churches"), ("glass", "glasses"), ("goose", "geese"), ("sheep", "sheep"), ("fish", "fish"),
+    ("person", "people"), ("potato", "potatoes"), ("hero", "heroes"), ("party", "parties"), ("story", "stories"),
+    ("wife", "wives"), ("life", "lives"), ("ox", "oxen"), ("cactus", "cacti"), ("crisis", "crises"),
+    ("book", "books"), ("tree", "trees"), ("car", "cars"), ("house", "houses"), ("river", "rivers"),
+    ("lady", "ladies"), ("wish", "wishes"), ("fox", "foxes"), ("day", "days"), ("key", "keys"),
+]
+CAPITALS = [
+    ("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Germany", "Berlin"),
+    ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Chile", "Santiago"), ("Canada", "Ottawa"),
+    ("Norway", "Oslo"), ("Sweden", "Stockholm"), ("Finland", "Helsinki"), ("Poland", "Warsaw"), ("Greece", "Athens"),
+    ("Turkey", "Ankara"), ("India", "New Delhi"), ("China", "Beijing"), ("Russia", "Moscow"), ("Mexico", "Mexico City"),
+    ("Brazil", "Brasilia"), ("Argentina", "Buenos Aires"), ("Australia", "Canberra"), ("Ireland", "Dublin"), ("Portugal", "Lisbon"),
+    ("Austria", "Vienna"), ("Hungary", "Budapest"), ("Cuba", "Havana"), ("Iran", "Tehran"), ("Iraq", "Baghdad"),
+    ("Thailand", "Bangkok"), ("Vietnam", "Hanoi"), ("Nepal", "Kathmandu"), ("Ghana", "Accra"), ("Morocco", "Rabat"),
+    ("Belgium", "Brussels"), ("Denmark", "Copenhagen"), ("Colombia", "Bogota"), ("Venezuela", "Caracas"), ("Ukraine", "Kyiv"),
+]
+TASKS = {
+    "antonyms": ("Give the opposite of the word: {x}\nAnswer:", ANTONYMS),
+    "plurals": ("Write the plural of the word: {x}\nAnswer:", PLURALS),
+    "capitals": ("Name the capital city of: {x}\nAnswer:", CAPITALS),
+}
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    for name, (template, pairs) in TASKS.items():
+        rows = [{"prompt": template.format(x=x), "completion": f" {y}"} for x, y in pairs]
+        rng.shuffle(rows)
+        for split, part in (("train", rows[:32]), ("test", rows[32:])):
+            with open(OUT / f"{name}.{split}.jsonl", "w") as handle:
+                for row in part:
+                    handle.write(json.dumps(row) + "\n")
+    print(f"wrote {len(TASKS)} tasks to {OUT}")
+
+
+if __name__ == "__main__":
+    main()

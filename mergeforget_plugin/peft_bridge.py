@@ -1,0 +1,220 @@
+"""Moving LoRA factors between a PEFT model, the SLAO math and a standard PEFT adapter directory.
+
+Works for LoRA on ``nn.Linear`` and on bitsandbytes ``Linear4bit`` / ``Linear8bitLt`` bases
+(QLoRA): in all of them PEFT keeps ``lora_A`` and ``lora_B`` as ordinary float ``nn.Linear``
+layers beside the frozen base, so the same read and write serve every backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import save_file
+
+from .slao import LoRAPair
+from .state import BaseModelFingerprint, ContinualState, LoRASignature, StateError
+
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+_PEFT_PREFIX = "base_model.model."
+# Architecture keys that identify a base model; dtype, paths and quantization are left out on
+# purpose so that the same model loaded in 4-bit or bf16 keeps its fingerprint.
+_ARCHITECTURE_KEYS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+)
+# LoRA inits that rewrite the frozen base weights: a sequence cannot carry them from task to task.
+_BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq")
+
+
+class UnsupportedAdapterError(ValueError):
+    """The model's adapter is not a plain LoRA that SLAO can carry across tasks."""
+
+
+def _module_key(name: str) -> str:
+    return name[len(_PEFT_PREFIX) :] if name.startswith(_PEFT_PREFIX) else name
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    # DDP and similar wrappers keep the real model in .module.
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+def lora_layers(model: torch.nn.Module, adapter_name: str = "default") -> dict[str, LoraLayer]:
+    """Every LoRA layer of ``model`` that carries ``adapter_name``, keyed by its module path."""
+    model = _unwrap(model)
+    layers = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        if adapter_name in getattr(module, "lora_embedding_A", {}):
+            raise UnsupportedAdapterError(
+                f"{_module_key(name)} is an embedding LoRA; mergeforget carries LoRA on linear layers only. "
+                "Remove embedding modules from target_modules."
+            )
+        if adapter_name in module.lora_A:
+            layers[_module_key(name)] = module
+    if not layers:
+        raise UnsupportedAdapterError(
+            f"The model has no LoRA layers for adapter {adapter_name!r}. Wrap it with peft.get_peft_model "
+            "(or let TRL/Axolotl do it) before training a task."
+        )
+    return layers
+
+
+def _peft_config(model: torch.nn.Module, adapter_name: str) -> Any:
+    configs = getattr(_unwrap(model), "peft_config", None)
+    if not configs or adapter_name not in configs:
+        raise UnsupportedAdapterError(f"The model has no PEFT config for adapter {adapter_name!r}.")
+    return configs[adapter_name]
+
+
+def lora_signature(model: torch.nn.Module, adapter_name: str = "default") -> LoRASignature:
+    """The rank per module, alpha, rsLoRA flag and target modules of ``model``'s LoRA.
+
+    Raises :class:`UnsupportedAdapterError` for LoRA variants SLAO cannot carry (DoRA, LoRA with
+    bias, inits that rewrite the base weights).
+    """
+    config = _peft_config(model, adapter_name)
+    if getattr(config, "peft_type", None) is not None and str(getattr(config.peft_type, "value", config.peft_type)) != "LORA":
+        raise UnsupportedAdapterError(f"Adapter {adapter_name!r} is {config.peft_type}, not LoRA.")
+    if getattr(config, "use_dora", False):
+        raise UnsupportedAdapterError(
+            "use_dora=True: DoRA adds a magnitude vector that the SLAO merge does not define. Set use_dora=False."
+        )
+    if getattr(config, "lora_bias", False):
+        raise UnsupportedAdapterError("lora_bias=True is not supported: SLAO merges A and B only. Set lora_bias=False.")
+    init = getattr(config, "init_lora_weights", True)
+    if isinstance(init, str) and init.split("_")[0].lower() in _BASE_REWRITING_INITS:
+        raise UnsupportedAdapterError(
+            f"init_lora_weights={init!r} rewrites the frozen base weights, which a task sequence must keep "
+            "fixed. Use the default init (init_lora_weights=True)."
+        )
+    layers = lora_layers(model, adapter_name)
+    target = config.target_modules
+    targets = sorted(target) if isinstance(target, (set, list, tuple)) else [str(target)]
+    return LoRASignature(
+        ranks={name: int(layer.r[adapter_name]) for name, layer in layers.items()},
+        lora_alpha=float(config.lora_alpha),
+        use_rslora=bool(config.use_rslora),
+        target_modules=targets,
+    )
+
+
+def base_model_fingerprint(model: torch.nn.Module) -> BaseModelFingerprint:
+    """Architecture keys of the model config plus a dtype-robust signature of the input embedding."""
+    model = _unwrap(model)
+    config = getattr(model, "config", None)
+    config_dict = config.to_dict() if config is not None else {}
+    architecture = {key: config_dict[key] for key in _ARCHITECTURE_KEYS if key in config_dict}
+    signature = None
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    embeddings = get_embeddings() if get_embeddings is not None else None
+    weight = getattr(embeddings, "weight", None)
+    # Rows past the original vocabulary may be added by a tokenizer resize; the first rows stay.
+    if weight is not None and weight.numel() > 0 and weight.ndim == 2:
+        signature = float(weight.detach()[:16].to(torch.float32).norm())
+    return BaseModelFingerprint(architecture=architecture, embedding_signature=signature)
+
+
+def read_lora(model: torch.nn.Module, adapter_name: str = "default") -> dict[str, LoRAPair]:
+    """Copies of every module's ``(lora_A, lora_B)`` weights, on the CPU, in their own dtype."""
+    return {
+        name: LoRAPair(
+            layer.lora_A[adapter_name].weight.detach().to("cpu", copy=True),
+            layer.lora_B[adapter_name].weight.detach().to("cpu", copy=True),
+        )
+        for name, layer in lora_layers(model, adapter_name).items()
+    }
+
+
+def write_lora(model: torch.nn.Module, weights: Mapping[str, LoRAPair], adapter_name: str = "default") -> None:
+    """Copy ``weights`` into the model's LoRA parameters in place (optimizers keep their references)."""
+    layers = lora_layers(model, adapter_name)
+    if set(layers) != set(weights):
+        missing = sorted(set(layers) - set(weights))[:3]
+        raise StateError(f"The weights to load do not cover the model's LoRA modules (e.g. missing {missing}).")
+    with torch.no_grad():
+        for name, layer in layers.items():
+            for param, value in ((layer.lora_A[adapter_name].weight, weights[name].a), (layer.lora_B[adapter_name].weight, weights[name].b)):
+                if param.shape != value.shape:
+                    raise StateError(f"{name}: shape {tuple(value.shape)} cannot be loaded into {tuple(param.shape)}.")
+                param.copy_(value.to(device=param.device, dtype=param.dtype))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(_jsonable(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "value") and isinstance(value.value, (str, int)):
+        return value.value
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def adapter_config_dict(model: torch.nn.Module, adapter_name: str = "default") -> dict[str, Any]:
+    """The model's PEFT adapter config as the JSON that ``save_pretrained`` would write."""
+    config = _peft_config(model, adapter_name)
+    data = _jsonable(config.to_dict())
+    data["inference_mode"] = True
+    return data
+
+
+def export_adapter(state: ContinualState, output_dir: str | os.PathLike[str]) -> Path:
+    """Write the merged LoRA of ``state`` as a standard PEFT adapter directory.
+
+    The result holds ``adapter_config.json`` and ``adapter_model.safetensors`` and loads with
+    ``PeftModel.from_pretrained(base_model, output_dir)``. Files are written under temporary
+    names and renamed, so an interrupted export never leaves a half-written adapter.
+    """
+    if not state.merged:
+        raise StateError("No task has finished yet, so there is no merged adapter to export.")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, pair in state.merged.items():
+        tensors[f"{_PEFT_PREFIX}{name}.lora_A.weight"] = pair.a.contiguous()
+        tensors[f"{_PEFT_PREFIX}{name}.lora_B.weight"] = pair.b.contiguous()
+    weights_tmp = out / f".{ADAPTER_WEIGHTS_FILE}.tmp"
+    config_tmp = out / f".{ADAPTER_CONFIG_FILE}.tmp"
+    save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
+    config_tmp.write_text(json.dumps(state.adapter_config, indent=2, sort_keys=True))
+    os.replace(weights_tmp, out / ADAPTER_WEIGHTS_FILE)
+    os.replace(config_tmp, out / ADAPTER_CONFIG_FILE)
+    return out
+
+
+def describe_model(model: torch.nn.Module, adapter_name: str = "default") -> tuple[LoRASignature, BaseModelFingerprint]:
+    """Both things a state is checked against, for ``model``."""
+    return lora_signature(model, adapter_name), base_model_fingerprint(model)
+
+
+__all__ = [
+    "UnsupportedAdapterError",
+    "adapter_config_dict",
+    "base_model_fingerprint",
+    "describe_model",
+    "export_adapter",
+    "lora_layers",
+    "lora_signature",
+    "read_lora",
+    "write_lora",
+]

@@ -1,0 +1,328 @@
+"""The continual state carried between tasks, saved as safetensors + JSON and written atomically.
+
+A state directory holds one snapshot per finished task (``task-0003/`` after the third task). A
+snapshot is written in a temporary directory and renamed into place, so a crash or kill leaves
+either the old snapshot or the new one, never half of one. The previous snapshot is kept until the
+next one is complete, then older ones are removed: the directory stays at two snapshots whatever
+the number of tasks.
+
+Each snapshot holds:
+
+- ``manifest.json``: format version, the finished task names, the strategy, the LoRA signature,
+  the base model fingerprint, the PEFT adapter config and a SHA-256 of every tensor file.
+- ``merged.safetensors``: the running merged LoRA (what users deploy).
+- ``finetuned.safetensors``: the last task's fine-tuned LoRA (the next task starts from it).
+
+Nothing here unpickles: tensors are read with safetensors, metadata with ``json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .slao import LoRAPair, MergeForgetConfig
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MERGED_FILE = "merged.safetensors"
+FINETUNED_FILE = "finetuned.safetensors"
+_SNAPSHOT_PATTERN = re.compile(r"^task-(\d{4,})$")
+# Float rounding between dtypes moves the embedding signature by far less than this.
+_SIGNATURE_RTOL = 1e-2
+
+
+class StateError(RuntimeError):
+    """A continual state directory that cannot be used, with what to do about it."""
+
+
+class StateMismatchError(StateError):
+    """The state was made for another base model, rank, target modules or LoRA variant."""
+
+
+@dataclass(frozen=True)
+class LoRASignature:
+    """What must stay the same across all tasks of a sequence for one LoRA to be carried."""
+
+    ranks: dict[str, int]
+    lora_alpha: float
+    use_rslora: bool
+    target_modules: list[str]
+
+    @property
+    def module_names(self) -> list[str]:
+        return sorted(self.ranks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ranks": dict(sorted(self.ranks.items())),
+            "lora_alpha": self.lora_alpha,
+            "use_rslora": self.use_rslora,
+            "target_modules": sorted(self.target_modules),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LoRASignature:
+        return cls(
+            ranks={str(k): int(v) for k, v in data["ranks"].items()},
+            lora_alpha=float(data["lora_alpha"]),
+            use_rslora=bool(data["use_rslora"]),
+            target_modules=list(data["target_modules"]),
+        )
+
+    def mismatches(self, other: LoRASignature) -> list[str]:
+        """Human-readable differences between the state's signature (self) and a model's (other)."""
+        problems = []
+        if sorted(self.target_modules) != sorted(other.target_modules):
+            problems.append(f"target modules {sorted(self.target_modules)} in the state vs {sorted(other.target_modules)} in the model")
+        elif set(self.ranks) != set(other.ranks):
+            missing = sorted(set(self.ranks) - set(other.ranks))[:3]
+            extra = sorted(set(other.ranks) - set(self.ranks))[:3]
+            problems.append(f"adapted modules differ (missing from the model: {missing}; new in the model: {extra})")
+        else:
+            differing = [name for name in self.ranks if self.ranks[name] != other.ranks[name]]
+            if differing:
+                name = differing[0]
+                problems.append(
+                    f"LoRA rank r={self.ranks[name]} in the state vs r={other.ranks[name]} in the model "
+                    f"(e.g. {name}; {len(differing)} module(s) differ)"
+                )
+        if not math.isclose(self.lora_alpha, other.lora_alpha):
+            problems.append(f"lora_alpha={self.lora_alpha:g} in the state vs {other.lora_alpha:g} in the model")
+        if self.use_rslora != other.use_rslora:
+            problems.append(f"use_rslora={self.use_rslora} in the state vs {other.use_rslora} in the model")
+        return problems
+
+
+@dataclass(frozen=True)
+class BaseModelFingerprint:
+    """Identifies the frozen base model: its architecture and a signature of its input embedding."""
+
+    architecture: dict[str, Any]
+    embedding_signature: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"architecture": self.architecture, "embedding_signature": self.embedding_signature}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BaseModelFingerprint:
+        return cls(architecture=dict(data["architecture"]), embedding_signature=data.get("embedding_signature"))
+
+    def mismatches(self, other: BaseModelFingerprint) -> list[str]:
+        problems = [
+            f"{key}={self.architecture.get(key)!r} in the state vs {other.architecture.get(key)!r} in the model"
+            for key in sorted(set(self.architecture) | set(other.architecture))
+            if self.architecture.get(key) != other.architecture.get(key)
+        ]
+        if (
+            not problems
+            and self.embedding_signature is not None
+            and other.embedding_signature is not None
+            and not math.isclose(self.embedding_signature, other.embedding_signature, rel_tol=_SIGNATURE_RTOL)
+        ):
+            problems.append(
+                "same architecture but different weights (input-embedding signature "
+                f"{self.embedding_signature:.4f} in the state vs {other.embedding_signature:.4f} in the model)"
+            )
+        return problems
+
+
+@dataclass
+class ContinualState:
+    """Everything a sequence needs to go on after ``len(finished_tasks)`` tasks.
+
+    ``merged`` and ``finetuned`` are empty before the first task finishes.
+    """
+
+    signature: LoRASignature
+    base_model: BaseModelFingerprint
+    config: MergeForgetConfig
+    adapter_config: dict[str, Any]
+    finished_tasks: list[str] = field(default_factory=list)
+    merged: dict[str, LoRAPair] = field(default_factory=dict)
+    finetuned: dict[str, LoRAPair] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def next_task_index(self) -> int:
+        """The 1-based index of the task that runs next."""
+        return len(self.finished_tasks) + 1
+
+    def check_compatible(self, signature: LoRASignature, base_model: BaseModelFingerprint, where: str) -> None:
+        """Raise :class:`StateMismatchError` naming every difference between the state and a model."""
+        problems = [f"base model: {p}" for p in self.base_model.mismatches(base_model)]
+        problems += [f"LoRA: {p}" for p in self.signature.mismatches(signature)]
+        if problems:
+            raise StateMismatchError(
+                f"The continual state in {where} was made for a different setup and cannot be continued:\n  - "
+                + "\n  - ".join(problems)
+                + "\nTrain with the same base model and LoRA settings as the earlier tasks, or start a new "
+                "sequence in an empty state directory."
+            )
+
+    def check_config(self, config: MergeForgetConfig, where: str) -> None:
+        if config != self.config:
+            raise StateMismatchError(
+                f"The continual state in {where} was made with {self.config.to_dict()}, but this run asks for "
+                f"{config.to_dict()}. A sequence keeps one strategy from start to end: use the same settings, "
+                "or start a new sequence in an empty state directory."
+            )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _tensors_of(weights: Mapping[str, LoRAPair]) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for name, pair in weights.items():
+        tensors[f"{name}.lora_A"] = pair.a.detach().to("cpu").contiguous()
+        tensors[f"{name}.lora_B"] = pair.b.detach().to("cpu").contiguous()
+    return tensors
+
+
+def _weights_of(tensors: Mapping[str, torch.Tensor]) -> dict[str, LoRAPair]:
+    names = sorted({key.rsplit(".", 1)[0] for key in tensors})
+    return {name: LoRAPair(tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"]) for name in names}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def snapshot_dirs(state_dir: str | os.PathLike[str]) -> list[Path]:
+    """Finished-task snapshots in ``state_dir``, oldest first."""
+    root = Path(state_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _SNAPSHOT_PATTERN.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_state(state: ContinualState, state_dir: str | os.PathLike[str], *, keep: int = 2) -> Path:
+    """Write ``state`` as a new snapshot of ``state_dir`` atomically and return the snapshot path.
+
+    The snapshot is complete on disk (files and directory fsynced) before it gets its final name,
+    and older snapshots beyond the newest ``keep`` are removed only after that.
+    """
+    if not state.finished_tasks:
+        raise StateError("A state is saved after a task finishes; this one has no finished task.")
+    root = Path(state_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    if not os.access(root, os.W_OK):
+        raise StateError(f"The state directory {root} is not writable; nothing was saved. Choose a writable directory.")
+    final = root / f"task-{len(state.finished_tasks):04d}"
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    try:
+        files = {MERGED_FILE: state.merged, FINETUNED_FILE: state.finetuned}
+        checksums = {}
+        for filename, weights in files.items():
+            path = staging / filename
+            save_file(_tensors_of(weights), str(path), metadata={"format": "pt"})
+            with open(path, "rb+") as handle:
+                os.fsync(handle.fileno())
+            checksums[filename] = _sha256(path)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "finished_tasks": state.finished_tasks,
+            "config": state.config.to_dict(),
+            "lora": state.signature.to_dict(),
+            "base_model": state.base_model.to_dict(),
+            "adapter_config": state.adapter_config,
+            "history": state.history,
+            "sha256": checksums,
+        }
+        _write_file_synced(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        _fsync_dir(staging)
+        if final.exists():
+            # A snapshot for this task count already exists (a task re-run after a crash between
+            # rename and return). Replace it: the new one is complete.
+            shutil.rmtree(final)
+        os.rename(staging, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for old in snapshot_dirs(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_state(state_dir: str | os.PathLike[str]) -> ContinualState | None:
+    """Load the newest snapshot of ``state_dir``; ``None`` when no task has finished yet.
+
+    Raises :class:`StateError` naming the file when a snapshot is newer than this package,
+    truncated, corrupted or not what its manifest says.
+    """
+    snapshots = snapshot_dirs(state_dir)
+    if not snapshots:
+        return None
+    return load_snapshot(snapshots[-1], previous=snapshots[-2] if len(snapshots) > 1 else None)
+
+
+def load_snapshot(snapshot: Path, *, previous: Path | None = None) -> ContinualState:
+    recovery = (
+        f" The previous task's snapshot {previous} is intact: delete {snapshot} and resume to redo that task."
+        if previous is not None
+        else f" Delete {snapshot} and resume to redo that task."
+    )
+    manifest_path = snapshot / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as error:
+        raise StateError(f"Cannot read {manifest_path}: {error}.{recovery}") from error
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if not isinstance(version, int):
+        raise StateError(f"{manifest_path} has no integer format_version: it is not a mergeforget state.{recovery}")
+    if version > FORMAT_VERSION:
+        raise StateError(
+            f"{manifest_path} has format_version {version}, newer than the {FORMAT_VERSION} this version of "
+            "mergeforget-plugin reads. Upgrade mergeforget-plugin to continue this sequence."
+        )
+    try:
+        tensors = {}
+        for filename in (MERGED_FILE, FINETUNED_FILE):
+            path = snapshot / filename
+            expected = manifest["sha256"][filename]
+            if not path.is_file() or _sha256(path) != expected:
+                raise StateError(f"{path} is missing or does not match the checksum in its manifest.{recovery}")
+            tensors[filename] = _weights_of(load_file(str(path)))
+        return ContinualState(
+            signature=LoRASignature.from_dict(manifest["lora"]),
+            base_model=BaseModelFingerprint.from_dict(manifest["base_model"]),
+            config=MergeForgetConfig(**manifest["config"]),
+            adapter_config=dict(manifest["adapter_config"]),
+            finished_tasks=list(manifest["finished_tasks"]),
+            merged=tensors[MERGED_FILE],
+            finetuned=tensors[FINETUNED_FILE],
+            history=list(manifest.get("history", [])),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise StateError(f"{manifest_path} is malformed ({type(error).__name__}: {error}).{recovery}") from error
