@@ -74,6 +74,7 @@ def train_sequence(
     processing_class: Any = None,
     peft_config: Any = None,
     config: MergeForgetConfig | None = None,
+    callbacks: list[Any] | None = None,
 ) -> SequenceResult:
     """Train ``tasks`` in order with ``SFTTrainer`` and SLAO; export one standard PEFT adapter.
 
@@ -89,6 +90,7 @@ def train_sequence(
         processing_class: The tokenizer, passed to `SFTTrainer`.
         peft_config: A `peft.LoraConfig`, when `model` is not a `PeftModel` yet.
         config: Strategy and ablations; defaults to the paper's SLAO.
+        callbacks: Extra `TrainerCallback`s for every task; they run after the SLAO callback.
 
     Returns:
         A [`SequenceResult`] with the final state, the adapter folder and the loss matrix.
@@ -123,7 +125,7 @@ def train_sequence(
             train_dataset=task.train_dataset,
             eval_dataset=eval_datasets or None,
             processing_class=processing_class,
-            callbacks=[callback],
+            callbacks=[callback, *(callbacks or [])],
         )
         trainer.train()
         state = callback.state
