@@ -12,7 +12,15 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .slao import LoRAPair, MergeForgetConfig, SLAOMathError, merge_coefficient, merge_task, orthogonal_basis, task_start_weights
+from .slao import (
+    LoRAPair,
+    MergeForgetConfig,
+    SLAOMathError,
+    merge_coefficient,
+    merge_task,
+    orthogonal_basis,
+    task_start_weights,
+)
 from .state import ContinualState, StateError, StateMismatchError, load_state, save_state
 
 __version__ = "0.1.0"

@@ -18,20 +18,24 @@ from .state import ContinualState, StateError, load_state, save_state
 def _norm_summary(weights: dict[str, LoRAPair]) -> dict[str, float]:
     a_norms = torch.stack([pair.a.to(torch.float32).norm() for pair in weights.values()])
     b_norms = torch.stack([pair.b.to(torch.float32).norm() for pair in weights.values()])
-    return {"a_norm_mean": float(a_norms.mean()), "b_norm_mean": float(b_norms.mean()), "b_norm_max": float(b_norms.max())}
+    return {
+        "a_norm_mean": float(a_norms.mean()),
+        "b_norm_mean": float(b_norms.mean()),
+        "b_norm_max": float(b_norms.max()),
+    }
 
 
 class MergeForgetCallback(TrainerCallback):
-    r"""Train one task of a continual sequence with SLAO ([Qiao & Mahdavi, 2026](https://arxiv.org/abs/2512.23017)).
+    """Train one task of a continual sequence with SLAO ([Qiao & Mahdavi, 2026](https://arxiv.org/abs/2512.23017)).
 
     Each ``trainer.train()`` with this callback is one task. The callback reads the continual state
     in ``state_dir``; for task ``i >= 2`` it sets the LoRA to the orthogonal initialization
 
-    $$A^{(0)}_i = Q_i^\top,\quad Q_i R_i = \mathrm{QR}(A_{\mathrm{ft},i-1}^\top),\qquad B^{(0)}_i = B_{\mathrm{ft},i-1}$$
+    A_ft,i^(0) = Q_i^T  with  Q_i R_i = QR(A_ft,i-1^T),    B_ft,i^(0) = B_ft,i-1
 
     before the first step, and after the last step merges the task into the running LoRA
 
-    $$A_{\mathrm{merge},i} = A_{\mathrm{ft},i},\qquad B_{\mathrm{merge},i} = B_{\mathrm{merge},i-1} + \tfrac{1}{\sqrt{i}}\,(B_{\mathrm{ft},i} - B_{\mathrm{merge},i-1}),$$
+    A_merge,i = A_ft,i,    B_merge,i = B_merge,i-1 + (B_ft,i - B_merge,i-1) / sqrt(i),
 
     saves the new state atomically, and loads the merged LoRA into the model, so that evaluation
     after ``train()`` sees the adapter users deploy.
@@ -112,10 +116,16 @@ class MergeForgetCallback(TrainerCallback):
         self.state = state
         self.task_index = state.next_task_index
         if apply_init and self.task_index >= 2:
-            write_lora(model, task_start_weights(self.task_index, state.finetuned, state.merged, self.config), self.adapter_name)
+            write_lora(
+                model,
+                task_start_weights(self.task_index, state.finetuned, state.merged, self.config),
+                self.adapter_name,
+            )
         return self.task_index
 
-    def finish(self, model: torch.nn.Module, *, is_main_process: bool = True, extra: dict[str, Any] | None = None) -> ContinualState:
+    def finish(
+        self, model: torch.nn.Module, *, is_main_process: bool = True, extra: dict[str, Any] | None = None
+    ) -> ContinualState:
         """Merge the trained task into the running LoRA, save the state and load the merged LoRA.
 
         Called by ``on_train_end``. Only the main process writes files; every process loads the
@@ -129,7 +139,9 @@ class MergeForgetCallback(TrainerCallback):
         record = {
             "task": self.task_name,
             "task_index": self.task_index,
-            "merge_coefficient": merge_coefficient(self.task_index, self.config) if self.config.strategy == "slao" else 1.0,
+            "merge_coefficient": merge_coefficient(self.task_index, self.config)
+            if self.config.strategy == "slao"
+            else 1.0,
             "seconds": round(time.time() - self._started_at, 3) if self._started_at else None,
             "finetuned": _norm_summary(finetuned),
             "merged": _norm_summary(merged),
@@ -153,7 +165,9 @@ class MergeForgetCallback(TrainerCallback):
         self.state = state
         return state
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self._began:
             return
         self._began = True
@@ -163,7 +177,9 @@ class MergeForgetCallback(TrainerCallback):
         # this task's init; setting the init again would throw that training away.
         self.prepare(model, apply_init=state.global_step == 0)
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self._merged:
             return
         self._merged = True

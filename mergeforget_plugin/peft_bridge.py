@@ -90,7 +90,10 @@ def lora_signature(model: torch.nn.Module, adapter_name: str = "default") -> LoR
     bias, inits that rewrite the base weights).
     """
     config = _peft_config(model, adapter_name)
-    if getattr(config, "peft_type", None) is not None and str(getattr(config.peft_type, "value", config.peft_type)) != "LORA":
+    if (
+        getattr(config, "peft_type", None) is not None
+        and str(getattr(config.peft_type, "value", config.peft_type)) != "LORA"
+    ):
         raise UnsupportedAdapterError(f"Adapter {adapter_name!r} is {config.peft_type}, not LoRA.")
     if getattr(config, "use_dora", False):
         raise UnsupportedAdapterError(
@@ -150,7 +153,10 @@ def write_lora(model: torch.nn.Module, weights: Mapping[str, LoRAPair], adapter_
         raise StateError(f"The weights to load do not cover the model's LoRA modules (e.g. missing {missing}).")
     with torch.no_grad():
         for name, layer in layers.items():
-            for param, value in ((layer.lora_A[adapter_name].weight, weights[name].a), (layer.lora_B[adapter_name].weight, weights[name].b)):
+            for param, value in (
+                (layer.lora_A[adapter_name].weight, weights[name].a),
+                (layer.lora_B[adapter_name].weight, weights[name].b),
+            ):
                 if param.shape != value.shape:
                     raise StateError(f"{name}: shape {tuple(value.shape)} cannot be loaded into {tuple(param.shape)}.")
                 param.copy_(value.to(device=param.device, dtype=param.dtype))

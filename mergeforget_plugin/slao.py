@@ -156,7 +156,9 @@ def orthogonal_basis(a_previous: torch.Tensor, *, module: str = "<tensor>") -> t
     return q.T.contiguous().to(a_previous.dtype)
 
 
-def blend(b_merged: torch.Tensor, b_finetuned: torch.Tensor, weight: float, *, module: str = "<tensor>") -> torch.Tensor:
+def blend(
+    b_merged: torch.Tensor, b_finetuned: torch.Tensor, weight: float, *, module: str = "<tensor>"
+) -> torch.Tensor:
     """``b_merged + weight * (b_finetuned - b_merged)``, computed in float32."""
     if b_merged.shape != b_finetuned.shape:
         raise SLAOMathError(

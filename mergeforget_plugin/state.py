@@ -86,7 +86,10 @@ class LoRASignature:
         """Human-readable differences between the state's signature (self) and a model's (other)."""
         problems = []
         if sorted(self.target_modules) != sorted(other.target_modules):
-            problems.append(f"target modules {sorted(self.target_modules)} in the state vs {sorted(other.target_modules)} in the model")
+            problems.append(
+                f"target modules {sorted(self.target_modules)} in the state "
+                f"vs {sorted(other.target_modules)} in the model"
+            )
         elif set(self.ranks) != set(other.ranks):
             missing = sorted(set(self.ranks) - set(other.ranks))[:3]
             extra = sorted(set(other.ranks) - set(self.ranks))[:3]

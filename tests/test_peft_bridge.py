@@ -22,7 +22,10 @@ from mergeforget_plugin.state import ContinualState
 
 def random_like(weights: dict[str, LoRAPair], seed: int) -> dict[str, LoRAPair]:
     generator = torch.Generator().manual_seed(seed)
-    return {n: LoRAPair(torch.randn(p.a.shape, generator=generator), torch.randn(p.b.shape, generator=generator) * 0.1) for n, p in weights.items()}
+    return {
+        n: LoRAPair(torch.randn(p.a.shape, generator=generator), torch.randn(p.b.shape, generator=generator) * 0.1)
+        for n, p in weights.items()
+    }
 
 
 def test_read_lists_every_adapted_module_with_peft_shapes(tiny_peft_model):
@@ -49,7 +52,11 @@ def test_written_weights_change_the_forward_pass(tiny_peft_model):
 
 def test_signature_and_fingerprint(tiny_peft_model, tiny_model_dir):
     signature = lora_signature(tiny_peft_model)
-    assert set(signature.ranks.values()) == {4} and signature.lora_alpha == 8.0 and signature.target_modules == ["q_proj", "v_proj"]
+    assert (
+        set(signature.ranks.values()) == {4}
+        and signature.lora_alpha == 8.0
+        and signature.target_modules == ["q_proj", "v_proj"]
+    )
     fingerprint = base_model_fingerprint(tiny_peft_model)
     assert fingerprint.architecture["hidden_size"] == 64 and fingerprint.architecture["model_type"] == "llama"
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
@@ -93,7 +100,15 @@ def test_exported_adapter_loads_in_stock_peft_with_identical_logits(tiny_peft_mo
     merged = random_like(read_lora(tiny_peft_model), 2)
     write_lora(tiny_peft_model, merged)
     signature = lora_signature(tiny_peft_model)
-    state = ContinualState(signature, base_model_fingerprint(tiny_peft_model), MergeForgetConfig(), adapter_config_dict(tiny_peft_model), ["t1"], merged, merged)
+    state = ContinualState(
+        signature,
+        base_model_fingerprint(tiny_peft_model),
+        MergeForgetConfig(),
+        adapter_config_dict(tiny_peft_model),
+        ["t1"],
+        merged,
+        merged,
+    )
     out = export_adapter(state, tmp_path / "adapter")
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
@@ -112,7 +127,10 @@ def test_qlora_4bit_layers_read_and_write(tiny_model_dir):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     base = AutoModelForCausalLM.from_pretrained(
-        tiny_model_dir, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+        tiny_model_dir,
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        ),
     )
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
@@ -124,4 +142,6 @@ def test_qlora_4bit_layers_read_and_write(tiny_model_dir):
     back = read_lora(model)
     assert all(torch.equal(back[n].a, new[n].a) and torch.equal(back[n].b, new[n].b) for n in new)
     assert not torch.allclose(model(input_ids=ids).logits, before)
-    assert not base_model_fingerprint(model).mismatches(base_model_fingerprint(AutoModelForCausalLM.from_pretrained(tiny_model_dir)))
+    assert not base_model_fingerprint(model).mismatches(
+        base_model_fingerprint(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    )

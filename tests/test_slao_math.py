@@ -126,8 +126,10 @@ def test_blend_computes_in_float32_and_casts_back():
 
 def _sequence(num_tasks: int, seed: int) -> list[dict[str, LoRAPair]]:
     return [
-        {name: LoRAPair(random_matrix(4, 10, seed + 7 * t + k), random_matrix(12, 4, seed + 7 * t + k + 3))
-         for k, name in enumerate(("q", "v"))}
+        {
+            name: LoRAPair(random_matrix(4, 10, seed + 7 * t + k), random_matrix(12, 4, seed + 7 * t + k + 3))
+            for k, name in enumerate(("q", "v"))
+        }
         for t in range(num_tasks)
     ]
 
@@ -205,12 +207,16 @@ def test_carry_over_and_seq_start_from_the_previous_fine_tuned_lora():
     previous_ft, merged = _sequence(2, 6)
     for config in (MergeForgetConfig(init="carry_over"), MergeForgetConfig(strategy="seq")):
         start = task_start_weights(3, previous_ft, merged, config)
-        assert all(torch.equal(start[n].a, previous_ft[n].a) and torch.equal(start[n].b, previous_ft[n].b) for n in start)
+        assert all(
+            torch.equal(start[n].a, previous_ft[n].a) and torch.equal(start[n].b, previous_ft[n].b) for n in start
+        )
 
 
 def test_standard_start_is_a_fresh_peft_style_lora():
     previous_ft, merged = _sequence(2, 7)
-    start = task_start_weights(2, previous_ft, merged, MergeForgetConfig(init="standard"), generator=torch.Generator().manual_seed(0))
+    start = task_start_weights(
+        2, previous_ft, merged, MergeForgetConfig(init="standard"), generator=torch.Generator().manual_seed(0)
+    )
     for name, pair in start.items():
         assert torch.count_nonzero(pair.b) == 0
         assert pair.a.abs().max() <= 1 / math.sqrt(pair.a.shape[1])
@@ -232,7 +238,10 @@ def test_task_start_is_only_for_task_two_onwards():
         ({"strategy": "olora"}, "strategy='olora' is not one of slao, seq"),
         ({"lambda_constant": 0.0}, r"lambda_constant=0.0 must be in \(0, 1\]"),
         ({"lambda_constant": 1.5}, r"lambda_constant=1.5 must be in \(0, 1\]"),
-        ({"strategy": "seq", "init": "orthogonal", "lambda_schedule": "inv"}, "strategy='seq' .* so lambda_schedule would have no effect"),
+        (
+            {"strategy": "seq", "init": "orthogonal", "lambda_schedule": "inv"},
+            "strategy='seq' .* so lambda_schedule would have no effect",
+        ),
     ],
 )
 def test_config_raises_on_invalid_options(kwargs, message):

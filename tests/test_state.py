@@ -19,7 +19,12 @@ from mergeforget_plugin.state import (
     snapshot_dirs,
 )
 
-SIGNATURE = LoRASignature(ranks={"layers.0.q_proj": 4, "layers.0.v_proj": 4}, lora_alpha=8.0, use_rslora=False, target_modules=["q_proj", "v_proj"])
+SIGNATURE = LoRASignature(
+    ranks={"layers.0.q_proj": 4, "layers.0.v_proj": 4},
+    lora_alpha=8.0,
+    use_rslora=False,
+    target_modules=["q_proj", "v_proj"],
+)
 FINGERPRINT = BaseModelFingerprint(architecture={"model_type": "llama", "hidden_size": 64}, embedding_signature=3.25)
 
 
@@ -27,7 +32,12 @@ def make_state(num_finished: int, dtype: torch.dtype = torch.float32) -> Continu
     generator = torch.Generator().manual_seed(num_finished)
 
     def weights() -> dict[str, LoRAPair]:
-        return {name: LoRAPair(torch.randn(4, 64, generator=generator).to(dtype), torch.randn(64, 4, generator=generator).to(dtype)) for name in SIGNATURE.ranks}
+        return {
+            name: LoRAPair(
+                torch.randn(4, 64, generator=generator).to(dtype), torch.randn(64, 4, generator=generator).to(dtype)
+            )
+            for name in SIGNATURE.ranks
+        }
 
     return ContinualState(
         signature=SIGNATURE,
@@ -47,7 +57,9 @@ def test_save_load_round_trip_is_exact(tmp_path, dtype):
     save_state(state, tmp_path)
     loaded = load_state(tmp_path)
     assert loaded.finished_tasks == ["task1", "task2"] and loaded.next_task_index == 3
-    assert loaded.config == state.config and loaded.signature == state.signature and loaded.base_model == state.base_model
+    assert (
+        loaded.config == state.config and loaded.signature == state.signature and loaded.base_model == state.base_model
+    )
     assert loaded.adapter_config == state.adapter_config and loaded.history == state.history
     for attribute in ("merged", "finetuned"):
         for name, pair in getattr(state, attribute).items():
@@ -64,7 +76,9 @@ def test_only_the_last_two_snapshots_are_kept_and_state_size_is_constant(tmp_pat
     for finished in range(1, 6):
         save_state(make_state(finished), tmp_path)
         sizes.append(sum(f.stat().st_size for f in tmp_path.rglob("*.safetensors")))
-        assert [p.name for p in snapshot_dirs(tmp_path)] == [f"task-{n:04d}" for n in range(max(1, finished - 1), finished + 1)]
+        assert [p.name for p in snapshot_dirs(tmp_path)] == [
+            f"task-{n:04d}" for n in range(max(1, finished - 1), finished + 1)
+        ]
     assert sizes[1:] == [sizes[1]] * 4
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging leftovers
     assert load_state(tmp_path).finished_tasks[-1] == "task5"
@@ -100,7 +114,9 @@ def test_corrupted_tensor_file_is_detected_and_the_previous_snapshot_is_named(tm
     data = bytearray((snapshot / "merged.safetensors").read_bytes())
     data[-3] ^= 0xFF
     (snapshot / "merged.safetensors").write_bytes(bytes(data))
-    with pytest.raises(StateError, match=r"task-0002/merged.safetensors is missing or does not match the checksum.*task-0001 is intact"):
+    with pytest.raises(
+        StateError, match=r"task-0002/merged.safetensors is missing or does not match the checksum.*task-0001 is intact"
+    ):
         load_state(tmp_path)
 
 
@@ -114,10 +130,26 @@ def test_unreadable_manifest_is_refused_with_the_file_name(tmp_path):
 @pytest.mark.parametrize(
     ("signature", "fingerprint", "message"),
     [
-        (LoRASignature({"layers.0.q_proj": 8, "layers.0.v_proj": 8}, 8.0, False, ["q_proj", "v_proj"]), FINGERPRINT, r"LoRA rank r=4 in the state vs r=8 in the model"),
-        (LoRASignature({"layers.0.q_proj": 4}, 8.0, False, ["q_proj"]), FINGERPRINT, r"target modules \['q_proj', 'v_proj'\] in the state vs \['q_proj'\]"),
-        (LoRASignature(SIGNATURE.ranks, 8.0, True, ["q_proj", "v_proj"]), FINGERPRINT, "use_rslora=False in the state vs True"),
-        (SIGNATURE, BaseModelFingerprint({"model_type": "llama", "hidden_size": 128}, 3.25), "base model: hidden_size=64 in the state vs 128"),
+        (
+            LoRASignature({"layers.0.q_proj": 8, "layers.0.v_proj": 8}, 8.0, False, ["q_proj", "v_proj"]),
+            FINGERPRINT,
+            r"LoRA rank r=4 in the state vs r=8 in the model",
+        ),
+        (
+            LoRASignature({"layers.0.q_proj": 4}, 8.0, False, ["q_proj"]),
+            FINGERPRINT,
+            r"target modules \['q_proj', 'v_proj'\] in the state vs \['q_proj'\]",
+        ),
+        (
+            LoRASignature(SIGNATURE.ranks, 8.0, True, ["q_proj", "v_proj"]),
+            FINGERPRINT,
+            "use_rslora=False in the state vs True",
+        ),
+        (
+            SIGNATURE,
+            BaseModelFingerprint({"model_type": "llama", "hidden_size": 128}, 3.25),
+            "base model: hidden_size=64 in the state vs 128",
+        ),
         (SIGNATURE, BaseModelFingerprint(FINGERPRINT.architecture, 9.0), "same architecture but different weights"),
     ],
 )

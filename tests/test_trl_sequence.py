@@ -8,7 +8,14 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from mergeforget_plugin import MergeForgetCallback, MergeForgetConfig, StateError, StateMismatchError, Task, train_sequence
+from mergeforget_plugin import (
+    MergeForgetCallback,
+    MergeForgetConfig,
+    StateError,
+    StateMismatchError,
+    Task,
+    train_sequence,
+)
 from mergeforget_plugin.peft_bridge import read_lora
 from mergeforget_plugin.slao import orthogonal_basis
 from mergeforget_plugin.state import load_snapshot, load_state, snapshot_dirs
@@ -29,15 +36,27 @@ class RecordTaskStart(TrainerCallback):
 def demo_tasks(names=DEMO_TASKS):
     from datasets import Dataset
 
-    return [Task(name, Dataset.from_list(demo_rows(name, "train")), Dataset.from_list(demo_rows(name, "test"))) for name in names]
+    return [
+        Task(name, Dataset.from_list(demo_rows(name, "train")), Dataset.from_list(demo_rows(name, "test")))
+        for name in names
+    ]
 
 
 def sft_config(output_dir, **overrides):
     from trl import SFTConfig
 
     options = dict(
-        output_dir=str(output_dir), max_steps=6, per_device_train_batch_size=8, learning_rate=5e-3,
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True, bf16=False,
+        output_dir=str(output_dir),
+        max_steps=6,
+        per_device_train_batch_size=8,
+        learning_rate=5e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        bf16=False,
     )
     return SFTConfig(**{**options, **overrides})
 
@@ -48,7 +67,9 @@ def peft_model(model_dir, quantized=False, rank=4):
 
     kwargs = {}
     if quantized:
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        )
     base = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     torch.manual_seed(0)  # the same LoRA init for every model built here
     return get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj", "o_proj"]))
@@ -64,7 +85,9 @@ def test_three_task_sequence_with_sft_trainer(tiny_model_dir, tmp_path, quantize
     recorder = RecordTaskStart()
     tasks = demo_tasks()
 
-    first = train_sequence(model, tasks[:1], args=sft_config(tmp_path), processing_class=tokenizer, callbacks=[recorder])
+    first = train_sequence(
+        model, tasks[:1], args=sft_config(tmp_path), processing_class=tokenizer, callbacks=[recorder]
+    )
     adapter_bytes_after_1 = (first.adapter_dir / "adapter_model.safetensors").stat().st_size
     # A second call resumes: the finished task is skipped, tasks 2 and 3 run.
     result = train_sequence(model, tasks, args=sft_config(tmp_path), processing_class=tokenizer, callbacks=[recorder])
@@ -97,8 +120,12 @@ def test_three_task_sequence_with_sft_trainer(tiny_model_dir, tmp_path, quantize
     if quantized:
         from transformers import BitsAndBytesConfig
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
-    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir, **kwargs), result.adapter_dir)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        )
+    reloaded = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, **kwargs), result.adapter_dir
+    )
     # TRL trains QLoRA adapters in bf16 and PEFT loads them into fp32 layers: compare in the training dtype.
     adapter_dtype = next(iter(state.merged.values())).b.dtype
     for parameter_name, param in reloaded.named_parameters():
@@ -113,7 +140,10 @@ def test_three_task_sequence_with_sft_trainer(tiny_model_dir, tmp_path, quantize
     model.eval()
     with torch.no_grad():
         difference = (model(input_ids=ids).logits - reloaded(input_ids=ids).logits).abs().max().item()
-    print(f"\nLoRA dtype {adapter_dtype}; export round trip ({'qlora' if quantized else 'lora'}): max |logit difference| = {difference:.3g}")
+    print(
+        f"\nLoRA dtype {adapter_dtype}; export round trip ({'qlora' if quantized else 'lora'}): "
+        f"max |logit difference| = {difference:.3g}"
+    )
     assert difference <= 1e-5
 
 
@@ -124,8 +154,12 @@ def test_slao_and_seqlora_share_task_one_then_diverge(tiny_model_dir, tmp_path):
     losses = {}
     for strategy in ("slao", "seq"):
         result = train_sequence(
-            peft_model(tiny_model_dir), demo_tasks(), args=sft_config(tmp_path / strategy), output_dir=tmp_path / strategy,
-            processing_class=tokenizer, config=MergeForgetConfig(strategy=strategy),
+            peft_model(tiny_model_dir),
+            demo_tasks(),
+            args=sft_config(tmp_path / strategy),
+            output_dir=tmp_path / strategy,
+            processing_class=tokenizer,
+            config=MergeForgetConfig(strategy=strategy),
         )
         losses[strategy] = result.eval_loss
     print("\ntask-1 (antonyms) eval loss after each task:")
@@ -149,7 +183,13 @@ def test_mismatched_rank_is_refused_before_any_training_step(tiny_model_dir, tmp
             steps.append(state.global_step)
 
     with pytest.raises(StateMismatchError, match=r"LoRA rank r=4 in the state vs r=8 in the model"):
-        train_sequence(peft_model(tiny_model_dir, rank=8), demo_tasks()[:2], args=sft_config(tmp_path), processing_class=tokenizer, callbacks=[CountSteps()])
+        train_sequence(
+            peft_model(tiny_model_dir, rank=8),
+            demo_tasks()[:2],
+            args=sft_config(tmp_path),
+            processing_class=tokenizer,
+            callbacks=[CountSteps()],
+        )
     assert steps == []
     assert load_state(tmp_path / "state").finished_tasks == ["antonyms"]
 
@@ -160,13 +200,20 @@ def test_callback_merges_once_and_refuses_a_finished_task_name(tiny_model_dir, t
     model = peft_model(tiny_model_dir)
     callback = MergeForgetCallback(tmp_path / "state", task_name="antonyms")
     (task,) = demo_tasks(["antonyms"])
-    trainer = SFTTrainer(model=model, args=sft_config(tmp_path / "t1"), train_dataset=task.train_dataset, callbacks=[callback])
+    trainer = SFTTrainer(
+        model=model, args=sft_config(tmp_path / "t1"), train_dataset=task.train_dataset, callbacks=[callback]
+    )
     trainer.train()
     callback.on_train_end(trainer.args, trainer.state, trainer.control, model=model)  # a second firing
     assert load_state(tmp_path / "state").finished_tasks == ["antonyms"]
     assert [p.name for p in snapshot_dirs(tmp_path / "state")] == ["task-0001"]
 
-    again = SFTTrainer(model=model, args=sft_config(tmp_path / "t2"), train_dataset=task.train_dataset, callbacks=[MergeForgetCallback(tmp_path / "state", task_name="antonyms")])
+    again = SFTTrainer(
+        model=model,
+        args=sft_config(tmp_path / "t2"),
+        train_dataset=task.train_dataset,
+        callbacks=[MergeForgetCallback(tmp_path / "state", task_name="antonyms")],
+    )
     with pytest.raises(StateError, match="Task 'antonyms' already finished"):
         again.train()
 

