@@ -107,6 +107,9 @@ def train_sequence(
     if not isinstance(model, PeftModel):
         if peft_config is None:
             raise ValueError("model is not a PeftModel: pass peft_config (a peft.LoraConfig) to wrap it.")
+        from transformers import set_seed
+
+        set_seed(args.seed)  # the LoRA init draws from the global RNG: same seed, same task-1 start
         model = get_peft_model(model, peft_config)
 
     if state is not None and len(state.finished_tasks) == len(tasks):
