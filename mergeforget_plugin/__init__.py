@@ -35,6 +35,10 @@ _LAZY = {
     "write_lora": "peft_bridge",
     "UnsupportedAdapterError": "peft_bridge",
     "build_tiny_llama": "tiny_model",
+    "MergeForgetPlugin": "axolotl_plugin",
+    "load_recipe": "recipe",
+    "RecipeError": "recipe",
+    "run_recipe": "runner",
 }
 
 

@@ -85,16 +85,20 @@ class MergeForgetCallback(TrainerCallback):
         self.adapter_name = adapter_name
         self.state: ContinualState | None = None
         self.task_index: int | None = None
-        self._began = False
-        self._merged = False
+        self._prepared = False
+        self._finished = False
         self._started_at = 0.0
 
     def prepare(self, model: torch.nn.Module, *, apply_init: bool = True) -> int:
         """Check ``model`` against the state and set its LoRA to this task's starting point.
 
-        Called by ``on_train_begin``; public so that integrations whose trainer re-initializes
-        LoRA weights after ``on_train_begin`` can call it at the right moment. Returns the task index.
+        Called by ``on_train_begin`` unless an integration called it earlier (the Axolotl plugin
+        does, right after the model is loaded, so a mismatched state stops the run before the
+        trainer is built). Runs once per callback. Returns the task index.
         """
+        if self._prepared:
+            return self.task_index
+        self._started_at = time.time()
         signature, fingerprint = describe_model(model, self.adapter_name)
         state = load_state(self.state_dir)
         if state is None:
@@ -121,6 +125,7 @@ class MergeForgetCallback(TrainerCallback):
                 task_start_weights(self.task_index, state.finetuned, state.merged, self.config),
                 self.adapter_name,
             )
+        self._prepared = True
         return self.task_index
 
     def finish(
@@ -128,9 +133,11 @@ class MergeForgetCallback(TrainerCallback):
     ) -> ContinualState:
         """Merge the trained task into the running LoRA, save the state and load the merged LoRA.
 
-        Called by ``on_train_end``. Only the main process writes files; every process loads the
-        merged LoRA into its model.
+        Called by ``on_train_end``; later calls return the same state without merging again. Only
+        the main process writes files; every process loads the merged LoRA into its model.
         """
+        if self._finished:
+            return self.state
         if self.state is None or self.task_index is None:
             raise StateError("finish() was called before prepare(): the task was never started with this callback.")
         finetuned = read_lora(model, self.adapter_name)
@@ -163,15 +170,12 @@ class MergeForgetCallback(TrainerCallback):
                 export_adapter(state, self.export_dir)
         write_lora(model, merged, self.adapter_name)
         self.state = state
+        self._finished = True
         return state
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if self._began:
-            return
-        self._began = True
-        self._started_at = time.time()
         model = kwargs["model"]
         # A trainer resumed from a mid-task checkpoint holds weights that already started from
         # this task's init; setting the init again would throw that training away.
@@ -180,9 +184,8 @@ class MergeForgetCallback(TrainerCallback):
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if self._merged:
+        if self._finished:
             return
-        self._merged = True
         losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
         extra = {"global_step": state.global_step, "last_train_loss": losses[-1] if losses else None}
         self.finish(kwargs["model"], is_main_process=state.is_world_process_zero, extra=extra)

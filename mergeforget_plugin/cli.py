@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .recipe import RecipeError
 from .state import StateError, load_state
 
 
@@ -50,16 +51,38 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .runner import run_recipe
+
+    run_recipe(args.recipe, resume=args.resume, dry_run=args.dry_run, stream_output=args.verbose)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mergeforget",
         description=(
             "Continual LoRA fine-tuning with SLAO (Merge before Forget): one adapter carried across a "
-            "sequence of tasks. Train with the TRL callback (MergeForgetCallback) or train_sequence(); "
-            "these commands inspect and export what a sequence left in its state directory."
+            "sequence of tasks. `train` runs a recipe through Axolotl; `status` and `export` inspect and "
+            "export what any sequence (Axolotl or TRL) left in its state directory."
         ),
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="run a recipe's tasks in order with `axolotl train` (needs the [axolotl] extra)",
+        description=(
+            "Validate RECIPE, write one Axolotl config per task to OUTPUT/configs/, and train the tasks "
+            "one after another with `axolotl train`, carrying one SLAO LoRA in OUTPUT/state/. The merged "
+            "adapter is written to OUTPUT/adapter/."
+        ),
+    )
+    train.add_argument("recipe", help="the recipe YAML (see recipes/)")
+    train.add_argument("--resume", action="store_true", help="continue after the last finished task of OUTPUT/state")
+    train.add_argument("--dry-run", action="store_true", help="validate and write the per-task configs, train nothing")
+    train.add_argument("--verbose", action="store_true", help="show Axolotl's output instead of logging it per task")
+    train.set_defaults(handler=_train)
 
     status = commands.add_parser("status", help="show the finished tasks and per-task merge history of a state")
     status.add_argument("state_dir", help="the continual state directory (e.g. outputs/run/state)")
@@ -76,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except StateError as error:
+    except (StateError, RecipeError) as error:
         print(f"mergeforget: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,24 @@
+"""`axolotl continual-train RECIPE`: the recipe runner as an Axolotl command (entry point
+group `axolotl.cli_commands`)."""
+
+from __future__ import annotations
+
+import click
+
+from .recipe import RecipeError
+from .state import StateError
+
+
+@click.command(name="continual-train")
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
+@click.option("--resume", is_flag=True, help="Continue after the last finished task of OUTPUT/state.")
+@click.option("--dry-run", is_flag=True, help="Validate and write the per-task configs; train nothing.")
+@click.option("--verbose", is_flag=True, help="Show Axolotl's output instead of logging it per task.")
+def continual_train(recipe: str, resume: bool, dry_run: bool, verbose: bool) -> None:
+    """Train a task sequence with SLAO (one merged LoRA), one `axolotl train` per task."""
+    from .runner import run_recipe
+
+    try:
+        run_recipe(recipe, resume=resume, dry_run=dry_run, stream_output=verbose)
+    except (StateError, RecipeError) as error:
+        raise click.ClickException(str(error)) from None

@@ -1,0 +1,243 @@
+"""Task-sequence recipes: a YAML file that lists tasks on top of one Axolotl config.
+
+```yaml
+# Run: mergeforget train recipes/demo-smollm2.yaml
+output_dir: ../outputs/demo          # relative paths are relative to this file
+base_config: ../examples/axolotl/smollm2-lora-cpu.yaml
+axolotl: {learning_rate: 5.0e-4}     # optional keys applied on top of base_config
+mergeforget: {strategy: slao}        # MergeForgetConfig fields
+tasks:
+  - name: antonyms
+    datasets: [{path: data/demo/antonyms.train.jsonl, ds_type: json, type: ...}]
+    test_datasets: [{path: data/demo/antonyms.test.jsonl, ds_type: json, type: ..., split: train}]
+    overrides: {num_epochs: 2}
+```
+
+The recipe is checked in full, with messages that name the task and the field, before anything
+is trained.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .slao import MergeForgetConfig
+
+EMBEDDED_MODEL_PREFIX = "mergeforget://"
+# Keys that define the one LoRA every task shares, or that the runner sets per task.
+SHARED_KEYS = frozenset(
+    {
+        "base_model",
+        "adapter",
+        "lora_r",
+        "lora_alpha",
+        "lora_target_modules",
+        "lora_target_linear",
+        "peft_use_rslora",
+        "peft_use_dora",
+        "load_in_4bit",
+        "load_in_8bit",
+    }
+)
+RUNNER_KEYS = frozenset({"datasets", "test_datasets", "output_dir", "plugins", "mergeforget"})
+_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be run, with every problem found and what to change."""
+
+
+class StrategySettings(BaseModel):
+    """The `mergeforget:` block of a recipe: the fields of `MergeForgetConfig`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["slao", "seq"] = Field("slao", description="slao (paper) or seq (SeqLoRA baseline)")
+    lambda_schedule: Literal["inv_sqrt", "inv", "constant"] = Field("inv_sqrt", description="weight of the new B")
+    lambda_constant: float = Field(0.5, gt=0.0, le=1.0, description="weight for the constant schedule")
+    init: Literal["orthogonal", "standard", "carry_over"] = Field("orthogonal", description="start of task i >= 2")
+    b_init: Literal["ft", "merge"] = Field("ft", description="B of task i >= 2 starts from B_ft,i-1 or B_merge,i-1")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StrategySettings:
+        self.to_config()  # MergeForgetConfig rejects conflicting fields with a sentence
+        return self
+
+    def to_config(self) -> MergeForgetConfig:
+        return MergeForgetConfig(**self.model_dump(include=set(StrategySettings.model_fields)))
+
+
+class TaskSpec(BaseModel):
+    """One task: its name, its Axolotl datasets, an optional held-out split and per-task overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="unique name: letters, digits, '_', '-', '.'")
+    datasets: list[dict[str, Any]] = Field(min_length=1, description="Axolotl `datasets:` entries for this task")
+    test_datasets: list[dict[str, Any]] = Field(default_factory=list, description="held-out split(s) to evaluate")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Axolotl keys for this task only")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _TASK_NAME.match(value):
+            raise ValueError(f"{value!r} must start with a letter or digit and use only letters, digits, '_', '-', '.'")
+        return value
+
+    @field_validator("datasets", "test_datasets")
+    @classmethod
+    def _dataset_paths(cls, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, entry in enumerate(entries):
+            if not isinstance(entry.get("path"), str) or not entry["path"]:
+                raise ValueError(f"entry {index} has no `path`")
+        return entries
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        shared = sorted(SHARED_KEYS & set(overrides))
+        if shared:
+            raise ValueError(
+                f"{', '.join(shared)} cannot change between tasks: all tasks train one shared LoRA on one base "
+                "model. Set it once in base_config or axolotl."
+            )
+        runner = sorted(RUNNER_KEYS & set(overrides))
+        if runner:
+            raise ValueError(f"{', '.join(runner)} are set by the runner; give datasets at the task level instead.")
+        return overrides
+
+
+class Recipe(BaseModel):
+    """A continual-learning sequence on top of one Axolotl config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output_dir: str = Field(description="where state/, adapter/, configs/ and tasks/ go")
+    base_config: str | None = Field(None, description="an Axolotl YAML file with the model and LoRA settings")
+    axolotl: dict[str, Any] = Field(default_factory=dict, description="Axolotl keys applied on top of base_config")
+    mergeforget: StrategySettings = Field(default_factory=StrategySettings)
+    tasks: list[TaskSpec] = Field(min_length=1, description="the tasks, in training order")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Recipe:
+        names = [task.name for task in self.tasks]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"task names must be unique; repeated: {repeated}")
+        if not self.base_config and "base_model" not in self.axolotl:
+            raise ValueError("give base_config (an Axolotl YAML) or at least axolotl.base_model")
+        runner = sorted(RUNNER_KEYS & set(self.axolotl))
+        if runner:
+            raise ValueError(f"axolotl.{', axolotl.'.join(runner)}: set by the runner; give datasets per task instead")
+        return self
+
+
+def _format_validation_error(error: ValidationError, recipe: dict[str, Any] | None, source: str) -> str:
+    lines = []
+    tasks = recipe.get("tasks") if isinstance(recipe, dict) else None
+    for problem in error.errors():
+        location = list(problem["loc"])
+        if len(location) >= 2 and location[0] == "tasks" and isinstance(location[1], int) and isinstance(tasks, list):
+            index = location[1]
+            task = tasks[index] if index < len(tasks) else None
+            name = task.get("name") if isinstance(task, dict) else None
+            label = f"task {index + 1}" + (f" ({name!r})" if isinstance(name, str) else "")
+            field = ".".join(str(part) for part in location[2:]) or "entry"
+            where = f"{label}, {field}"
+        else:
+            where = ".".join(str(part) for part in location) or "recipe"
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see the recipe format in the README)"
+        elif problem["type"] == "missing":
+            message = "required, but missing"
+        lines.append(f"  - {where}: {message.removeprefix('Value error, ')}")
+    return f"{source} is not a valid recipe:\n" + "\n".join(lines)
+
+
+def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
+    """Validate a recipe mapping; raise :class:`RecipeError` listing every problem."""
+    if not isinstance(data, dict):
+        raise RecipeError(
+            f"{source} must be a YAML mapping with output_dir, base_config and tasks; got {type(data).__name__}."
+        )
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as error:
+        raise RecipeError(_format_validation_error(error, data, source)) from None
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"{what} {path} does not exist.") from None
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{what} {path} is not valid YAML: {error}") from None
+
+
+class LoadedRecipe:
+    """A validated recipe with its paths resolved against the recipe file."""
+
+    def __init__(self, recipe: Recipe, path: Path) -> None:
+        self.recipe = recipe
+        self.path = path
+        self.root = path.parent
+
+    def resolve(self, value: str) -> Path:
+        candidate = Path(os.path.expanduser(value))
+        return candidate if candidate.is_absolute() else (self.root / candidate).resolve()
+
+    @property
+    def output_dir(self) -> Path:
+        return self.resolve(self.recipe.output_dir)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.output_dir / "state"
+
+    def base_axolotl_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {}
+        if self.recipe.base_config:
+            base_path = self.resolve(self.recipe.base_config)
+            loaded = read_yaml(base_path, "base_config")
+            if not isinstance(loaded, dict):
+                raise RecipeError(f"base_config {base_path} must be a YAML mapping of Axolotl keys.")
+            config.update(loaded)
+        config.update(self.recipe.axolotl)
+        if "base_model" not in config:
+            raise RecipeError(f"Neither base_config nor axolotl in {self.path} sets base_model.")
+        return config
+
+    def missing_files(self) -> list[str]:
+        """Every dataset file the recipe names that is not on disk, as 'task X, field: path'."""
+        problems = []
+        for index, task in enumerate(self.recipe.tasks, start=1):
+            for field in ("datasets", "test_datasets"):
+                for number, entry in enumerate(getattr(task, field)):
+                    path = self.resolve(entry["path"])
+                    if not path.exists():
+                        problems.append(f"task {index} ({task.name!r}), {field}.{number}.path: {path} does not exist")
+        return problems
+
+
+def load_recipe(path: str | os.PathLike[str], *, check_files: bool = True) -> LoadedRecipe:
+    """Read, validate and (by default) check the dataset files of a recipe."""
+    recipe_path = Path(path).resolve()
+    loaded = LoadedRecipe(parse_recipe(read_yaml(recipe_path, "Recipe"), str(recipe_path)), recipe_path)
+    if check_files:
+        missing = loaded.missing_files()
+        if missing:
+            raise RecipeError(
+                f"{recipe_path} names dataset files that do not exist:\n  - "
+                + "\n  - ".join(missing)
+                + "\nPoint each path at a local copy (relative paths are relative to the recipe file)."
+            )
+        loaded.base_axolotl_config()
+    return loaded
