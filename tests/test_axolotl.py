@@ -1,0 +1,234 @@
+"""The Axolotl path, with the real `axolotl train`: plugin, recipe runner, resume after a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("axolotl", reason="the Axolotl path needs the [axolotl] extra")
+
+from mergeforget_plugin.state import load_state, snapshot_dirs  # noqa: E402
+
+from .conftest import DEMO_DATA, DEMO_TASKS  # noqa: E402
+
+DATASET_TYPE = {
+    "field_instruction": "prompt",
+    "field_output": "completion",
+    "format": "{instruction}",
+    "no_input_format": "{instruction}",
+}
+CPU_KEYS = {
+    "bf16": False,
+    "fp16": False,
+    "tf32": False,
+    "flash_attention": False,
+    "sample_packing": False,
+    "lora_mlp_kernel": False,
+    "lora_qkv_kernel": False,
+    "lora_o_kernel": False,
+    "dataloader_num_workers": 0,
+}
+
+
+def tiny_recipe(tmp_path, model_dir, *, quantized=False, max_steps=3, name="recipe.yaml"):
+    axolotl = {
+        "base_model": str(model_dir),
+        "adapter": "qlora" if quantized else "lora",
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_dropout": 0.0,
+        "lora_target_modules": ["q_proj", "v_proj"],
+        "sequence_len": 64,
+        "micro_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "max_steps": max_steps,
+        "num_epochs": 1,
+        "optimizer": "adamw_torch",
+        "lr_scheduler": "constant",
+        "learning_rate": 5e-3,
+        "seed": 0,
+        "save_strategy": "no",
+        "logging_steps": 1,
+        **CPU_KEYS,
+    }
+    if quantized:
+        axolotl["load_in_4bit"] = True
+    recipe = {
+        "output_dir": "out",
+        "axolotl": axolotl,
+        "tasks": [
+            {
+                "name": task,
+                "datasets": [{"path": str(DEMO_DATA / f"{task}.train.jsonl"), "ds_type": "json", "type": DATASET_TYPE}],
+            }
+            for task in DEMO_TASKS
+        ],
+    }
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def mergeforget(*args, cwd, timeout=900):
+    env = {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "mergeforget_plugin.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantized", [False, True], ids=["lora", "qlora-nf4"])
+def test_recipe_runs_three_tasks_through_axolotl_train(tmp_path, tiny_model_dir, quantized):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, quantized=quantized)
+    completed = mergeforget("train", str(recipe), cwd=tmp_path)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
+    out = tmp_path / "out"
+
+    state = load_state(out / "state")
+    # Axolotl calls post_train twice per run; exactly one merge per task must reach the state.
+    assert state.finished_tasks == list(DEMO_TASKS) == [record["task"] for record in state.history]
+    assert [record["task_index"] for record in state.history] == [1, 2, 3]
+    assert [p.name for p in snapshot_dirs(out / "state")] == ["task-0002", "task-0003"]
+
+    task_dirs = [out / "tasks" / f"task-0{i}-{name}" for i, name in enumerate(DEMO_TASKS, start=1)]
+    sizes = [(d / "adapter_model.safetensors").stat().st_size for d in task_dirs]
+    assert sizes == [sizes[0]] * 3 == [(out / "adapter" / "adapter_model.safetensors").stat().st_size] * 3
+    # What Axolotl saved after the last task is the merged (deployed) LoRA, bit for bit.
+    from safetensors.torch import load_file
+
+    saved = load_file(str(task_dirs[-1] / "adapter_model.safetensors"))
+    exported = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert saved.keys() == exported.keys() and all(
+        torch.equal(saved[k].to(exported[k].dtype), exported[k]) for k in saved
+    )
+
+    kwargs = {}
+    if quantized:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        )
+    reloaded = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, **kwargs), out / "adapter"
+    )
+    with torch.no_grad():
+        logits = reloaded(input_ids=torch.tensor([[1, 40, 41, 42]])).logits
+    assert torch.isfinite(logits).all()
+    print(
+        f"\n{'qlora' if quantized else 'lora'}: seconds per task {[round(r['seconds'], 1) for r in state.history]}, "
+        f"state bytes {sum(f.stat().st_size for f in (out / 'state').rglob('*') if f.is_file())}"
+    )
+
+
+@pytest.mark.slow
+def test_kill_during_a_task_loses_nothing_and_resume_finishes(tmp_path, tiny_model_dir):
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, max_steps=5000)  # long enough to be killed mid-task
+    env = {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "mergeforget_plugin.cli", "train", str(recipe)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    out = tmp_path / "out"
+    second_log = out / "tasks" / "task-02-plurals" / "train.log"
+    deadline = time.time() + 600
+    # Wait until task 1 is finished and task 2 is training (its progress bar has started).
+    while time.time() < deadline and not (second_log.is_file() and "it/s]" in second_log.read_text(errors="replace")):
+        assert runner.poll() is None, "the runner ended before it could be killed"
+        time.sleep(0.5)
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    # The training child dies with its parent (PDEATHSIG): no orphan finishes task 2 behind our back.
+    while (
+        time.time() < deadline
+        and subprocess.run(["pgrep", "-f", "task-02-plurals.yaml"], capture_output=True).returncode == 0
+    ):
+        time.sleep(0.2)
+    assert subprocess.run(["pgrep", "-f", "task-02-plurals.yaml"], capture_output=True).returncode == 1
+
+    killed_state = load_state(out / "state")
+    assert killed_state.finished_tasks == ["antonyms"]
+    first_task_record = killed_state.history[0]
+    first_log_mtime = (out / "tasks" / "task-01-antonyms" / "train.log").stat().st_mtime
+
+    refused = mergeforget("train", str(recipe), cwd=tmp_path)
+    assert refused.returncode == 2 and "Pass --resume" in refused.stderr
+
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, max_steps=3)  # a shorter budget for the rest is allowed
+    resumed = mergeforget("train", str(recipe), "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    final = load_state(out / "state")
+    assert final.finished_tasks == list(DEMO_TASKS)
+    assert final.history[0] == first_task_record  # task 1 was not retrained
+    assert (out / "tasks" / "task-01-antonyms" / "train.log").stat().st_mtime == first_log_mtime
+    assert "[task 1/3]" not in resumed.stdout and "[task 2/3] plurals: done" in resumed.stdout
+
+
+def test_plugin_validates_its_block_through_axolotls_plugin_manager():
+    from axolotl.integrations.base import PluginManager
+    from axolotl.utils.dict import DictDefault
+
+    manager = PluginManager.get_instance()
+    manager.register("mergeforget_plugin.MergeForgetPlugin")
+    plugin = manager.plugins["mergeforget_plugin.MergeForgetPlugin"]
+    assert "mergeforget_plugin.axolotl_plugin.MergeForgetArgs" in manager.get_input_args()
+    with pytest.raises(ValueError, match="has no `mergeforget:` block"):
+        plugin.register(DictDefault({"adapter": "lora"}))
+    with pytest.raises(ValueError, match=r"mergeforget.task_name: Field required"):
+        plugin.register(DictDefault({"adapter": "lora", "mergeforget": {"state_dir": "s"}}))
+    with pytest.raises(ValueError, match="needs `adapter: lora` or `adapter: qlora`"):
+        plugin.register(DictDefault({"mergeforget": {"state_dir": "s", "task_name": "t"}}))
+    plugin.register(DictDefault({"adapter": "qlora", "mergeforget": {"state_dir": "s", "task_name": "t"}}))
+
+
+def test_plugin_merges_once_although_post_train_fires_twice(tmp_path, tiny_peft_model):
+    from axolotl.utils.dict import DictDefault
+
+    from mergeforget_plugin.axolotl_plugin import MergeForgetPlugin
+
+    cfg = DictDefault({"adapter": "lora", "mergeforget": {"state_dir": str(tmp_path / "state"), "task_name": "t1"}})
+    plugin = MergeForgetPlugin()
+    plugin.register(cfg)
+    plugin.post_model_load(cfg, tiny_peft_model)
+    with torch.no_grad():
+        for name, param in tiny_peft_model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.01)  # stands in for training
+    plugin.post_train(cfg, tiny_peft_model)
+    plugin.post_train(cfg, tiny_peft_model)
+    state = load_state(tmp_path / "state")
+    assert state.finished_tasks == ["t1"] and len(state.history) == 1
+    assert [p.name for p in snapshot_dirs(tmp_path / "state")] == ["task-0001"]
+
+
+@pytest.mark.slow
+def test_axolotl_continual_train_command_is_registered(tmp_path, tiny_model_dir):
+    recipe = tiny_recipe(tmp_path, tiny_model_dir)
+    env = {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "axolotl.cli.main", "continual-train", str(recipe), "--dry-run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "is valid: 3 task(s)" in completed.stdout
+    assert (tmp_path / "out" / "configs" / "task-03-capitals.yaml").is_file()

@@ -1,0 +1,178 @@
+"""Recipe validation: every shipped recipe loads, and bad recipes fail with one clear message."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from mergeforget_plugin.recipe import RecipeError, load_recipe, parse_recipe
+from mergeforget_plugin.runner import RunError, run_recipe, task_config, write_task_configs
+from mergeforget_plugin.state import StateMismatchError, save_state
+
+from .conftest import DEMO_DATA, REPO
+
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+DATASET_TYPE = {
+    "field_instruction": "prompt",
+    "field_output": "completion",
+    "format": "{instruction}",
+    "no_input_format": "{instruction}",
+}
+
+
+def minimal_recipe(model_dir="/models/tiny", **changes):
+    recipe = {
+        "output_dir": "out",
+        "axolotl": {"base_model": str(model_dir), "adapter": "lora", "lora_r": 4, "lora_alpha": 8},
+        "tasks": [
+            {
+                "name": name,
+                "datasets": [{"path": str(DEMO_DATA / f"{name}.train.jsonl"), "ds_type": "json", "type": DATASET_TYPE}],
+            }
+            for name in ("antonyms", "plurals")
+        ],
+    }
+    recipe.update(changes)
+    return recipe
+
+
+def write(tmp_path, recipe, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_shipped_recipe_is_valid_and_says_how_to_run_it(path):
+    assert path.read_text().startswith("# Run: mergeforget train recipes/")
+    loaded = load_recipe(path, check_files=False)
+    assert len(loaded.recipe.tasks) >= 3
+
+
+def test_demo_recipe_data_is_shipped_and_configs_are_complete(tmp_path):
+    loaded = load_recipe(REPO / "recipes" / "demo-smollm2.yaml")
+    assert loaded.missing_files() == []
+    base = loaded.base_axolotl_config()
+    config = task_config(loaded, 2, base)
+    assert config["datasets"][0]["path"] == str(DEMO_DATA / "plurals.train.jsonl")
+    assert config["mergeforget"]["task_name"] == "plurals" and config["plugins"] == [
+        "mergeforget_plugin.MergeForgetPlugin"
+    ]
+    assert config["lora_mlp_kernel"] is False and config["bf16"] is False
+
+
+def test_per_task_configs_are_written_for_running_by_hand(tmp_path):
+    path = write(tmp_path, minimal_recipe())
+    paths = write_task_configs(load_recipe(path))
+    assert [p.name for p in paths] == ["task-01-antonyms.yaml", "task-02-plurals.yaml"]
+    text = paths[1].read_text()
+    assert f"# Run by hand: axolotl train {paths[1]}" in text and "&id" not in text
+    config = yaml.safe_load(text)
+    assert config["mergeforget"]["state_dir"] == str(tmp_path / "out" / "state")
+    assert config["output_dir"] == str(tmp_path / "out" / "tasks" / "task-02-plurals")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r.update(tasks=[]), r"tasks: List should have at least 1 item"),
+        (lambda r: r.update(epochs=3), r"epochs: unknown key"),
+        (lambda r: r["tasks"][1].update(dataset=[]), r"task 2 \('plurals'\), dataset: unknown key"),
+        (lambda r: r["tasks"][1].pop("datasets"), r"task 2 \('plurals'\), datasets: required, but missing"),
+        (
+            lambda r: r["tasks"][0].update(overrides={"lora_r": 16}),
+            r"task 1 \('antonyms'\), overrides: lora_r cannot change between tasks",
+        ),
+        (lambda r: r["tasks"][1].update(name="antonyms"), r"task names must be unique; repeated: \['antonyms'\]"),
+        (
+            lambda r: r["tasks"][0].update(name="bad name/with slash"),
+            r"task 1 \('bad name/with slash'\), name: 'bad name/with slash' must start",
+        ),
+        (
+            lambda r: r.update(mergeforget={"strategy": "seq", "lambda_schedule": "inv"}),
+            "strategy='seq' .* lambda_schedule would have no effect",
+        ),
+        (
+            lambda r: r.update(mergeforget={"lambda_constant": 2}),
+            r"mergeforget.lambda_constant: Input should be less than or equal to 1",
+        ),
+        (lambda r: r["axolotl"].update(datasets=[]), r"axolotl.datasets: set by the runner"),
+        (lambda r: r.pop("axolotl"), r"give base_config \(an Axolotl YAML\) or at least axolotl.base_model"),
+    ],
+)
+def test_invalid_recipes_fail_with_a_message_naming_the_task_and_field(mutate, message):
+    recipe = minimal_recipe()
+    mutate(recipe)
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(recipe, "recipe.yaml")
+
+
+def test_missing_dataset_file_is_named_before_anything_runs(tmp_path):
+    recipe = minimal_recipe()
+    recipe["tasks"][1]["datasets"][0]["path"] = "data/nowhere.jsonl"
+    with pytest.raises(
+        RecipeError, match=r"task 2 \('plurals'\), datasets.0.path: .*data/nowhere.jsonl does not exist"
+    ):
+        run_recipe(write(tmp_path, recipe))
+    assert not (tmp_path / "out").exists()
+
+
+def test_recipe_that_is_not_yaml_or_not_a_mapping(tmp_path):
+    (tmp_path / "broken.yaml").write_text("tasks: [unclosed")
+    with pytest.raises(RecipeError, match="is not valid YAML"):
+        load_recipe(tmp_path / "broken.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(RecipeError, match="must be a YAML mapping"):
+        load_recipe(tmp_path / "list.yaml")
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "absent.yaml")
+
+
+def _finished_state(signature_rank: int, architecture: dict, tasks=("antonyms",)):
+    import torch
+
+    from mergeforget_plugin.slao import LoRAPair, MergeForgetConfig
+    from mergeforget_plugin.state import BaseModelFingerprint, ContinualState, LoRASignature
+
+    pair = LoRAPair(torch.zeros(signature_rank, 64), torch.zeros(64, signature_rank))
+    return ContinualState(
+        LoRASignature({"model.layers.0.self_attn.q_proj": signature_rank}, 8.0, False, ["q_proj"]),
+        BaseModelFingerprint(architecture, 1.0),
+        MergeForgetConfig(),
+        {},
+        list(tasks),
+        {"model.layers.0.self_attn.q_proj": pair},
+        {"model.layers.0.self_attn.q_proj": pair},
+    )
+
+
+def test_existing_state_needs_resume_and_the_same_order(tmp_path, tiny_model_dir):
+    path = write(tmp_path, minimal_recipe(tiny_model_dir))
+    save_state(_finished_state(4, {"model_type": "llama", "hidden_size": 64}), tmp_path / "out" / "state")
+    with pytest.raises(RunError, match=r"already holds 1 finished task\(s\) \(antonyms\). Pass --resume"):
+        run_recipe(path)
+    reordered = minimal_recipe(tiny_model_dir)
+    reordered["tasks"].reverse()
+    with pytest.raises(RunError, match="Resume with the same task order"):
+        run_recipe(write(tmp_path, reordered), resume=True)
+
+
+def test_state_from_another_rank_or_model_is_refused_before_training(tmp_path, tiny_model_dir):
+    path = write(tmp_path, minimal_recipe(tiny_model_dir))
+    state_dir = tmp_path / "out" / "state"
+    save_state(_finished_state(16, {"model_type": "llama", "hidden_size": 64}), state_dir)
+    with pytest.raises(StateMismatchError, match=r"holds a LoRA of rank \[16\], but the recipe sets lora_r: 4"):
+        run_recipe(path, resume=True)
+    save_state(_finished_state(4, {"model_type": "llama", "hidden_size": 576}, ("antonyms",)), state_dir)
+    with pytest.raises(StateMismatchError, match=r"another base model: hidden_size=576 in the state vs 64"):
+        run_recipe(path, resume=True)
+    assert not (tmp_path / "out" / "tasks").exists()
+
+
+def test_changing_the_strategy_of_a_running_sequence_is_refused(tmp_path, tiny_model_dir):
+    recipe = minimal_recipe(tiny_model_dir, mergeforget={"lambda_schedule": "inv"})
+    save_state(_finished_state(4, {"model_type": "llama", "hidden_size": 64}), tmp_path / "out" / "state")
+    with pytest.raises(StateMismatchError, match="keeps one strategy from start to end"):
+        run_recipe(write(tmp_path, copy.deepcopy(recipe)), resume=True)
