@@ -130,7 +130,7 @@ def base_model_fingerprint(model: torch.nn.Module) -> BaseModelFingerprint:
     weight = getattr(embeddings, "weight", None)
     # Rows past the original vocabulary may be added by a tokenizer resize; the first rows stay.
     if weight is not None and weight.numel() > 0 and weight.ndim == 2:
-        signature = float(weight.detach()[:16].to(torch.float32).norm())
+        signature = [float(v) for v in weight.detach()[:4, :8].to(torch.float32).flatten()]
     return BaseModelFingerprint(architecture=architecture, embedding_signature=signature)
 
 

@@ -232,3 +232,29 @@ def test_axolotl_continual_train_command_is_registered(tmp_path, tiny_model_dir)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "is valid: 3 task(s)" in completed.stdout
     assert (tmp_path / "out" / "configs" / "task-03-capitals.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_shipped_axolotl_example_runs_with_plain_axolotl_train(tmp_path):
+    """The README's Axolotl config, unchanged, run from a copy of the repository layout."""
+    import shutil
+
+    from .conftest import REPO
+
+    (tmp_path / "recipes").symlink_to(REPO / "recipes")
+    (tmp_path / "examples" / "axolotl").mkdir(parents=True)
+    shutil.copy(REPO / "examples" / "axolotl" / "smollm2-slao.yaml", tmp_path / "examples" / "axolotl")
+    env = {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "axolotl.cli.main", "train", "examples/axolotl/smollm2-slao.yaml", "--max-steps=2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    out = tmp_path / "outputs" / "axolotl-example"
+    state = load_state(out / "state")
+    assert state.finished_tasks == ["antonyms"] and state.history[0]["global_step"] == 2
+    assert (out / "antonyms" / "adapter_model.safetensors").is_file()

@@ -139,7 +139,7 @@ def _finished_state(signature_rank: int, architecture: dict, tasks=("antonyms",)
     pair = LoRAPair(torch.zeros(signature_rank, 64), torch.zeros(64, signature_rank))
     return ContinualState(
         LoRASignature({"model.layers.0.self_attn.q_proj": signature_rank}, 8.0, False, ["q_proj"]),
-        BaseModelFingerprint(architecture, 1.0),
+        BaseModelFingerprint(architecture, [1.0]),
         MergeForgetConfig(),
         {},
         list(tasks),

@@ -25,7 +25,9 @@ SIGNATURE = LoRASignature(
     use_rslora=False,
     target_modules=["q_proj", "v_proj"],
 )
-FINGERPRINT = BaseModelFingerprint(architecture={"model_type": "llama", "hidden_size": 64}, embedding_signature=3.25)
+FINGERPRINT = BaseModelFingerprint(
+    architecture={"model_type": "llama", "hidden_size": 64}, embedding_signature=[0.5, -0.25, 0.125]
+)
 
 
 def make_state(num_finished: int, dtype: torch.dtype = torch.float32) -> ContinualState:
@@ -147,10 +149,14 @@ def test_unreadable_manifest_is_refused_with_the_file_name(tmp_path):
         ),
         (
             SIGNATURE,
-            BaseModelFingerprint({"model_type": "llama", "hidden_size": 128}, 3.25),
+            BaseModelFingerprint({"model_type": "llama", "hidden_size": 128}, [0.5, -0.25, 0.125]),
             "base model: hidden_size=64 in the state vs 128",
         ),
-        (SIGNATURE, BaseModelFingerprint(FINGERPRINT.architecture, 9.0), "same architecture but different weights"),
+        (
+            SIGNATURE,
+            BaseModelFingerprint(FINGERPRINT.architecture, [0.5, 0.25, 0.125]),
+            "same architecture but different weights",
+        ),
     ],
 )
 def test_state_from_another_setup_is_refused_naming_the_mismatch(signature, fingerprint, message):
@@ -159,7 +165,9 @@ def test_state_from_another_setup_is_refused_naming_the_mismatch(signature, fing
 
 
 def test_same_setup_is_accepted_within_dtype_rounding():
-    make_state(1).check_compatible(SIGNATURE, BaseModelFingerprint(FINGERPRINT.architecture, 3.2501), "here")
+    make_state(1).check_compatible(
+        SIGNATURE, BaseModelFingerprint(FINGERPRINT.architecture, [0.5001, -0.2501, 0.1251]), "here"
+    )
 
 
 def test_changing_strategy_mid_sequence_is_refused():
