@@ -23,7 +23,8 @@ from axolotl.integrations.base import BasePlugin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .callback import MergeForgetCallback
-from .recipe import EMBEDDED_MODEL_PREFIX, StrategySettings
+from .recipe import EMBEDDED_MODEL_PREFIX, EvalSpec, StrategySettings
+from .report import evaluations_dir_for, save_evaluation
 
 
 class MergeForgetSettings(StrategySettings):
@@ -34,6 +35,10 @@ class MergeForgetSettings(StrategySettings):
     state_dir: str = Field(description="continual state directory shared by every task of the sequence")
     task_name: str = Field(description="name of the task this run trains; must not be finished in state_dir yet")
     export_dir: str | None = Field(None, description="also write the merged LoRA here as a PEFT adapter")
+    evaluation: list[EvalSpec] = Field(
+        default_factory=list,
+        description="held-out sets scored with the merged LoRA after this task (and zero-shot before task 1)",
+    )
 
 
 class MergeForgetArgs(BaseModel):
@@ -67,6 +72,7 @@ class MergeForgetPlugin(BasePlugin):
     def __init__(self) -> None:
         super().__init__()
         self.callback: MergeForgetCallback | None = None
+        self._evaluated = False
 
     def get_input_args(self) -> str:
         return "mergeforget_plugin.axolotl_plugin.MergeForgetArgs"
@@ -101,7 +107,21 @@ class MergeForgetPlugin(BasePlugin):
             config=settings.to_config(),
             export_dir=settings.export_dir,
         )
-        self.callback.prepare(model)
+        task_index = self.callback.prepare(model)
+        evaluations = evaluations_dir_for(settings.state_dir)
+        if task_index == 1 and settings.evaluation and not (evaluations / "after-00.json").exists():
+            # Before task 1 the LoRA's B is zero: the model is the base model, so this row is b_j.
+            self._evaluate(cfg, model, settings, 0, None)
+
+    def _evaluate(self, cfg: Any, model: Any, settings: MergeForgetSettings, task_index: int, task: str | None) -> None:
+        if int(os.environ.get("RANK", "0")) != 0:
+            return
+        from axolotl.loaders import load_tokenizer
+
+        from .evaluation import eval_set_from_spec, evaluate_all
+
+        accuracy = evaluate_all(model, load_tokenizer(cfg), [eval_set_from_spec(spec) for spec in settings.evaluation])
+        save_evaluation(evaluations_dir_for(settings.state_dir), task_index, task, accuracy)
 
     def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list:
         return [self.callback] if self.callback is not None else []
@@ -109,5 +129,10 @@ class MergeForgetPlugin(BasePlugin):
     def post_train(self, cfg: Any, model: Any) -> None:
         # Axolotl calls post_train twice per run; the callback merges on its first call (or at
         # on_train_end, whichever comes first) and ignores the rest.
-        if self.callback is not None:
-            self.callback.finish(model, is_main_process=int(os.environ.get("RANK", "0")) == 0)
+        if self.callback is None:
+            return
+        self.callback.finish(model, is_main_process=int(os.environ.get("RANK", "0")) == 0)
+        settings = _settings(cfg)
+        if settings.evaluation and not self._evaluated:
+            self._evaluated = True
+            self._evaluate(cfg, model, settings, self.callback.task_index, self.callback.task_name)

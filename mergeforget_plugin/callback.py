@@ -152,6 +152,7 @@ class MergeForgetCallback(TrainerCallback):
             "seconds": round(time.time() - self._started_at, 3) if self._started_at else None,
             "finetuned": _norm_summary(finetuned),
             "merged": _norm_summary(merged),
+            "adapter_bytes": sum(t.numel() * t.element_size() for pair in merged.values() for t in pair),
             **(extra or {}),
         }
         state = ContinualState(

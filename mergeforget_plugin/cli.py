@@ -58,6 +58,17 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    for path in write_report(args.output_dir):
+        print(f"Wrote {path}")
+    markdown = args.output_dir.rstrip("/") + "/report.md"
+    print()
+    print(open(markdown).read())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mergeforget",
@@ -87,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show the finished tasks and per-task merge history of a state")
     status.add_argument("state_dir", help="the continual state directory (e.g. outputs/run/state)")
     status.set_defaults(handler=_status)
+
+    report = commands.add_parser(
+        "report",
+        help="render report.json, report.md and accuracy_matrix.png of a finished or interrupted run",
+        description=(
+            "Collect OUTPUT_DIR/evaluations (accuracy on every task after every task) and OUTPUT_DIR/state "
+            "into the accuracy matrix with AA, BWT, FWT and forgetting per task."
+        ),
+    )
+    report.add_argument("output_dir", help="a run's output directory (holds state/ and evaluations/)")
+    report.set_defaults(handler=_report)
 
     export = commands.add_parser("export", help="write the merged LoRA of a state as a standard PEFT adapter")
     export.add_argument("state_dir", help="the continual state directory")

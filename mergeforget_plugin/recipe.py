@@ -73,6 +73,29 @@ class StrategySettings(BaseModel):
         return MergeForgetConfig(**self.model_dump(include=set(StrategySettings.model_fields)))
 
 
+class EvalSettings(BaseModel):
+    """How a task's held-out split is scored (the `eval:` block of a task)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Literal["choice", "exact_match"] = Field(
+        "choice", description="choice: rank the options by log-likelihood; exact_match: greedy generation"
+    )
+    options: list[str] | None = Field(None, description="candidate answers for choice (default: every answer seen)")
+    max_examples: int | None = Field(None, gt=0, description="score at most this many held-out rows")
+    prompt_field: str | None = Field(None, description="row field with the prompt (default: from the dataset type)")
+    answer_field: str | None = Field(None, description="row field with the answer (default: from the dataset type)")
+
+
+class EvalSpec(EvalSettings):
+    """One task's evaluation as the Axolotl plugin receives it: files resolved, fields known."""
+
+    task: str
+    path: str = Field(description="held-out rows (JSON Lines or a JSON list)")
+    option_paths: list[str] = Field(default_factory=list, description="files whose answers are options too")
+    prompt_format: str = Field("{prompt}", description="template the prompt field is put in, as in training")
+
+
 class TaskSpec(BaseModel):
     """One task: its name, its Axolotl datasets, an optional held-out split and per-task overrides."""
 
@@ -82,6 +105,7 @@ class TaskSpec(BaseModel):
     datasets: list[dict[str, Any]] = Field(min_length=1, description="Axolotl `datasets:` entries for this task")
     test_datasets: list[dict[str, Any]] = Field(default_factory=list, description="held-out split(s) to evaluate")
     overrides: dict[str, Any] = Field(default_factory=dict, description="Axolotl keys for this task only")
+    eval: EvalSettings = Field(default_factory=EvalSettings, description="how test_datasets are scored")
 
     @field_validator("name")
     @classmethod
@@ -214,6 +238,30 @@ class LoadedRecipe:
         if "base_model" not in config:
             raise RecipeError(f"Neither base_config nor axolotl in {self.path} sets base_model.")
         return config
+
+    def eval_specs(self) -> list[EvalSpec]:
+        """The held-out evaluation of every task that has test_datasets, with paths resolved."""
+        specs = []
+        for task in self.recipe.tasks:
+            if not task.test_datasets:
+                continue
+            test = task.test_datasets[0]
+            kind = test.get("type")
+            custom = kind if isinstance(kind, dict) else {}
+            specs.append(
+                EvalSpec(
+                    task=task.name,
+                    path=str(self.resolve(test["path"])),
+                    option_paths=[str(self.resolve(entry["path"])) for entry in task.datasets],
+                    prompt_format=str(custom.get("no_input_format") or custom.get("format") or "{prompt}"),
+                    **{
+                        **task.eval.model_dump(),
+                        "prompt_field": task.eval.prompt_field or custom.get("field_instruction") or "prompt",
+                        "answer_field": task.eval.answer_field or custom.get("field_output") or "completion",
+                    },
+                )
+            )
+        return specs
 
     def missing_files(self) -> list[str]:
         """Every dataset file the recipe names that is not on disk, as 'task X, field: path'."""

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from .recipe import EMBEDDED_MODEL_PREFIX, LoadedRecipe, RecipeError, load_recipe
+from .report import write_report
 from .state import ContinualState, StateError, StateMismatchError, load_state
 
 PLUGIN_PATH = "mergeforget_plugin.MergeForgetPlugin"
@@ -102,6 +103,7 @@ def task_config(loaded: LoadedRecipe, index: int, base: dict[str, Any] | None = 
         **recipe.mergeforget.model_dump(),
         "state_dir": str(loaded.state_dir),
         "task_name": task.name,
+        "evaluation": [spec.model_dump() for spec in loaded.eval_specs()],
     }
     return config
 
@@ -271,6 +273,7 @@ def run_recipe(
                     f"Earlier tasks are safe in {loaded.state_dir}; fix the cause and run again with --resume.\n"
                     f"From {log_path}:\n{_failure_summary(log_path)}"
                 )
+            write_report(loaded.output_dir, recipe=str(loaded.path))
             echo(f"[task {run.index}/{len(runs)}] {run.name}: done in {run.seconds:.1f} s")
             progress.update(1)
         progress.close()
@@ -283,5 +286,7 @@ def run_recipe(
     if final is None:
         raise StateError(f"No state in {loaded.state_dir} after the run.")
     adapter = export_adapter(final, loaded.output_dir / "adapter")
+    reports = write_report(loaded.output_dir, recipe=str(loaded.path))
     echo(f"All {len(final.finished_tasks)} task(s) finished. Merged adapter: {adapter}")
+    echo(f"Report: {', '.join(str(path) for path in reports)}")
     return runs

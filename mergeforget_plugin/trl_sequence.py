@@ -12,7 +12,9 @@ from typing import Any
 import torch
 
 from .callback import MergeForgetCallback
+from .evaluation import eval_set_from_rows, evaluate_all
 from .peft_bridge import export_adapter, write_lora
+from .report import evaluations_dir_for, load_evaluations, save_evaluation, write_report
 from .slao import MergeForgetConfig
 from .state import ContinualState, StateError, load_state
 
@@ -26,26 +28,34 @@ class Task:
         train_dataset: A dataset `SFTTrainer` accepts (e.g. `prompt`/`completion` or `text` rows).
         eval_dataset: Held-out rows, evaluated after every task to build the loss matrix.
         overrides: `SFTConfig` fields for this task only, e.g. `{"learning_rate": 1e-4}`.
+        metric: How `eval_dataset` rows (`prompt`/`completion`) are scored for the accuracy matrix:
+            `"choice"` ranks the candidate answers by log-likelihood, `"exact_match"` generates.
+        options: Candidate answers for `"choice"`; default: every completion in the task's data.
     """
 
     name: str
     train_dataset: Any
     eval_dataset: Any | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    metric: str = "choice"
+    options: list[str] | None = None
 
 
 @dataclass
 class SequenceResult:
     """What `train_sequence` leaves behind.
 
-    `eval_loss[after][task]` is the evaluation loss of `task` after training `after` (rows only for
-    the tasks trained in this call; a resumed call has no rows for earlier tasks).
+    `eval_loss[after][task]` and `accuracy[after][task]` are the evaluation loss and accuracy of
+    `task` after training `after` (rows only for the tasks trained in this call; the report in
+    `report_files` covers every task of the sequence, resumed or not).
     """
 
     state: ContinualState
     adapter_dir: Path
     state_dir: Path
     eval_loss: dict[str, dict[str, float]]
+    accuracy: dict[str, dict[str, float]]
+    report_files: list[Path]
 
 
 def _check_tasks(tasks: list[Task], state: ContinualState | None, state_dir: Path) -> None:
@@ -116,7 +126,26 @@ def train_sequence(
         write_lora(model, state.merged)
 
     eval_datasets = {task.name: task.eval_dataset for task in tasks if task.eval_dataset is not None}
+    eval_sets = [
+        eval_set_from_rows(
+            task.name, task.eval_dataset, metric=task.metric, options=task.options, option_rows=task.train_dataset
+        )
+        for task in tasks
+        if task.eval_dataset is not None
+    ]
+    evaluations = evaluations_dir_for(state_dir)
+    if eval_sets and processing_class is None:
+        from transformers import AutoTokenizer
+
+        processing_class = AutoTokenizer.from_pretrained(model.config.name_or_path)
+    zero_shot = next((r["accuracy"] for r in load_evaluations(evaluations) if r["task_index"] == 0), {})
+    unseen = [eval_set for eval_set in eval_sets if eval_set.task not in zero_shot]
+    if unseen:
+        with model.disable_adapter():  # b_j: the base model itself, whatever the LoRA holds now
+            zero_shot = {**zero_shot, **evaluate_all(model, processing_class, unseen)}
+        save_evaluation(evaluations, 0, None, zero_shot)
     eval_loss: dict[str, dict[str, float]] = {}
+    accuracy: dict[str, dict[str, float]] = {}
     for task in tasks:
         if state is not None and task.name in state.finished_tasks:
             continue
@@ -138,7 +167,18 @@ def train_sequence(
             eval_loss[task.name] = row
             if not all(math.isfinite(value) for value in row.values()):
                 raise StateError(f"Evaluation after task {task.name!r} gave a non-finite loss: {row}.")
+        if eval_sets:
+            accuracy[task.name] = evaluate_all(model, processing_class, eval_sets)
+            save_evaluation(evaluations, state.next_task_index - 1, task.name, accuracy[task.name])
 
     assert state is not None  # _check_tasks guarantees at least one task
     export_adapter(state, adapter_dir)
-    return SequenceResult(state=state, adapter_dir=adapter_dir, state_dir=state_dir, eval_loss=eval_loss)
+    report_files = write_report(root)
+    return SequenceResult(
+        state=state,
+        adapter_dir=adapter_dir,
+        state_dir=state_dir,
+        eval_loss=eval_loss,
+        accuracy=accuracy,
+        report_files=report_files,
+    )

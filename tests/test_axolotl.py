@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -67,6 +68,14 @@ def tiny_recipe(tmp_path, model_dir, *, quantized=False, max_steps=3, name="reci
             {
                 "name": task,
                 "datasets": [{"path": str(DEMO_DATA / f"{task}.train.jsonl"), "ds_type": "json", "type": DATASET_TYPE}],
+                "test_datasets": [
+                    {
+                        "path": str(DEMO_DATA / f"{task}.test.jsonl"),
+                        "ds_type": "json",
+                        "type": DATASET_TYPE,
+                        "split": "train",
+                    }
+                ],
             }
             for task in DEMO_TASKS
         ],
@@ -122,6 +131,11 @@ def test_recipe_runs_three_tasks_through_axolotl_train(tmp_path, tiny_model_dir,
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
         )
+    # Accuracy on every task after every task, scored inside the Axolotl processes, and the report.
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(p.name for p in (out / "evaluations").iterdir()) == [f"after-0{i}.json" for i in range(4)]
+    assert report["tasks"] == list(DEMO_TASKS) == report["rows_after"] and set(report["zero_shot"]) == set(DEMO_TASKS)
+    assert (out / "accuracy_matrix.png").stat().st_size > 5000 and "| capitals |" in (out / "report.md").read_text()
     reloaded = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(tiny_model_dir, **kwargs), out / "adapter"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -99,6 +100,18 @@ def test_three_task_sequence_with_sft_trainer(tiny_model_dir, tmp_path, quantize
     assert all(h["global_step"] == 6 and math.isfinite(h["last_train_loss"]) for h in state.history)
     assert (result.adapter_dir / "adapter_model.safetensors").stat().st_size == adapter_bytes_after_1
     assert [p.name for p in snapshot_dirs(result.state_dir)] == ["task-0002", "task-0003"]
+
+    # The report covers the whole sequence, including the task finished by the first call.
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [p.name for p in result.report_files] == ["report.json", "report.md", "accuracy_matrix.png"]
+    assert report["tasks"] == list(DEMO_TASKS) and report["rows_after"] == list(DEMO_TASKS)
+    assert set(report["zero_shot"]) == set(DEMO_TASKS)
+    # Row 1 was measured by the first call, which only knew task 1; later rows cover every task.
+    first_row, *later_rows = report["accuracy_matrix"]
+    assert 0 <= first_row[0] <= 1 and first_row[1:] == [None, None]
+    assert all(len(row) == 3 and all(0 <= v <= 1 for v in row) for row in later_rows)
+    assert list(result.accuracy) == ["plurals", "capitals"]
+    assert report["accuracy_matrix"][2] == [result.accuracy["capitals"][t] for t in DEMO_TASKS]
 
     # The callback applied the SLAO equations: task 3 started from QR(A_ft,2) and B_ft,2, and
     # ended with B_merge,3 = B_merge,2 + (B_ft,3 - B_merge,2) / sqrt(3), A_merge,3 = A_ft,3.

@@ -1,0 +1,128 @@
+"""Scoring held-out tasks and the continual-learning report (accuracy matrix, AA/BWT/FWT)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mergeforget_plugin.evaluation import EvalSet, accuracy, choice_predictions, eval_set_from_rows, generated_answers
+from mergeforget_plugin.report import build_report, continual_metrics, save_evaluation, write_report
+
+from .conftest import demo_rows
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_batched_choice_scoring_matches_one_sequence_at_a_time(tiny):
+    model, tokenizer = tiny
+    eval_set = eval_set_from_rows("plurals", demo_rows("plurals", "test"), option_rows=demo_rows("plurals", "train"))
+    assert len(eval_set.options) == 40 and set(eval_set.answers) <= set(eval_set.options)
+    batched = choice_predictions(model, tokenizer, eval_set, batch_size=7)  # padding in every batch
+
+    expected = []
+    with torch.no_grad():
+        for prompt in eval_set.prompts:
+            prompt_ids = tokenizer(prompt)["input_ids"]
+            scores = []
+            for option in eval_set.options:
+                ids = torch.tensor([prompt_ids + tokenizer(option, add_special_tokens=False)["input_ids"]])
+                logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+                targets = ids[0, 1:]
+                scores.append(sum(logprobs[p, targets[p]].item() for p in range(len(prompt_ids) - 1, len(targets))))
+            expected.append(eval_set.options[max(range(len(scores)), key=scores.__getitem__)])
+    assert batched == expected
+
+
+def test_exact_match_compares_the_first_generated_line(tiny):
+    model, tokenizer = tiny
+    rows = demo_rows("capitals", "test")[:4]
+    prompts = [row["prompt"] for row in rows]
+    produced = generated_answers(model, tokenizer, EvalSet("c", prompts, ["x"] * 4, metric="exact_match"))
+    answers = [produced[0], produced[1], produced[2] + " not it", "never generated"]
+    assert accuracy(model, tokenizer, EvalSet("c", prompts, answers, metric="exact_match")) == 0.5
+
+
+def test_accuracy_leaves_the_training_mode_as_it_was(tiny):
+    model, tokenizer = tiny
+    model.train()
+    eval_set = EvalSet("t", ["a b", "c d"], [" x", " y"])
+    accuracy(model, tokenizer, eval_set)
+    assert model.training
+    model.eval()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompts": [], "answers": []}, "at least one"),
+        ({"prompts": ["p"], "answers": [" a"], "options": [" b", " c"]}, r"answers \[' a'\] are not among the options"),
+        ({"prompts": ["p", "q"], "answers": [" a", " a"]}, "needs at least two options"),
+    ],
+)
+def test_eval_set_raises_on_unusable_input(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EvalSet("task", **kwargs)
+
+
+def test_rows_without_the_prompt_field_name_the_field():
+    with pytest.raises(ValueError, match=r"row 0 has no field 'prompt' \(fields: \['text'\]\)"):
+        eval_set_from_rows("t", [{"text": "x"}])
+
+
+def test_prompt_format_reuses_the_axolotl_training_template():
+    eval_set = eval_set_from_rows(
+        "t",
+        [{"q": "2+2?", "a": " 4"}, {"q": "3+3?", "a": " 6"}],
+        prompt_field="q",
+        answer_field="a",
+        prompt_format="Question: {instruction}\nAnswer:",
+    )
+    assert eval_set.prompts == ["Question: 2+2?\nAnswer:", "Question: 3+3?\nAnswer:"]
+
+
+def test_continual_metrics_follow_the_documented_definitions():
+    rows = [
+        {"a": 0.9, "b": 0.3, "c": 0.2},
+        {"a": 0.6, "b": 0.8, "c": 0.4},
+        {"a": 0.5, "b": 0.7, "c": 0.9},
+    ]
+    zero_shot = {"a": 0.25, "b": 0.25, "c": 0.25}
+    metrics = continual_metrics(["a", "b", "c"], rows, zero_shot)
+    assert metrics["average_accuracy"] == pytest.approx((0.5 + 0.7 + 0.9) / 3)
+    assert metrics["forgetting"] == pytest.approx({"a": 0.4, "b": 0.1})
+    assert metrics["bwt"] == pytest.approx(-(0.4 + 0.1) / 2)
+    assert metrics["fwt"] == pytest.approx(((0.3 - 0.25) + (0.4 - 0.25)) / 2)
+    assert continual_metrics([], [], None)["average_accuracy"] is None
+
+
+def test_report_files_from_an_interrupted_run(tmp_path):
+    out = tmp_path / "run"
+    save_evaluation(out / "evaluations", 0, None, {"a": 0.5, "b": 0.5, "c": 0.5})
+    save_evaluation(out / "evaluations", 1, "a", {"a": 0.9, "b": 0.5, "c": 0.4})
+    save_evaluation(out / "evaluations", 2, "b", {"a": 0.7, "b": 0.95, "c": 0.45})
+    paths = write_report(out)
+    assert [p.name for p in paths] == ["report.json", "report.md", "accuracy_matrix.png"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["tasks"] == ["a", "b", "c"] and report["rows_after"] == ["a", "b"]
+    assert report["accuracy_matrix"] == [[0.9, 0.5, 0.4], [0.7, 0.95, 0.45]]
+    assert report["metrics"]["bwt"] == pytest.approx(-0.2) and report["metrics"]["fwt"] == pytest.approx(0.0)
+    assert "torch" in report["versions"]
+    markdown = (out / "report.md").read_text()
+    assert "| base (zero-shot) | 50.0 | 50.0 | 50.0 |" in markdown and "| b | 70.0 | 95.0 | 45.0 |" in markdown
+    assert "BWT, backward transfer (negative = forgetting) | -20.0" in markdown
+    png = (out / "accuracy_matrix.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_report_of_a_run_with_no_evaluations_is_empty_but_valid(tmp_path):
+    report = build_report(tmp_path)
+    assert report["tasks"] == [] and report["metrics"]["average_accuracy"] is None
+    assert [p.name for p in write_report(tmp_path)] == ["report.json", "report.md"]
