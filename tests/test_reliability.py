@@ -1,0 +1,116 @@
+"""Faults and bad input: nothing lost, nothing half-written, a clear message instead of a traceback."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers import TrainerCallback
+
+from mergeforget_plugin import MergeForgetCallback, SLAOMathError, Task, train_sequence
+from mergeforget_plugin.recipe import RecipeError, parse_recipe
+from mergeforget_plugin.state import load_state, snapshot_dirs
+
+from .test_trl_sequence import demo_tasks, peft_model, sft_config
+
+
+class PoisonLoRA(TrainerCallback):
+    """Puts a NaN into one lora_B just before training ends (what a diverged run leaves behind)."""
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        with torch.no_grad():
+            next(p for n, p in model.named_parameters() if "lora_B" in n)[0, 0] = float("nan")
+
+
+def test_a_diverged_task_is_refused_and_the_last_good_state_is_untouched(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = peft_model(tiny_model_dir)
+    first, second = demo_tasks(["antonyms", "plurals"])
+    train_sequence(model, [first], args=sft_config(tmp_path), processing_class=tokenizer)
+    before = load_state(tmp_path / "state")
+    files_before = {p: p.read_bytes() for p in (tmp_path / "state").rglob("*") if p.is_file()}
+
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(tmp_path / "t2"),
+        train_dataset=second.train_dataset,
+        processing_class=tokenizer,
+        # Callbacks run in order: the poison lands before the SLAO callback merges.
+        callbacks=[PoisonLoRA(), MergeForgetCallback(tmp_path / "state", task_name="plurals")],
+    )
+    with pytest.raises(SLAOMathError, match=r"fine-tuned lora_B has 1 non-finite value"):
+        trainer.train()
+    assert {p: p.read_bytes() for p in (tmp_path / "state").rglob("*") if p.is_file()} == files_before
+    assert load_state(tmp_path / "state").finished_tasks == before.finished_tasks == ["antonyms"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+recipe_keys = st.sampled_from(
+    ["output_dir", "base_config", "axolotl", "mergeforget", "tasks", "name", "datasets", "extra"]
+)
+recipe_like = st.dictionaries(recipe_keys, json_values, max_size=6) | json_values
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=recipe_like)
+def test_malformed_recipes_give_the_validation_message_never_a_traceback(data):
+    try:
+        parse_recipe(data, "fuzzed.yaml")
+    except RecipeError as error:
+        assert str(error).startswith("fuzzed.yaml ")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    tasks=st.lists(
+        st.dictionaries(
+            st.sampled_from(["name", "datasets", "test_datasets", "overrides", "eval", "typo"]), json_values, max_size=5
+        ),
+        max_size=4,
+    )
+)
+def test_malformed_task_lists_name_the_task(tasks):
+    recipe = {"output_dir": "out", "axolotl": {"base_model": "m"}, "tasks": tasks}
+    try:
+        parse_recipe(recipe, "fuzzed.yaml")
+    except RecipeError as error:
+        assert "fuzzed.yaml is not a valid recipe" in str(error)
+
+
+@pytest.mark.slow
+def test_fifty_task_soak_keeps_the_state_constant_and_b_bounded(tiny_model_dir, tmp_path):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    rows = demo_tasks(["antonyms", "plurals", "capitals"])
+    tasks = [Task(f"task{i:02d}", Dataset.from_list(list(rows[i % 3].train_dataset)[:8])) for i in range(50)]
+    sizes = []
+
+    class StateSize(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if snapshot_dirs(tmp_path / "state"):
+                sizes.append(sum(f.stat().st_size for f in (tmp_path / "state").rglob("*.safetensors")))
+
+    result = train_sequence(
+        peft_model(tiny_model_dir),
+        tasks,
+        args=sft_config(tmp_path, max_steps=2, per_device_train_batch_size=4, logging_steps=2),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+        callbacks=[StateSize()],
+    )
+    history = result.state.history
+    assert len(history) == 50 and len(snapshot_dirs(tmp_path / "state")) == 2
+    assert len(set(sizes[1:])) == 1  # two snapshots from task 2 on, whatever the count
+    norms = [record["merged"]["b_norm_max"] for record in history]
+    assert all(math.isfinite(n) for n in norms) and max(norms) < 10 * max(norms[:5])
+    print(f"\nmerged |B| max after tasks 1, 10, 25, 50: {[round(norms[i], 4) for i in (0, 9, 24, 49)]}")
