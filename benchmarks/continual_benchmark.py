@@ -68,7 +68,7 @@ def build_tasks(train_size: int, test_size: int, seed: int = 0) -> dict[str, dic
     with gzip.open(data / "presidential_debates_2016.csv.gz", "rt") as handle:
         debates = list(csv.DictReader(io.StringIO(handle.read())))
 
-    def rows(examples, template, limit=48):
+    def rows(examples, template, limit=32):
         return [
             {"prompt": template.format(text=_words(text, limit)), "completion": f" {label}"} for text, label in examples
         ]
@@ -83,7 +83,7 @@ def build_tasks(train_size: int, test_size: int, seed: int = 0) -> dict[str, dic
             "Text: {text}\nIs this text a plot summary or a review?\nAnswer:",
         ),
         "party": rows(
-            [(chunk, r["party"]) for r in political for chunk in _chunks(r["text"], 48)[:6]],
+            [(chunk, r["party"]) for r in political for chunk in _chunks(r["text"], 32)[:6]],
             "Speech excerpt: {text}\nWhich party's convention is this from, democrat or republican?\nAnswer:",
         ),
         "speaker": rows(
@@ -291,13 +291,13 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny random model, 2 tasks, 2 steps: seconds")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; results are given per seed and averaged")
-    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per task")
+    parser.add_argument("--steps", type=int, default=16, help="optimizer steps per task")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=96, help="tokens per training example")
     parser.add_argument("--train-size", type=int, default=160, help="training rows per task")
-    parser.add_argument("--test-size", type=int, default=60, help="held-out rows per task")
+    parser.add_argument("--test-size", type=int, default=48, help="held-out rows per task")
     parser.add_argument("--output-dir", default="outputs/benchmark", help="runs and results.json go here")
     args = parser.parse_args()
 

@@ -256,12 +256,17 @@ def save_state(state: ContinualState, state_dir: str | os.PathLike[str], *, keep
         raise StateError(f"The state directory {root} is not writable; nothing was saved. Choose a writable directory.")
     final = root / f"task-{len(state.finished_tasks):04d}"
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        # mkdtemp makes the directory private; a snapshot gets the permissions of any other output.
+        os.chmod(staging, 0o777 & ~umask)
         files = {MERGED_FILE: state.merged, FINETUNED_FILE: state.finetuned}
         checksums = {}
         for filename, weights in files.items():
             path = staging / filename
             save_file(_tensors_of(weights), str(path), metadata={"format": "pt"})
+            os.chmod(path, 0o666 & ~umask)
             with open(path, "rb+") as handle:
                 os.fsync(handle.fileno())
             checksums[filename] = _sha256(path)
