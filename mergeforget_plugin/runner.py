@@ -26,7 +26,7 @@ import yaml
 
 from .recipe import EMBEDDED_MODEL_PREFIX, LoadedRecipe, RecipeError, load_recipe
 from .report import write_report
-from .state import ContinualState, StateError, StateMismatchError, load_state
+from .state import ContinualState, StateError, StateMismatchError, finished_task_names, load_state
 
 PLUGIN_PATH = "mergeforget_plugin.MergeForgetPlugin"
 AXOLOTL_ENVIRONMENT = {
@@ -244,8 +244,7 @@ def run_recipe(
 
         progress = tqdm(total=len(runs), desc="tasks", unit="task", disable=None)
         for run in runs:
-            state = load_state(loaded.state_dir)
-            if state is not None and run.name in state.finished_tasks:
+            if run.name in finished_task_names(loaded.state_dir):
                 run.skipped = True
                 progress.update(1)
                 continue
@@ -266,8 +265,7 @@ def run_recipe(
                 )
                 returncode = child.wait()
             run.seconds = time.time() - started
-            finished = load_state(loaded.state_dir)
-            if returncode != 0 or finished is None or run.name not in finished.finished_tasks:
+            if returncode != 0 or run.name not in finished_task_names(loaded.state_dir):
                 raise RunError(
                     f"Task {run.index} ({run.name}) did not finish (axolotl exited with {returncode}). "
                     f"Earlier tasks are safe in {loaded.state_dir}; fix the cause and run again with --resume.\n"

@@ -308,6 +308,20 @@ def load_state(state_dir: str | os.PathLike[str]) -> ContinualState | None:
     return load_snapshot(snapshots[-1], previous=snapshots[-2] if len(snapshots) > 1 else None)
 
 
+def finished_task_names(state_dir: str | os.PathLike[str]) -> list[str]:
+    """The finished tasks of the newest snapshot, read from its manifest alone (no tensors).
+
+    For progress checks between tasks; :func:`load_state` verifies the tensor files.
+    """
+    snapshots = snapshot_dirs(state_dir)
+    if not snapshots:
+        return []
+    try:
+        return list(json.loads((snapshots[-1] / MANIFEST).read_text())["finished_tasks"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise StateError(f"Cannot read {snapshots[-1] / MANIFEST}: {error}.") from error
+
+
 def load_snapshot(snapshot: Path, *, previous: Path | None = None) -> ContinualState:
     recovery = (
         f" The previous task's snapshot {previous} is intact: delete {snapshot} and resume to redo that task."
