@@ -15,6 +15,12 @@ from .slao import LoRAPair, MergeForgetConfig, merge_coefficient, merge_task, ta
 from .state import ContinualState, StateError, load_state, save_state
 
 
+def wait_for_everyone() -> None:
+    """A barrier across the processes of a distributed run; nothing in a single process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def _norm_summary(weights: dict[str, LoRAPair]) -> dict[str, float]:
     a_norms = torch.stack([pair.a.to(torch.float32).norm() for pair in weights.values()])
     b_norms = torch.stack([pair.b.to(torch.float32).norm() for pair in weights.values()])
@@ -169,6 +175,8 @@ class MergeForgetCallback(TrainerCallback):
             save_state(state, self.state_dir)
             if self.export_dir is not None:
                 export_adapter(state, self.export_dir)
+        # Other processes read this snapshot when the next task starts: wait until it is complete.
+        wait_for_everyone()
         write_lora(model, merged, self.adapter_name)
         self.state = state
         self._finished = True

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .callback import MergeForgetCallback
+from .callback import MergeForgetCallback, wait_for_everyone
 from .evaluation import eval_set_from_rows, evaluate_all
 from .peft_bridge import export_adapter, write_lora
 from .report import evaluations_dir_for, load_evaluations, save_evaluation, write_report
@@ -125,6 +125,10 @@ def train_sequence(
     if state is not None and len(state.finished_tasks) == len(tasks):
         write_lora(model, state.merged)
 
+    # Under accelerate/torchrun every process runs this function; only the first one writes files.
+    from accelerate import PartialState
+
+    is_main_process = PartialState().is_main_process
     eval_datasets = {task.name: task.eval_dataset for task in tasks if task.eval_dataset is not None}
     eval_sets = [
         eval_set_from_rows(
@@ -143,7 +147,8 @@ def train_sequence(
     if unseen:
         with model.disable_adapter():  # b_j: the base model itself, whatever the LoRA holds now
             zero_shot = {**zero_shot, **evaluate_all(model, processing_class, unseen)}
-        save_evaluation(evaluations, 0, None, zero_shot)
+        if is_main_process:
+            save_evaluation(evaluations, 0, None, zero_shot)
     eval_loss: dict[str, dict[str, float]] = {}
     accuracy: dict[str, dict[str, float]] = {}
     for task in tasks:
@@ -169,11 +174,15 @@ def train_sequence(
                 raise StateError(f"Evaluation after task {task.name!r} gave a non-finite loss: {row}.")
         if eval_sets:
             accuracy[task.name] = evaluate_all(model, processing_class, eval_sets)
-            save_evaluation(evaluations, state.next_task_index - 1, task.name, accuracy[task.name])
+            if is_main_process:
+                save_evaluation(evaluations, state.next_task_index - 1, task.name, accuracy[task.name])
 
     assert state is not None  # _check_tasks guarantees at least one task
-    export_adapter(state, adapter_dir)
-    report_files = write_report(root)
+    report_files = []
+    if is_main_process:
+        export_adapter(state, adapter_dir)
+        report_files = write_report(root)
+    wait_for_everyone()
     return SequenceResult(
         state=state,
         adapter_dir=adapter_dir,
