@@ -368,7 +368,8 @@ def main() -> None:
 def _points(value, signed=False):
     if value is None:
         return "   n/a"
-    return f"{100 * value:+6.1f}" if signed else f"{100 * value:6.1f}"
+    points = round(100 * value, 1) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return f"{points:+6.1f}" if signed else f"{points:6.1f}"
 
 
 def print_table(results: dict, task_names: list[str]) -> None:

@@ -101,7 +101,8 @@ def _format(value: float | None, signed: bool = False) -> str:
     """A fraction as points: 0.553 -> '55.3' (or '+55.3' when signed)."""
     if value is None:
         return "n/a"
-    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+    points = round(100 * value, 1) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return f"{points:+.1f}" if signed else f"{points:.1f}"
 
 
 def build_report(output_dir: str | os.PathLike[str], recipe: str | None = None) -> dict[str, Any]:
