@@ -122,19 +122,22 @@ def test_exported_adapter_loads_in_stock_peft_with_identical_logits(tiny_peft_mo
     assert all(torch.equal(reloaded_weights[n].b, merged[n].b) for n in merged)
 
 
-def test_qlora_4bit_layers_read_and_write(tiny_model_dir):
+@pytest.mark.parametrize(
+    ("quantization", "layer_name"),
+    [
+        ({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": torch.float32}, "Linear4bit"),
+        ({"load_in_8bit": True}, "Linear8bitLt"),
+    ],
+    ids=["nf4", "int8"],
+)
+def test_quantized_bases_read_and_write(tiny_model_dir, quantization, layer_name):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    base = AutoModelForCausalLM.from_pretrained(
-        tiny_model_dir,
-        quantization_config=BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
-        ),
-    )
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=BitsAndBytesConfig(**quantization))
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
-    assert type(layer).__module__.endswith("lora.bnb") and type(layer.base_layer).__name__ == "Linear4bit"
+    assert type(layer).__module__.endswith("lora.bnb") and type(layer.base_layer).__name__ == layer_name
     new = random_like(read_lora(model), 3)
     ids = torch.tensor([[3, 4, 5, 6]])
     before = model(input_ids=ids).logits
