@@ -126,9 +126,8 @@ def train_sequence(
         write_lora(model, state.merged)
 
     # Under accelerate/torchrun every process runs this function; only the first one writes files.
-    from accelerate import PartialState
-
-    is_main_process = PartialState().is_main_process
+    # (`args` knows the process layout with the device settings the trainers will use.)
+    is_main_process = args.process_index == 0
     eval_datasets = {task.name: task.eval_dataset for task in tasks if task.eval_dataset is not None}
     eval_sets = [
         eval_set_from_rows(

@@ -1,4 +1,5 @@
-"""Two processes under `accelerate launch --cpu` (DDP over gloo) through the TRL path."""
+"""Two processes with DDP over gloo on the CPU (torchrun, the launcher accelerate uses for
+multi-GPU; `accelerate launch --cpu` needs MPI for more than one process) through the TRL path."""
 
 from __future__ import annotations
 
@@ -27,20 +28,8 @@ def run(command, cwd):
 def test_two_process_ddp_run_matches_a_single_process_run(tiny_model_dir, tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     run([sys.executable, SCRIPT, str(tiny_model_dir), str(single), "8"], tmp_path)
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--cpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-    ]
-    run(
-        [*launch, "--mixed_precision", "no", "--dynamo_backend", "no", SCRIPT, str(tiny_model_dir), str(ddp), "4"],
-        tmp_path,
-    )
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    run([*launch, SCRIPT, str(tiny_model_dir), str(ddp), "4"], tmp_path)
 
     # Every rank started every task from the same LoRA (the init is computed from the shared state).
     starts = [[json.loads(line) for line in (ddp / f"starts-rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
