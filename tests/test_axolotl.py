@@ -38,7 +38,7 @@ CPU_KEYS = {
 }
 
 
-def tiny_recipe(tmp_path, model_dir, *, quantized=False, max_steps=3, name="recipe.yaml"):
+def tiny_recipe(tmp_path, model_dir, *, quantized=False, max_steps=3, name="recipe.yaml", long_task=None):
     axolotl = {
         "base_model": str(model_dir),
         "adapter": "qlora" if quantized else "lora",
@@ -80,6 +80,9 @@ def tiny_recipe(tmp_path, model_dir, *, quantized=False, max_steps=3, name="reci
             for task in DEMO_TASKS
         ],
     }
+    for task in recipe["tasks"]:
+        if task["name"] == long_task:
+            task["overrides"] = {"max_steps": 5000}  # long enough to be killed in the middle
     path = tmp_path / name
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -150,7 +153,7 @@ def test_recipe_runs_three_tasks_through_axolotl_train(tmp_path, tiny_model_dir,
 
 @pytest.mark.slow
 def test_kill_during_a_task_loses_nothing_and_resume_finishes(tmp_path, tiny_model_dir):
-    recipe = tiny_recipe(tmp_path, tiny_model_dir, max_steps=5000)  # long enough to be killed mid-task
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, long_task="plurals")
     env = {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     runner = subprocess.Popen(
         [sys.executable, "-m", "mergeforget_plugin.cli", "train", str(recipe)],
@@ -161,7 +164,7 @@ def test_kill_during_a_task_loses_nothing_and_resume_finishes(tmp_path, tiny_mod
     )
     out = tmp_path / "out"
     second_log = out / "tasks" / "task-02-plurals" / "train.log"
-    deadline = time.time() + 600
+    deadline = time.time() + 900
     # Wait until task 1 is finished and task 2 is training (its progress bar has started).
     while time.time() < deadline and not (second_log.is_file() and "it/s]" in second_log.read_text(errors="replace")):
         assert runner.poll() is None, "the runner ended before it could be killed"
@@ -184,7 +187,7 @@ def test_kill_during_a_task_loses_nothing_and_resume_finishes(tmp_path, tiny_mod
     refused = mergeforget("train", str(recipe), cwd=tmp_path)
     assert refused.returncode == 2 and "Pass --resume" in refused.stderr
 
-    recipe = tiny_recipe(tmp_path, tiny_model_dir, max_steps=3)  # a shorter budget for the rest is allowed
+    recipe = tiny_recipe(tmp_path, tiny_model_dir)  # a shorter budget for the rest is allowed
     resumed = mergeforget("train", str(recipe), "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     final = load_state(out / "state")
