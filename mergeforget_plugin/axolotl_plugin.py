@@ -23,8 +23,10 @@ from axolotl.integrations.base import BasePlugin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .callback import MergeForgetCallback
+from .peft_bridge import write_lora
 from .recipe import EMBEDDED_MODEL_PREFIX, EvalSpec, StrategySettings
 from .report import evaluations_dir_for, save_evaluation
+from .state import pickled_adapter_problem
 
 
 class MergeForgetSettings(StrategySettings):
@@ -96,8 +98,21 @@ class MergeForgetPlugin(BasePlugin):
                 f"mergeforget carries one LoRA across tasks, so it needs `adapter: lora` or `adapter: qlora` "
                 f"(the config has adapter: {adapter!r})."
             )
+        if cfg.get("lora_model_dir"):
+            problem = pickled_adapter_problem(str(cfg.get("lora_model_dir")), "lora_model_dir")
+            if problem:
+                raise ValueError(problem)
         if cfg.get("peft_use_dora"):
             raise ValueError("peft_use_dora: true is not supported: the SLAO merge is defined for plain LoRA.")
+
+    def pre_lora_load(self, cfg: Any, model: Any) -> None:
+        # The task-1 LoRA init draws from the global RNG, which Axolotl's model and dataset
+        # loading leave in a run-dependent state; seeding here makes a re-run after a kill start
+        # task 1 where the killed run did. (Tasks 2+ start from the state, not the RNG.)
+        if cfg.get("seed") is not None:
+            from transformers import set_seed
+
+            set_seed(int(cfg.get("seed")))
 
     def post_model_load(self, cfg: Any, model: Any) -> None:
         settings = _settings(cfg)
@@ -107,11 +122,19 @@ class MergeForgetPlugin(BasePlugin):
             config=settings.to_config(),
             export_dir=settings.export_dir,
         )
-        task_index = self.callback.prepare(model)
-        evaluations = evaluations_dir_for(settings.state_dir)
-        if task_index == 1 and settings.evaluation and not (evaluations / "after-00.json").exists():
-            # Before task 1 the LoRA's B is zero: the model is the base model, so this row is b_j.
-            self._evaluate(cfg, model, settings, 0, None)
+        task_index = self.callback.prepare(model, apply_init=False)
+        previous_row = evaluations_dir_for(settings.state_dir) / f"after-{task_index - 1:02d}.json"
+        if settings.evaluation and not previous_row.exists():
+            if task_index == 1:
+                # Before task 1 the LoRA's B is zero: the model is the base model, so this row is b_j.
+                self._evaluate(cfg, model, settings, 0, None)
+            else:
+                # The previous task's run was killed after its state was saved but before it
+                # evaluated: score that task's merged LoRA now, before this task's init replaces it.
+                state = self.callback.state
+                write_lora(model, state.merged)
+                self._evaluate(cfg, model, settings, task_index - 1, state.finished_tasks[-1])
+        self.callback.apply_init(model)
 
     def _evaluate(self, cfg: Any, model: Any, settings: MergeForgetSettings, task_index: int, task: str | None) -> None:
         if int(os.environ.get("RANK", "0")) != 0:

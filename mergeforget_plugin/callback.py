@@ -10,9 +10,10 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from .faults import pause_point
 from .peft_bridge import adapter_config_dict, describe_model, export_adapter, read_lora, write_lora
 from .slao import LoRAPair, MergeForgetConfig, merge_coefficient, merge_task, task_start_weights
-from .state import ContinualState, StateError, load_state, save_state
+from .state import ContinualState, StateError, check_writable, load_state, save_state
 
 
 def wait_for_everyone() -> None:
@@ -106,6 +107,7 @@ class MergeForgetCallback(TrainerCallback):
             return self.task_index
         self._started_at = time.time()
         signature, fingerprint = describe_model(model, self.adapter_name)
+        check_writable(self.state_dir)
         state = load_state(self.state_dir)
         if state is None:
             state = ContinualState(
@@ -125,14 +127,21 @@ class MergeForgetCallback(TrainerCallback):
                 )
         self.state = state
         self.task_index = state.next_task_index
-        if apply_init and self.task_index >= 2:
+        self._prepared = True
+        if apply_init:
+            self.apply_init(model)
+        return self.task_index
+
+    def apply_init(self, model: torch.nn.Module) -> None:
+        """Set the model's LoRA to this task's starting point (nothing to do for task 1)."""
+        if not self._prepared:
+            raise StateError("apply_init() needs prepare() first: the state has not been read.")
+        if self.task_index >= 2:
             write_lora(
                 model,
-                task_start_weights(self.task_index, state.finetuned, state.merged, self.config),
+                task_start_weights(self.task_index, self.state.finetuned, self.state.merged, self.config),
                 self.adapter_name,
             )
-        self._prepared = True
-        return self.task_index
 
     def finish(
         self, model: torch.nn.Module, *, is_main_process: bool = True, extra: dict[str, Any] | None = None
@@ -149,6 +158,7 @@ class MergeForgetCallback(TrainerCallback):
         finetuned = read_lora(model, self.adapter_name)
         previous = self.state.merged if self.state.merged else None
         merged = merge_task(self.task_index, previous, finetuned, self.config)
+        pause_point("merge", self.task_index)
         record = {
             "task": self.task_name,
             "task_index": self.task_index,
@@ -175,6 +185,7 @@ class MergeForgetCallback(TrainerCallback):
             save_state(state, self.state_dir)
             if self.export_dir is not None:
                 export_adapter(state, self.export_dir)
+            pause_point("task-saved", self.task_index)
         # Other processes read this snapshot when the next task starts: wait until it is complete.
         wait_for_everyone()
         write_lora(model, merged, self.adapter_name)
@@ -189,6 +200,10 @@ class MergeForgetCallback(TrainerCallback):
         # A trainer resumed from a mid-task checkpoint holds weights that already started from
         # this task's init; setting the init again would throw that training away.
         self.prepare(model, apply_init=state.global_step == 0)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if state.global_step == 2:
+            pause_point("training-step", self.task_index)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from .faults import pause_point
 from .slao import LoRAPair
 from .state import BaseModelFingerprint, ContinualState, LoRASignature, StateError
 
@@ -134,12 +135,27 @@ def base_model_fingerprint(model: torch.nn.Module) -> BaseModelFingerprint:
     return BaseModelFingerprint(architecture=architecture, embedding_signature=signature)
 
 
+def _whole(weight: torch.Tensor, name: str) -> torch.Tensor:
+    """``weight`` if every process holds all of it; sharded weights (FSDP, ZeRO-3) are refused."""
+    from torch.distributed.tensor import DTensor
+
+    sharded = hasattr(weight, "ds_id") or (
+        isinstance(weight, DTensor) and not all(placement.is_replicate() for placement in weight.placements)
+    )
+    if sharded:
+        raise UnsupportedAdapterError(
+            f"{name} is sharded across processes (FSDP or DeepSpeed ZeRO-3), so no process holds the whole "
+            "LoRA to merge. Train with DDP or DeepSpeed ZeRO-1/2, which keep the full LoRA on every process."
+        )
+    return weight.to_local() if isinstance(weight, DTensor) else weight
+
+
 def read_lora(model: torch.nn.Module, adapter_name: str = "default") -> dict[str, LoRAPair]:
     """Copies of every module's ``(lora_A, lora_B)`` weights, on the CPU, in their own dtype."""
     return {
         name: LoRAPair(
-            layer.lora_A[adapter_name].weight.detach().to("cpu", copy=True),
-            layer.lora_B[adapter_name].weight.detach().to("cpu", copy=True),
+            _whole(layer.lora_A[adapter_name].weight, f"{name}.lora_A").detach().to("cpu", copy=True),
+            _whole(layer.lora_B[adapter_name].weight, f"{name}.lora_B").detach().to("cpu", copy=True),
         )
         for name, layer in lora_layers(model, adapter_name).items()
     }
@@ -153,10 +169,11 @@ def write_lora(model: torch.nn.Module, weights: Mapping[str, LoRAPair], adapter_
         raise StateError(f"The weights to load do not cover the model's LoRA modules (e.g. missing {missing}).")
     with torch.no_grad():
         for name, layer in layers.items():
-            for param, value in (
-                (layer.lora_A[adapter_name].weight, weights[name].a),
-                (layer.lora_B[adapter_name].weight, weights[name].b),
+            for part, param, value in (
+                ("lora_A", layer.lora_A[adapter_name].weight, weights[name].a),
+                ("lora_B", layer.lora_B[adapter_name].weight, weights[name].b),
             ):
+                _whole(param, f"{name}.{part}")
                 if param.shape != value.shape:
                     raise StateError(f"{name}: shape {tuple(value.shape)} cannot be loaded into {tuple(param.shape)}.")
                 param.copy_(value.to(device=param.device, dtype=param.dtype))
@@ -201,7 +218,8 @@ def export_adapter(state: ContinualState, output_dir: str | os.PathLike[str]) ->
         tensors[f"{_PEFT_PREFIX}{name}.lora_B.weight"] = pair.b.contiguous()
     weights_tmp = out / f".{ADAPTER_WEIGHTS_FILE}.tmp"
     config_tmp = out / f".{ADAPTER_CONFIG_FILE}.tmp"
-    save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
+    weights_tmp.write_bytes(save(tensors, metadata={"format": "pt"}))
+    pause_point("export", len(state.finished_tasks))
     config_tmp.write_text(json.dumps(state.adapter_config, indent=2, sort_keys=True))
     os.replace(weights_tmp, out / ADAPTER_WEIGHTS_FILE)
     os.replace(config_tmp, out / ADAPTER_CONFIG_FILE)

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .slao import MergeForgetConfig
+from .state import pickled_adapter_problem
 
 EMBEDDED_MODEL_PREFIX = "mergeforget://"
 # Keys that define the one LoRA every task shares, or that the runner sets per task.
@@ -287,5 +288,15 @@ def load_recipe(path: str | os.PathLike[str], *, check_files: bool = True) -> Lo
                 + "\n  - ".join(missing)
                 + "\nPoint each path at a local copy (relative paths are relative to the recipe file)."
             )
-        loaded.base_axolotl_config()
+        base = loaded.base_axolotl_config()
+        configs = [("axolotl", base)] + [
+            (f"tasks[{index}] ({task.name!r}) overrides", task.overrides)
+            for index, task in enumerate(loaded.recipe.tasks)
+        ]
+        for where, config in configs:
+            if config.get("lora_model_dir"):
+                directory = loaded.resolve(str(config["lora_model_dir"]))
+                problem = pickled_adapter_problem(directory, f"{where}.lora_model_dir")
+                if problem:
+                    raise RecipeError(f"{recipe_path}: {problem}")
     return loaded

@@ -22,11 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from .recipe import EMBEDDED_MODEL_PREFIX, LoadedRecipe, RecipeError, load_recipe
-from .report import write_report
-from .state import ContinualState, StateError, StateMismatchError, finished_task_names, load_state
+from .report import evaluations_dir_for, save_evaluation, write_report
+from .state import (
+    ContinualState,
+    StateError,
+    StateMismatchError,
+    check_writable,
+    finished_task_names,
+    load_state,
+    tidy_state_dir,
+)
 
 PLUGIN_PATH = "mergeforget_plugin.MergeForgetPlugin"
 AXOLOTL_ENVIRONMENT = {
@@ -204,6 +213,37 @@ def _failure_summary(log_path: Path) -> str:
     return "\n".join(tail)
 
 
+def _evaluate_unscored_last_task(
+    loaded: LoadedRecipe, final: ContinualState, adapter: Path, base: dict[str, Any]
+) -> None:
+    """Score the final adapter if the last task's run was killed after saving it but before evaluating.
+
+    (For earlier tasks the next task's run does this, inside Axolotl.)
+    """
+    specs = loaded.eval_specs()
+    row = evaluations_dir_for(loaded.state_dir) / f"after-{len(final.finished_tasks):02d}.json"
+    if not specs or row.exists():
+        return
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from .evaluation import eval_set_from_spec, evaluate_all
+
+    dtype = torch.bfloat16 if base.get("bf16") is True else torch.float16 if base.get("fp16") else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if base.get("load_in_4bit"):
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
+    elif base.get("load_in_8bit"):
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    model_path = str(base["base_model"])
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_path, **kwargs), adapter)
+    tokenizer = AutoTokenizer.from_pretrained(str(base.get("tokenizer_config") or model_path))
+    accuracy = evaluate_all(model.eval(), tokenizer, [eval_set_from_spec(spec) for spec in specs])
+    save_evaluation(row.parent, len(final.finished_tasks), final.finished_tasks[-1], accuracy)
+
+
 def run_recipe(
     recipe_path: str | os.PathLike[str],
     *,
@@ -223,6 +263,7 @@ def run_recipe(
     base = loaded.base_axolotl_config()
     base["base_model"] = _resolve_model(str(base["base_model"]), loaded)
     _check_state(loaded, load_state(loaded.state_dir), resume, base)
+    check_writable(loaded.output_dir, "output directory")
     config_paths = write_task_configs(loaded)
     tasks = loaded.recipe.tasks
     runs = [
@@ -236,6 +277,8 @@ def run_recipe(
         return runs
 
     lock = _acquire_lock(loaded.output_dir)
+    # A run killed between a snapshot's rename and the removal of the older ones left them behind.
+    tidy_state_dir(loaded.state_dir)
     environment = {**os.environ}
     for key, value in AXOLOTL_ENVIRONMENT.items():
         environment.setdefault(key, value)
@@ -284,6 +327,7 @@ def run_recipe(
     if final is None:
         raise StateError(f"No state in {loaded.state_dir} after the run.")
     adapter = export_adapter(final, loaded.output_dir / "adapter")
+    _evaluate_unscored_last_task(loaded, final, adapter, base)
     reports = write_report(loaded.output_dir, recipe=str(loaded.path))
     echo(f"All {len(final.finished_tasks)} task(s) finished. Merged adapter: {adapter}")
     echo(f"Report: {', '.join(str(path) for path in reports)}")

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from .faults import pause_point
 from .slao import LoRAPair, MergeForgetConfig
 
 FORMAT_VERSION = 1
@@ -44,6 +45,30 @@ _SNAPSHOT_PATTERN = re.compile(r"^task-(\d{4,})$")
 # differ by the scale of the weights themselves.
 _SIGNATURE_RTOL = 2e-2
 _SIGNATURE_ATOL = 1e-4
+
+
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
+SAFE_ADAPTER_FILE = "adapter_model.safetensors"
+
+
+def pickled_adapter_problem(directory: str | os.PathLike[str], field: str) -> str | None:
+    """Why the adapter in ``directory`` must not be loaded, or ``None`` when it is safetensors (or absent).
+
+    Pickle files can run arbitrary code when loaded, so an adapter that exists only as
+    ``adapter_model.bin`` (or ``.pt``/``.pkl``...) is refused rather than unpickled.
+    """
+    folder = Path(directory)
+    if not folder.is_dir() or (folder / SAFE_ADAPTER_FILE).is_file():
+        return None
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not pickled:
+        return None
+    return (
+        f"{field}: {folder} holds {', '.join(pickled)}, pickle file(s) that can run code when loaded; "
+        f"mergeforget-plugin loads adapters only from {SAFE_ADAPTER_FILE}. Convert it once where you trust "
+        "the file (torch.load(path, weights_only=True), then safetensors.torch.save_file) or point "
+        f"{field} at a safetensors adapter."
+    )
 
 
 class StateError(RuntimeError):
@@ -242,6 +267,24 @@ def snapshot_dirs(state_dir: str | os.PathLike[str]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def check_writable(directory: str | os.PathLike[str], what: str = "state directory") -> None:
+    """Raise :class:`StateError` unless a file can be written and synced in ``directory`` (created if needed).
+
+    Run before training, so a read-only or full disk stops the run before any work is spent.
+    """
+    folder = Path(directory)
+    probe = folder / f".write-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_file_synced(probe, b"mergeforget")
+        probe.unlink()
+    except OSError as error:
+        raise StateError(
+            f"The {what} {folder} is not writable ({error.strerror or error}). Nothing was trained or replaced: "
+            "choose a writable directory with free space, then run again."
+        ) from error
+
+
 def save_state(state: ContinualState, state_dir: str | os.PathLike[str], *, keep: int = 2) -> Path:
     """Write ``state`` as a new snapshot of ``state_dir`` atomically and return the snapshot path.
 
@@ -251,9 +294,7 @@ def save_state(state: ContinualState, state_dir: str | os.PathLike[str], *, keep
     if not state.finished_tasks:
         raise StateError("A state is saved after a task finishes; this one has no finished task.")
     root = Path(state_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    if not os.access(root, os.W_OK):
-        raise StateError(f"The state directory {root} is not writable; nothing was saved. Choose a writable directory.")
+    check_writable(root)
     final = root / f"task-{len(state.finished_tasks):04d}"
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
     umask = os.umask(0)
@@ -265,11 +306,11 @@ def save_state(state: ContinualState, state_dir: str | os.PathLike[str], *, keep
         checksums = {}
         for filename, weights in files.items():
             path = staging / filename
-            save_file(_tensors_of(weights), str(path), metadata={"format": "pt"})
+            # Serialized in memory and written here, so a failed write is an OSError with its errno.
+            _write_file_synced(path, save(_tensors_of(weights), metadata={"format": "pt"}))
             os.chmod(path, 0o666 & ~umask)
-            with open(path, "rb+") as handle:
-                os.fsync(handle.fileno())
             checksums[filename] = _sha256(path)
+            pause_point("state-write", len(state.finished_tasks))
         manifest = {
             "format_version": FORMAT_VERSION,
             "finished_tasks": state.finished_tasks,
@@ -288,12 +329,34 @@ def save_state(state: ContinualState, state_dir: str | os.PathLike[str], *, keep
             shutil.rmtree(final)
         os.rename(staging, final)
         _fsync_dir(root)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError):
+            kept = snapshot_dirs(root)
+            raise StateError(
+                f"Could not write the state of task {len(state.finished_tasks)} to {root} ({error.strerror or error}). "
+                + (f"The previous snapshot {kept[-1]} is untouched. " if kept else "")
+                + "Free space or fix permissions, then resume to redo the task."
+            ) from error
         raise
+    pause_point("state-commit", len(state.finished_tasks))
+    tidy_state_dir(root, keep=keep)
+    return final
+
+
+def tidy_state_dir(state_dir: str | os.PathLike[str], *, keep: int = 2) -> None:
+    """Remove snapshots older than the newest ``keep`` and staging directories of interrupted writes.
+
+    Only the one process that writes the state may call this (a runner holding the output
+    directory's lock, or :func:`save_state`): a staging directory is assumed abandoned.
+    """
+    root = Path(state_dir)
+    if not root.is_dir():
+        return
+    for leftover in root.glob(".task-*.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True)
     for old in snapshot_dirs(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def load_state(state_dir: str | os.PathLike[str]) -> ContinualState | None:

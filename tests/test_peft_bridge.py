@@ -12,6 +12,7 @@ from mergeforget_plugin.peft_bridge import (
     adapter_config_dict,
     base_model_fingerprint,
     export_adapter,
+    lora_layers,
     lora_signature,
     read_lora,
     write_lora,
@@ -148,3 +149,28 @@ def test_quantized_bases_read_and_write(tiny_model_dir, quantization, layer_name
     assert not base_model_fingerprint(model).mismatches(
         base_model_fingerprint(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     )
+
+
+def test_sharded_lora_weights_are_refused_naming_the_module(tiny_peft_model, tmp_path):
+    """FSDP2 shards parameters as DTensors; no process could read the whole LoRA to merge it."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    from mergeforget_plugin.peft_bridge import UnsupportedAdapterError
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        plain = read_lora(tiny_peft_model)
+        name, layer = next(iter(lora_layers(tiny_peft_model).items()))
+        weight = layer.lora_A["default"].weight.detach()
+        layer.lora_A["default"].weight = torch.nn.Parameter(distribute_tensor(weight, mesh, [Replicate()]))
+        assert torch.equal(read_lora(tiny_peft_model)[name].a, weight)  # replicated: every process has it all
+        layer.lora_A["default"].weight = torch.nn.Parameter(distribute_tensor(weight, mesh, [Shard(0)]))
+        with pytest.raises(UnsupportedAdapterError, match=rf"^{name}.lora_A is sharded across processes \(FSDP or"):
+            read_lora(tiny_peft_model)
+        with pytest.raises(UnsupportedAdapterError, match=rf"^{name}.lora_A is sharded across processes"):
+            write_lora(tiny_peft_model, plain)
+    finally:
+        dist.destroy_process_group()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,10 +12,16 @@ from hypothesis import strategies as st
 from transformers import TrainerCallback
 
 from mergeforget_plugin import MergeForgetCallback, SLAOMathError, Task, train_sequence
-from mergeforget_plugin.recipe import RecipeError, parse_recipe
+from mergeforget_plugin.recipe import RecipeError, load_recipe, parse_recipe
 from mergeforget_plugin.state import load_state, snapshot_dirs
 
 from .test_trl_sequence import demo_tasks, peft_model, sft_config
+
+
+def resident_megabytes() -> float:
+    """This process's resident memory now (VmRSS), in MB."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
 
 
 class PoisonLoRA(TrainerCallback):
@@ -94,12 +101,15 @@ def test_fifty_task_soak_keeps_the_state_constant_and_b_bounded(tiny_model_dir, 
 
     rows = demo_tasks(["antonyms", "plurals", "capitals"])
     tasks = [Task(f"task{i:02d}", Dataset.from_list(list(rows[i % 3].train_dataset)[:8])) for i in range(50)]
-    sizes = []
+    sizes, rss_mb = [], []
 
     class StateSize(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             if snapshot_dirs(tmp_path / "state"):
                 sizes.append(sum(f.stat().st_size for f in (tmp_path / "state").rglob("*.safetensors")))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            rss_mb.append(resident_megabytes())
 
     result = train_sequence(
         peft_model(tiny_model_dir),
@@ -113,4 +123,88 @@ def test_fifty_task_soak_keeps_the_state_constant_and_b_bounded(tiny_model_dir, 
     assert len(set(sizes[1:])) == 1  # two snapshots from task 2 on, whatever the count
     norms = [record["merged"]["b_norm_max"] for record in history]
     assert all(math.isfinite(n) for n in norms) and max(norms) < 10 * max(norms[:5])
-    print(f"\nmerged |B| max after tasks 1, 10, 25, 50: {[round(norms[i], 4) for i in (0, 9, 24, 49)]}")
+    # Memory does not grow with the number of tasks: resident memory after task 50 is within
+    # 256 MB of that after task 10 (the first tasks warm up allocator and caches).
+    assert rss_mb[49] - rss_mb[9] < 256
+    print(
+        f"\nmerged |B| max after tasks 1, 10, 25, 50: {[round(norms[i], 4) for i in (0, 9, 24, 49)]}; "
+        f"resident MB after tasks 1, 10, 25, 50: {[round(rss_mb[i]) for i in (0, 9, 24, 49)]}, "
+        f"peak over the soak {round(max(rss_mb))}"
+    )
+
+
+class RunsCodeWhenUnpickled:
+    """What a malicious adapter_model.bin can hold: unpickling it runs a command."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def pickled_adapter(directory):
+    import pickle
+
+    directory.mkdir()
+    (directory / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    (directory / "adapter_model.bin").write_bytes(pickle.dumps(RunsCodeWhenUnpickled(directory / "pwned")))
+    return directory
+
+
+def test_a_pickled_adapter_named_in_a_recipe_is_refused_unopened(tmp_path):
+    from .test_recipes import minimal_recipe, write
+
+    adapter = pickled_adapter(tmp_path / "warm-start")
+    recipe = minimal_recipe()
+    recipe["tasks"][0]["overrides"] = {"lora_model_dir": "warm-start"}
+    with pytest.raises(RecipeError) as refused:
+        load_recipe(write(tmp_path, recipe))
+    assert str(refused.value) == (
+        f"{tmp_path / 'recipe.yaml'}: tasks[0] ('antonyms') overrides.lora_model_dir: {adapter} holds "
+        "adapter_model.bin, pickle file(s) that can run code when loaded; mergeforget-plugin loads adapters only "
+        "from adapter_model.safetensors. Convert it once where you trust the file (torch.load(path, "
+        "weights_only=True), then safetensors.torch.save_file) or point tasks[0] ('antonyms') "
+        "overrides.lora_model_dir at a safetensors adapter."
+    )
+    assert not (adapter / "pwned").exists()
+    # Beside a safetensors copy the pickle is never chosen, so the recipe is accepted.
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    load_recipe(write(tmp_path, recipe))
+
+
+def test_a_pickled_adapter_in_an_axolotl_config_is_refused_by_the_plugin(tmp_path):
+    pytest.importorskip("axolotl")
+    from axolotl.utils.dict import DictDefault
+
+    from mergeforget_plugin.axolotl_plugin import MergeForgetPlugin
+
+    adapter = pickled_adapter(tmp_path / "adapter")
+    cfg = DictDefault(
+        {"adapter": "lora", "lora_model_dir": str(adapter), "mergeforget": {"state_dir": "s", "task_name": "t"}}
+    )
+    with pytest.raises(ValueError, match=r"^lora_model_dir: .*adapter holds adapter_model.bin, pickle file"):
+        MergeForgetPlugin().register(cfg)
+    assert not (adapter / "pwned").exists()
+
+
+def test_a_read_only_output_directory_stops_the_runner_before_training(tmp_path, tiny_model_dir):
+    from mergeforget_plugin.runner import run_recipe
+    from mergeforget_plugin.state import StateError
+
+    from .test_recipes import minimal_recipe, write
+    from .test_state import read_only
+
+    recipe = write(tmp_path, minimal_recipe(tiny_model_dir))
+    (tmp_path / "out").mkdir()
+    restore = read_only(tmp_path / "out")
+    try:
+        with pytest.raises(
+            StateError,
+            match=r"^The output directory .*out is not writable \((Operation not permitted|Permission denied)\)\. "
+            r"Nothing was trained",
+        ):
+            run_recipe(recipe)
+    finally:
+        restore()
+    assert list((tmp_path / "out").iterdir()) == []

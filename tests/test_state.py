@@ -14,9 +14,11 @@ from mergeforget_plugin.state import (
     LoRASignature,
     StateError,
     StateMismatchError,
+    check_writable,
     load_state,
     save_state,
     snapshot_dirs,
+    tidy_state_dir,
 )
 
 SIGNATURE = LoRASignature(
@@ -86,19 +88,85 @@ def test_only_the_last_two_snapshots_are_kept_and_state_size_is_constant(tmp_pat
     assert load_state(tmp_path).finished_tasks[-1] == "task5"
 
 
-def test_a_failed_write_leaves_the_previous_snapshot_untouched(tmp_path, monkeypatch):
+FULL_DISK_SCRIPT = """
+import resource, signal, sys
+from mergeforget_plugin.state import StateError, save_state
+from tests.test_state import make_state
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+try:
+    save_state(make_state(2), sys.argv[1])
+except StateError as error:
+    print(error)
+"""
+
+
+def test_a_full_disk_leaves_the_previous_snapshot_untouched(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
     save_state(make_state(1), tmp_path)
-    import mergeforget_plugin.state as state_module
-
-    def failing_rename(src, dst):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(state_module.os, "rename", failing_rename)
-    with pytest.raises(OSError, match="No space left"):
-        save_state(make_state(2), tmp_path)
-    monkeypatch.undo()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    # A real write failure: the kernel refuses bytes past a file-size limit, as on a full disk.
+    completed = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_SCRIPT, str(tmp_path)], cwd=REPO, capture_output=True, text=True
+    )
+    assert completed.stdout.strip() == (
+        f"Could not write the state of task 2 to {tmp_path} (File too large). The previous snapshot "
+        f"{tmp_path / 'task-0001'} is untouched. Free space or fix permissions, then resume to redo the task."
+    ), completed.stderr[-2000:]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["task-0001"]
     assert load_state(tmp_path).finished_tasks == ["task1"]
+
+
+def read_only(directory):
+    """Make ``directory`` read-only even for root (immutable attribute); skip where that is impossible."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        return lambda: directory.chmod(0o755)
+    if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without chattr +i: cannot make a read-only directory")
+    return lambda: subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+def test_a_read_only_state_directory_is_refused_before_anything_is_replaced(tmp_path):
+    save_state(make_state(1), tmp_path)
+    restore = read_only(tmp_path)
+    try:
+        with pytest.raises(StateError) as refused:
+            check_writable(tmp_path)
+        with pytest.raises(StateError, match="is not writable"):
+            save_state(make_state(2), tmp_path)
+    finally:
+        restore()
+    assert str(refused.value) == (
+        f"The state directory {tmp_path} is not writable (Operation not permitted). Nothing was trained or "
+        "replaced: choose a writable directory with free space, then run again."
+    ) or "Permission denied" in str(refused.value)
+    assert load_state(tmp_path).finished_tasks == ["task1"]
+
+
+def test_truncated_tensor_files_are_detected_naming_the_file(tmp_path):
+    save_state(make_state(1), tmp_path)
+    snapshot = save_state(make_state(2), tmp_path)
+    for name in ("merged.safetensors", "finetuned.safetensors"):
+        original = (snapshot / name).read_bytes()
+        for cut in (1, len(original) // 2, len(original) - 8):
+            (snapshot / name).write_bytes(original[:cut])
+            with pytest.raises(StateError) as refused:
+                load_state(tmp_path)
+            assert str(refused.value) == (
+                f"{snapshot / name} is missing or does not match the checksum in its manifest. The previous "
+                f"task's snapshot {tmp_path / 'task-0001'} is intact: delete {snapshot} and resume to redo that task."
+            )
+        (snapshot / name).write_bytes(original)
+    assert load_state(tmp_path).finished_tasks == ["task1", "task2"]
 
 
 def test_newer_format_is_refused(tmp_path):
@@ -173,3 +241,13 @@ def test_same_setup_is_accepted_within_dtype_rounding():
 def test_changing_strategy_mid_sequence_is_refused():
     with pytest.raises(StateMismatchError, match="keeps one strategy from start to end"):
         make_state(1).check_config(MergeForgetConfig(), "here")
+
+
+def test_tidy_removes_what_an_interrupted_write_left_behind(tmp_path):
+    for count in (1, 2, 3):
+        save_state(make_state(count), tmp_path, keep=3)  # as if killed before the older ones were removed
+    (tmp_path / ".task-0004.abc.tmp").mkdir()
+    (tmp_path / ".task-0004.abc.tmp" / "merged.safetensors").write_bytes(b"half")
+    tidy_state_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["task-0002", "task-0003"]
+    assert load_state(tmp_path).finished_tasks == ["task1", "task2", "task3"]
