@@ -66,16 +66,18 @@ def run_until_killed(recipe, cwd, point: str, task_index: int, marker) -> None:
     runner.wait()
     marker.unlink()
     # The process paused at the point must die with the runner, not finish behind our back.
-    while time.time() < deadline and os.path.exists(f"/proc/{paused_pid}"):
-        status = open(f"/proc/{paused_pid}/status").read() if os.path.exists(f"/proc/{paused_pid}") else ""
-        if "zombie" in status:
-            break
+    while time.time() < deadline and is_running(paused_pid):
         time.sleep(0.1)
-    assert not os.path.exists(f"/proc/{paused_pid}") or "zombie" in open(f"/proc/{paused_pid}/status").read()
+    assert not is_running(paused_pid)
 
 
-def tensors(path):
-    return load_file(str(path))
+def is_running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return "zombie" not in status.read()
+    except FileNotFoundError:
+        return False
 
 
 @pytest.mark.slow
@@ -112,7 +114,7 @@ def test_every_kill_point_resumes_to_a_bit_identical_sequence(tmp_path, tiny_mod
         "state/task-0003/finetuned.safetensors",
         "state/task-0002/merged.safetensors",
     ):
-        expected, got = tensors(expected_out / relative), tensors(out / relative)
+        expected, got = load_file(expected_out / relative), load_file(out / relative)
         assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected), relative
     assert json.loads((out / "adapter" / "adapter_config.json").read_text()) == json.loads(
         (expected_out / "adapter" / "adapter_config.json").read_text()
