@@ -276,7 +276,7 @@ def run_joint(model_dir, tasks, eval_sets, args, out):
 
 
 def summarize(name: str, result: dict, task_names: list[str]) -> dict:
-    from mergeforget_plugin.report import continual_metrics
+    from mergeforget_plugin.metrics import continual_metrics
 
     rows = [dict(zip(task_names, row, strict=True)) for row in result["matrix"]]
     if name == "joint":

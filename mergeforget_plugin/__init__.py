@@ -3,8 +3,9 @@
 One LoRA adapter, carried across a sequence of tasks with orthogonal initialization and
 time-aware asymmetric merging, for TRL (`MergeForgetCallback`, `train_sequence`) and Axolotl.
 
-The math (`mergeforget_plugin.slao`) and the state (`mergeforget_plugin.state`) import only
-torch and safetensors; everything that needs transformers, PEFT or TRL is imported on first use.
+The math (`mergeforget_plugin.slao`), the state (`.state`) and the engine (`.engine`) import only
+torch and safetensors; everything that needs transformers, PEFT, TRL or Axolotl is imported on
+first use.
 """
 
 from __future__ import annotations
@@ -12,33 +13,41 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from .errors import (
+    MergeForgetError,
+    RecipeError,
+    RunError,
+    SLAOMathError,
+    StateError,
+    StateMismatchError,
+    UnsupportedAdapterError,
+)
+from .layout import RunLayout
 from .slao import (
     LoRAPair,
     MergeForgetConfig,
-    SLAOMathError,
     merge_coefficient,
     merge_task,
     orthogonal_basis,
     task_start_weights,
 )
-from .state import ContinualState, StateError, StateMismatchError, load_state, save_state
+from .state import ContinualState, load_state, save_state
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "ContinualTask": "engine",
     "MergeForgetCallback": "callback",
     "Task": "trl_sequence",
     "SequenceResult": "trl_sequence",
     "train_sequence": "trl_sequence",
-    "export_adapter": "peft_bridge",
+    "export_adapter": "export",
     "read_lora": "peft_bridge",
     "write_lora": "peft_bridge",
-    "UnsupportedAdapterError": "peft_bridge",
     "build_tiny_llama": "tiny_model",
-    "MergeForgetPlugin": "axolotl_plugin",
-    "load_recipe": "recipe",
-    "RecipeError": "recipe",
-    "run_recipe": "runner",
+    "MergeForgetPlugin": "integrations.axolotl.plugin",
+    "load_recipe": "integrations.axolotl.recipe",
+    "run_recipe": "integrations.axolotl.runner",
 }
 
 
@@ -52,9 +61,14 @@ __all__ = [
     "ContinualState",
     "LoRAPair",
     "MergeForgetConfig",
+    "MergeForgetError",
+    "RecipeError",
+    "RunError",
+    "RunLayout",
     "SLAOMathError",
     "StateError",
     "StateMismatchError",
+    "UnsupportedAdapterError",
     "load_state",
     "merge_coefficient",
     "merge_task",

@@ -6,8 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .recipe import RecipeError
-from .state import StateError, load_state
+from .errors import MergeForgetError, StateError
+from .layout import RunLayout
+from .state import load_state
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -38,7 +39,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .peft_bridge import export_adapter
+    from .export import export_adapter
 
     state = load_state(args.state_dir)
     if state is None:
@@ -52,7 +53,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .runner import run_recipe
+    from .integrations.axolotl.runner import run_recipe
 
     run_recipe(args.recipe, resume=args.resume, dry_run=args.dry_run, stream_output=args.verbose)
     return 0
@@ -61,11 +62,11 @@ def _train(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    for path in write_report(args.output_dir):
+    layout = RunLayout(args.output_dir)
+    for path in write_report(layout, load_state(layout.state)):
         print(f"Wrote {path}")
-    markdown = args.output_dir.rstrip("/") + "/report.md"
     print()
-    print(open(markdown).read())
+    print(layout.report_markdown.read_text())
     return 0
 
 
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (StateError, RecipeError) as error:
+    except MergeForgetError as error:
         print(f"mergeforget: error: {error}", file=sys.stderr)
         return 2
 

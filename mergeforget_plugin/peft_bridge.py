@@ -7,45 +7,23 @@ layers beside the frozen base, so the same read and write serve every backend.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import save
 
-from .faults import pause_point
+from .errors import StateError, UnsupportedAdapterError
+from .export import PEFT_PREFIX
 from .slao import LoRAPair
-from .state import BaseModelFingerprint, ContinualState, LoRASignature, StateError
+from .state import BaseModelFingerprint, LoRASignature, architecture_of
 
-ADAPTER_CONFIG_FILE = "adapter_config.json"
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-_PEFT_PREFIX = "base_model.model."
-# Architecture keys that identify a base model; dtype, paths and quantization are left out on
-# purpose so that the same model loaded in 4-bit or bf16 keeps its fingerprint.
-_ARCHITECTURE_KEYS = (
-    "model_type",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "vocab_size",
-)
 # LoRA inits that rewrite the frozen base weights: a sequence cannot carry them from task to task.
 _BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq")
 
 
-class UnsupportedAdapterError(ValueError):
-    """The model's adapter is not a plain LoRA that SLAO can carry across tasks."""
-
-
 def _module_key(name: str) -> str:
-    return name[len(_PEFT_PREFIX) :] if name.startswith(_PEFT_PREFIX) else name
+    return name[len(PEFT_PREFIX) :] if name.startswith(PEFT_PREFIX) else name
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -123,8 +101,7 @@ def base_model_fingerprint(model: torch.nn.Module) -> BaseModelFingerprint:
     """Architecture keys of the model config plus a dtype-robust signature of the input embedding."""
     model = _unwrap(model)
     config = getattr(model, "config", None)
-    config_dict = config.to_dict() if config is not None else {}
-    architecture = {key: config_dict[key] for key in _ARCHITECTURE_KEYS if key in config_dict}
+    architecture = architecture_of(config.to_dict() if config is not None else {})
     signature = None
     get_embeddings = getattr(model, "get_input_embeddings", None)
     embeddings = get_embeddings() if get_embeddings is not None else None
@@ -201,31 +178,6 @@ def adapter_config_dict(model: torch.nn.Module, adapter_name: str = "default") -
     return data
 
 
-def export_adapter(state: ContinualState, output_dir: str | os.PathLike[str]) -> Path:
-    """Write the merged LoRA of ``state`` as a standard PEFT adapter directory.
-
-    The result holds ``adapter_config.json`` and ``adapter_model.safetensors`` and loads with
-    ``PeftModel.from_pretrained(base_model, output_dir)``. Files are written under temporary
-    names and renamed, so an interrupted export never leaves a half-written adapter.
-    """
-    if not state.merged:
-        raise StateError("No task has finished yet, so there is no merged adapter to export.")
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for name, pair in state.merged.items():
-        tensors[f"{_PEFT_PREFIX}{name}.lora_A.weight"] = pair.a.contiguous()
-        tensors[f"{_PEFT_PREFIX}{name}.lora_B.weight"] = pair.b.contiguous()
-    weights_tmp = out / f".{ADAPTER_WEIGHTS_FILE}.tmp"
-    config_tmp = out / f".{ADAPTER_CONFIG_FILE}.tmp"
-    weights_tmp.write_bytes(save(tensors, metadata={"format": "pt"}))
-    pause_point("export", len(state.finished_tasks))
-    config_tmp.write_text(json.dumps(state.adapter_config, indent=2, sort_keys=True))
-    os.replace(weights_tmp, out / ADAPTER_WEIGHTS_FILE)
-    os.replace(config_tmp, out / ADAPTER_CONFIG_FILE)
-    return out
-
-
 def describe_model(model: torch.nn.Module, adapter_name: str = "default") -> tuple[LoRASignature, BaseModelFingerprint]:
     """Both things a state is checked against, for ``model``."""
     return lora_signature(model, adapter_name), base_model_fingerprint(model)
@@ -236,7 +188,6 @@ __all__ = [
     "adapter_config_dict",
     "base_model_fingerprint",
     "describe_model",
-    "export_adapter",
     "lora_layers",
     "lora_signature",
     "read_lora",

@@ -1,90 +1,51 @@
-"""The continual-learning report: accuracy matrix, AA / BWT / FWT / forgetting, as JSON, Markdown and a heatmap.
+"""The continual-learning report of a run: accuracy matrix and metrics as JSON, Markdown and a heatmap.
 
-Definitions (as in Avalanche and the CL literature; ``R[i][j]`` is the accuracy on task j after
-training tasks 1..i, ``b_j`` the base model's zero-shot accuracy on task j, T the last row):
-
-- AA (average accuracy) = mean over j of R[T][j]
-- BWT (backward transfer) = mean over j < T of (R[T][j] - R[j][j]); negative means forgetting
-- forgetting of task j = R[j][j] - R[T][j] (so mean forgetting = -BWT)
-- FWT (forward transfer) = mean over k >= 2 of (R[k-1][k] - b_k)
-
-Evaluations are stored one file per row (``OUTPUT/evaluations/after-00.json`` for the base model,
-``after-03.json`` after task 3), so an interrupted run still renders the rows it reached.
+Evaluation rows are stored one file per row (``evaluations/after-00.json`` for the base model,
+``after-03.json`` after task 3; see :class:`~mergeforget_plugin.layout.RunLayout`), so an
+interrupted run still renders the rows it reached. The metrics are those of
+:mod:`mergeforget_plugin.metrics`.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import platform
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-EVALUATIONS_DIR = "evaluations"
-REPORT_FILES = ("report.json", "report.md", "accuracy_matrix.png")
-
-
-def evaluations_dir_for(state_dir: str | os.PathLike[str]) -> Path:
-    """Evaluations live beside the state: ``OUTPUT/state`` → ``OUTPUT/evaluations``."""
-    return Path(state_dir).parent / EVALUATIONS_DIR
+from .atomic import write_atomic
+from .layout import RunLayout
+from .metrics import AccuracyMatrix
 
 
 def save_evaluation(
-    evaluations_dir: str | os.PathLike[str],
-    task_index: int,
+    layout: RunLayout,
+    tasks_trained: int,
     after_task: str | None,
     accuracy: dict[str, float],
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the accuracies measured after ``task_index`` tasks (0: the base model) atomically."""
-    directory = Path(evaluations_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"after-{task_index:02d}.json"
-    record = {"task_index": task_index, "after_task": after_task, "accuracy": accuracy, **(extra or {})}
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(record, indent=2))
-    os.replace(temporary, path)
-    return path
+    """Write the accuracies measured after ``tasks_trained`` tasks (0: the base model) atomically."""
+    record = {"task_index": tasks_trained, "after_task": after_task, "accuracy": accuracy, **(extra or {})}
+    return write_atomic(layout.evaluation_row(tasks_trained), json.dumps(record, indent=2))
 
 
-def load_evaluations(evaluations_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    directory = Path(evaluations_dir)
-    if not directory.is_dir():
+def load_evaluations(layout: RunLayout) -> list[dict[str, Any]]:
+    """Every stored row, base model first."""
+    if not layout.evaluations.is_dir():
         return []
-    records = [json.loads(p.read_text()) for p in sorted(directory.glob("after-*.json"))]
+    records = [json.loads(p.read_text()) for p in layout.evaluations.glob("after-*.json")]
     return sorted(records, key=lambda record: record["task_index"])
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def continual_metrics(
-    trained: list[str], rows: list[dict[str, float]], zero_shot: dict[str, float] | None
-) -> dict[str, Any]:
-    """AA, BWT, FWT and per-task forgetting.
-
-    ``trained[i]`` is the task trained for row i and ``rows[i]`` the accuracy per task after it
-    (R[i+1] in 1-based notation). Terms whose accuracy was not measured are left out.
-    """
-    if not rows:
-        return {"average_accuracy": None, "bwt": None, "fwt": None, "forgetting": {}}
-    final = rows[-1]
-    forgetting = {
-        task: rows[j][task] - final[task] for j, task in enumerate(trained[:-1]) if task in rows[j] and task in final
-    }
-    fwt_terms = [
-        rows[k - 1][trained[k]] - zero_shot[trained[k]]
-        for k in range(1, len(trained))
-        if zero_shot is not None and trained[k] in zero_shot and trained[k] in rows[k - 1]
-    ]
-    return {
-        "average_accuracy": _mean([final[task] for task in trained if task in final]),
-        "bwt": _mean([-value for value in forgetting.values()]),
-        "fwt": _mean(fwt_terms),
-        "forgetting": forgetting,
-    }
+def accuracy_matrix(layout: RunLayout) -> AccuracyMatrix:
+    """The accuracy matrix of the rows stored in ``layout``."""
+    matrix = AccuracyMatrix()
+    for record in load_evaluations(layout):
+        matrix.update(record["task_index"], record["after_task"], record["accuracy"])
+    return matrix
 
 
 def _versions() -> dict[str, str]:
@@ -105,29 +66,22 @@ def _format(value: float | None, signed: bool = False) -> str:
     return f"{points:+.1f}" if signed else f"{points:.1f}"
 
 
-def build_report(output_dir: str | os.PathLike[str], recipe: str | None = None) -> dict[str, Any]:
-    """Collect the evaluations and the state of a run into one report dictionary."""
-    from .state import load_state
-
-    out = Path(output_dir)
-    records = load_evaluations(out / EVALUATIONS_DIR)
-    state = load_state(out / "state")
-    zero_shot = next((r["accuracy"] for r in records if r["task_index"] == 0), None)
-    rows = [r for r in records if r["task_index"] > 0]
-    tasks = list(dict.fromkeys(task for record in records for task in record["accuracy"]))
+def build_report(layout: RunLayout, state: Any = None, recipe: str | None = None) -> dict[str, Any]:
+    """Collect a run's evaluation rows and its state (a ``ContinualState`` or ``None``) into one dictionary."""
+    matrix = accuracy_matrix(layout)
     finished = state.finished_tasks if state is not None else []
     history = {record["task"]: record for record in (state.history if state is not None else [])}
     return {
-        "output_dir": str(out),
+        "output_dir": str(layout.root),
         "recipe": recipe,
         "versions": _versions(),
         "strategy": state.config.to_dict() if state is not None else None,
-        "tasks": tasks,
+        "tasks": matrix.tasks,
         "finished_tasks": finished,
-        "zero_shot": zero_shot,
-        "accuracy_matrix": [[r["accuracy"].get(task) for task in tasks] for r in rows],
-        "rows_after": [r["after_task"] for r in rows],
-        "metrics": continual_metrics([r["after_task"] for r in rows], [r["accuracy"] for r in rows], zero_shot),
+        "zero_shot": matrix.zero_shot,
+        "accuracy_matrix": matrix.table(),
+        "rows_after": matrix.rows_after,
+        "metrics": matrix.result(),
         "per_task": [
             {
                 "task": name,
@@ -182,8 +136,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_accuracy_matrix(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """An annotated heatmap of the accuracy matrix (with the zero-shot row on top when known)."""
+def plot_accuracy_matrix(report: dict[str, Any]) -> bytes:
+    """An annotated heatmap of the accuracy matrix (with the zero-shot row on top when known), as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,20 +168,19 @@ def plot_accuracy_matrix(report: dict[str, Any], path: str | os.PathLike[str]) -
     axes.set_title(title)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
     figure.tight_layout()
-    target = Path(path)
-    figure.savefig(target, dpi=120)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=120)
     plt.close(figure)
-    return target
+    return image.getvalue()
 
 
-def write_report(output_dir: str | os.PathLike[str], recipe: str | None = None) -> list[Path]:
-    """Write report.json, report.md and accuracy_matrix.png into ``output_dir``."""
-    out = Path(output_dir)
-    report = build_report(out, recipe)
-    json_path, markdown_path, plot_path = (out / name for name in REPORT_FILES)
-    json_path.write_text(json.dumps(report, indent=2))
-    markdown_path.write_text(render_markdown(report))
-    written = [json_path, markdown_path]
+def write_report(layout: RunLayout, state: Any = None, recipe: str | None = None) -> list[Path]:
+    """Write report.json, report.md and (when any row exists) accuracy_matrix.png; return their paths."""
+    report = build_report(layout, state, recipe)
+    written = [
+        write_atomic(layout.report_json, json.dumps(report, indent=2)),
+        write_atomic(layout.report_markdown, render_markdown(report)),
+    ]
     if report["tasks"]:
-        written.append(plot_accuracy_matrix(report, plot_path))
+        written.append(write_atomic(layout.accuracy_heatmap, plot_accuracy_matrix(report)))
     return written

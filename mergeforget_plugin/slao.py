@@ -22,20 +22,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Literal, NamedTuple
+from dataclasses import asdict, dataclass, field, fields
+from typing import Literal, NamedTuple, get_args, get_origin, get_type_hints
 
 import torch
+
+from .errors import SLAOMathError
 
 Strategy = Literal["slao", "seq"]
 LambdaSchedule = Literal["inv_sqrt", "inv", "constant"]
 InitMode = Literal["orthogonal", "standard", "carry_over"]
 BInitSource = Literal["ft", "merge"]
-
-STRATEGIES: tuple[str, ...] = ("slao", "seq")
-LAMBDA_SCHEDULES: tuple[str, ...] = ("inv_sqrt", "inv", "constant")
-INIT_MODES: tuple[str, ...] = ("orthogonal", "standard", "carry_over")
-B_INIT_SOURCES: tuple[str, ...] = ("ft", "merge")
 
 
 class LoRAPair(NamedTuple):
@@ -48,61 +45,79 @@ class LoRAPair(NamedTuple):
 LoRAWeights = Mapping[str, LoRAPair]
 
 
-class SLAOMathError(ValueError):
-    """An input the SLAO equations cannot be applied to (non-finite values, impossible shapes)."""
-
-
 @dataclass(frozen=True)
 class MergeForgetConfig:
     """How the single running LoRA is initialized and merged at each task boundary.
 
-    The defaults are the paper's SLAO. The other values exist for ablations and baselines.
+    The defaults are the paper's SLAO; the other values exist for ablations and baselines. This
+    class is the only definition of the strategy: the recipe's ``mergeforget:`` block and the
+    Axolotl plugin's settings are built from its fields (types, defaults and the ``help`` text in
+    each field's metadata), and the allowed values are those of the ``Literal`` types above.
 
-    Args:
-        strategy (`str`, defaults to `"slao"`):
-            `"slao"`: orthogonal init + time-aware asymmetric merge (the paper).
-            `"seq"`: SeqLoRA baseline, one LoRA trained task after task with no merge; the
-            ablation switches below must then stay at their defaults.
-        lambda_schedule (`str`, defaults to `"inv_sqrt"`):
-            Weight of the new task's B in the merge: `"inv_sqrt"` is 1/sqrt(i) (paper),
-            `"inv"` is 1/i (a running mean), `"constant"` is `lambda_constant` for every i >= 2.
-        lambda_constant (`float`, defaults to `0.5`):
-            The weight used by the `"constant"` schedule, in (0, 1].
-        init (`str`, defaults to `"orthogonal"`):
-            How task i >= 2 starts: `"orthogonal"` (A from the QR basis of the previous A, paper),
-            `"standard"` (a fresh LoRA: Kaiming-uniform A, zero B), `"carry_over"` (the previous
-            task's fine-tuned A unchanged).
-        b_init (`str`, defaults to `"ft"`):
-            Where B starts for task i >= 2 with the `"orthogonal"` and `"carry_over"` inits:
-            `"ft"` (B_ft,i-1, paper) or `"merge"` (B_merge,i-1).
+    The ``Args:`` section below is generated from the fields' help texts.
+
+    Example:
+
+    ```python
+    >>> MergeForgetConfig(lambda_schedule="inv").lambda_schedule
+    'inv'
+    >>> MergeForgetConfig(strategy="seq", init="standard")
+    Traceback (most recent call last):
+    ...
+    ValueError: strategy='seq' trains one LoRA with no merge, so init would have no effect: ...
+
+    ```
     """
 
-    strategy: Strategy = "slao"
-    lambda_schedule: LambdaSchedule = "inv_sqrt"
-    lambda_constant: float = 0.5
-    init: InitMode = "orthogonal"
-    b_init: BInitSource = "ft"
+    strategy: Strategy = field(
+        default="slao",
+        metadata={
+            "help": "'slao': orthogonal init + time-aware asymmetric merge (the paper). 'seq': the SeqLoRA baseline, "
+            "one LoRA trained task after task with no merge; the switches below must then stay at their defaults."
+        },
+    )
+    lambda_schedule: LambdaSchedule = field(
+        default="inv_sqrt",
+        metadata={
+            "help": "Weight of task i's B in the merge: 'inv_sqrt' 1/sqrt(i) (paper), 'inv' 1/i (a running mean), "
+            "'constant' lambda_constant for every i >= 2. lambda(1) = 1 for every schedule."
+        },
+    )
+    lambda_constant: float = field(
+        default=0.5, metadata={"help": "The weight used by the 'constant' schedule, in (0, 1]."}
+    )
+    init: InitMode = field(
+        default="orthogonal",
+        metadata={
+            "help": "How task i >= 2 starts: 'orthogonal' (A from the QR basis of the previous A, paper), 'standard' "
+            "(a fresh LoRA: Kaiming-uniform A, zero B), 'carry_over' (the previous task's fine-tuned A unchanged)."
+        },
+    )
+    b_init: BInitSource = field(
+        default="ft",
+        metadata={
+            "help": "Where B starts for task i >= 2 with the 'orthogonal' and 'carry_over' inits: 'ft' (B_ft,i-1, "
+            "paper) or 'merge' (B_merge,i-1)."
+        },
+    )
 
     def __post_init__(self) -> None:
-        for field, allowed in (
-            ("strategy", STRATEGIES),
-            ("lambda_schedule", LAMBDA_SCHEDULES),
-            ("init", INIT_MODES),
-            ("b_init", B_INIT_SOURCES),
-        ):
-            value = getattr(self, field)
+        for name, allowed in allowed_values().items():
+            value = getattr(self, name)
             if value not in allowed:
-                raise ValueError(f"{field}={value!r} is not one of {', '.join(allowed)}.")
-        if not (0.0 < self.lambda_constant <= 1.0) or not math.isfinite(self.lambda_constant):
+                raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}.")
+        if not isinstance(self.lambda_constant, (int, float)) or not (
+            math.isfinite(self.lambda_constant) and 0.0 < self.lambda_constant <= 1.0
+        ):
             raise ValueError(
                 f"lambda_constant={self.lambda_constant!r} must be in (0, 1]: it is the weight of the "
                 "new task's B in the merge."
             )
         if self.strategy == "seq":
             changed = [
-                name
-                for name, value in asdict(self).items()
-                if name != "strategy" and value != getattr(MergeForgetConfig, name)
+                item.name
+                for item in fields(self)
+                if item.name != "strategy" and getattr(self, item.name) != item.default
             ]
             if changed:
                 raise ValueError(
@@ -112,6 +127,25 @@ class MergeForgetConfig:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def _document_fields(cls: type) -> None:
+    """Append an ``Args:`` section built from the fields' help metadata to ``cls.__doc__`` (one source)."""
+    lines = ["", "    Args:"]
+    for item in fields(cls):
+        kind = "float" if item.type == "float" else "str"
+        lines.append(f"        {item.name} (`{kind}`, defaults to `{item.default!r}`):")
+        lines.append(f"            {item.metadata['help']}")
+    cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + "\n".join(lines) + "\n"
+
+
+_document_fields(MergeForgetConfig)
+
+
+def allowed_values() -> dict[str, tuple[str, ...]]:
+    """The allowed values of every choice field of :class:`MergeForgetConfig`, read from its ``Literal`` types."""
+    hints = get_type_hints(MergeForgetConfig)
+    return {name: get_args(hint) for name, hint in hints.items() if get_origin(hint) is Literal}
 
 
 def merge_coefficient(task_index: int, config: MergeForgetConfig) -> float:

@@ -24,7 +24,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
+from .atomic import fsync_dir, private_staging_dir, write_synced
+from .errors import StateError, StateMismatchError
 from .faults import pause_point
 from .slao import LoRAPair, MergeForgetConfig
 
@@ -45,6 +46,25 @@ _SNAPSHOT_PATTERN = re.compile(r"^task-(\d{4,})$")
 # differ by the scale of the weights themselves.
 _SIGNATURE_RTOL = 2e-2
 _SIGNATURE_ATOL = 1e-4
+
+
+# Architecture keys that identify a base model; dtype, paths and quantization are left out on
+# purpose so that the same model loaded in 4-bit or bf16 keeps its fingerprint.
+ARCHITECTURE_KEYS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+)
+
+
+def architecture_of(model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The identifying keys of a model config (``config.json`` or ``PretrainedConfig.to_dict()``)."""
+    return {key: model_config[key] for key in ARCHITECTURE_KEYS if key in model_config}
 
 
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
@@ -69,14 +89,6 @@ def pickled_adapter_problem(directory: str | os.PathLike[str], field: str) -> st
         "the file (torch.load(path, weights_only=True), then safetensors.torch.save_file) or point "
         f"{field} at a safetensors adapter."
     )
-
-
-class StateError(RuntimeError):
-    """A continual state directory that cannot be used, with what to do about it."""
-
-
-class StateMismatchError(StateError):
-    """The state was made for another base model, rank, target modules or LoRA variant."""
 
 
 @dataclass(frozen=True)
@@ -109,30 +121,32 @@ class LoRASignature:
             target_modules=list(data["target_modules"]),
         )
 
-    def mismatches(self, other: LoRASignature) -> list[str]:
-        """Human-readable differences between the state's signature (self) and a model's (other)."""
+    def mismatches(self, other: LoRASignature, other_name: str = "the model") -> list[str]:
+        """Human-readable differences between the state's signature (self) and ``other``'s."""
         problems = []
         if sorted(self.target_modules) != sorted(other.target_modules):
             problems.append(
                 f"target modules {sorted(self.target_modules)} in the state "
-                f"vs {sorted(other.target_modules)} in the model"
+                f"vs {sorted(other.target_modules)} in {other_name}"
             )
         elif set(self.ranks) != set(other.ranks):
             missing = sorted(set(self.ranks) - set(other.ranks))[:3]
             extra = sorted(set(other.ranks) - set(self.ranks))[:3]
-            problems.append(f"adapted modules differ (missing from the model: {missing}; new in the model: {extra})")
+            problems.append(
+                f"adapted modules differ (missing from {other_name}: {missing}; new in {other_name}: {extra})"
+            )
         else:
             differing = [name for name in self.ranks if self.ranks[name] != other.ranks[name]]
             if differing:
                 name = differing[0]
                 problems.append(
-                    f"LoRA rank r={self.ranks[name]} in the state vs r={other.ranks[name]} in the model "
+                    f"LoRA rank r={self.ranks[name]} in the state vs r={other.ranks[name]} in {other_name} "
                     f"(e.g. {name}; {len(differing)} module(s) differ)"
                 )
         if not math.isclose(self.lora_alpha, other.lora_alpha):
-            problems.append(f"lora_alpha={self.lora_alpha:g} in the state vs {other.lora_alpha:g} in the model")
+            problems.append(f"lora_alpha={self.lora_alpha:g} in the state vs {other.lora_alpha:g} in {other_name}")
         if self.use_rslora != other.use_rslora:
-            problems.append(f"use_rslora={self.use_rslora} in the state vs {other.use_rslora} in the model")
+            problems.append(f"use_rslora={self.use_rslora} in the state vs {other.use_rslora} in {other_name}")
         return problems
 
 
@@ -160,11 +174,18 @@ class BaseModelFingerprint:
     def from_dict(cls, data: Mapping[str, Any]) -> BaseModelFingerprint:
         return cls(architecture=dict(data["architecture"]), embedding_signature=data.get("embedding_signature"))
 
-    def mismatches(self, other: BaseModelFingerprint) -> list[str]:
+    def mismatches(self, other: BaseModelFingerprint, other_name: str = "the model") -> list[str]:
+        """Differences in the architecture keys both sides know, then in the embedding signature.
+
+        A key only one side has (an older config without ``head_dim``, say) is not a difference;
+        ``model_type`` and the sizes tell models apart.
+        """
         problems = [
-            f"{key}={self.architecture.get(key)!r} in the state vs {other.architecture.get(key)!r} in the model"
-            for key in sorted(set(self.architecture) | set(other.architecture))
-            if self.architecture.get(key) != other.architecture.get(key)
+            f"{key}={self.architecture[key]!r} in the state vs {other.architecture[key]!r} in {other_name}"
+            for key in ARCHITECTURE_KEYS
+            if key in self.architecture
+            and key in other.architecture
+            and self.architecture[key] != other.architecture[key]
         ]
         if (
             not problems
@@ -175,7 +196,7 @@ class BaseModelFingerprint:
             problems.append(
                 "same architecture but different weights (the first input-embedding values are "
                 f"{_preview(self.embedding_signature)} in the state "
-                f"vs {_preview(other.embedding_signature)} in the model)"
+                f"vs {_preview(other.embedding_signature)} in {other_name})"
             )
         return problems
 
@@ -201,10 +222,16 @@ class ContinualState:
         """The 1-based index of the task that runs next."""
         return len(self.finished_tasks) + 1
 
-    def check_compatible(self, signature: LoRASignature, base_model: BaseModelFingerprint, where: str) -> None:
-        """Raise :class:`StateMismatchError` naming every difference between the state and a model."""
-        problems = [f"base model: {p}" for p in self.base_model.mismatches(base_model)]
-        problems += [f"LoRA: {p}" for p in self.signature.mismatches(signature)]
+    def check_compatible(
+        self, signature: LoRASignature, base_model: BaseModelFingerprint, where: str, other_name: str = "the model"
+    ) -> None:
+        """Raise :class:`StateMismatchError` naming every difference between the state and a model.
+
+        ``other_name`` says what the signature and fingerprint were read from: a loaded model, or
+        a config before any model is loaded (the recipe runner's pre-flight).
+        """
+        problems = [f"base model: {p}" for p in self.base_model.mismatches(base_model, other_name)]
+        problems += [f"LoRA: {p}" for p in self.signature.mismatches(signature, other_name)]
         if problems:
             raise StateMismatchError(
                 f"The continual state in {where} was made for a different setup and cannot be continued:\n  - "
@@ -214,6 +241,7 @@ class ContinualState:
             )
 
     def check_config(self, config: MergeForgetConfig, where: str) -> None:
+        """Raise :class:`StateMismatchError` unless ``config`` is the strategy the sequence started with."""
         if config != self.config:
             raise StateMismatchError(
                 f"The continual state in {where} was made with {self.config.to_dict()}, but this run asks for "
@@ -243,21 +271,6 @@ def _weights_of(tensors: Mapping[str, torch.Tensor]) -> dict[str, LoRAPair]:
     return {name: LoRAPair(tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"]) for name in names}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def snapshot_dirs(state_dir: str | os.PathLike[str]) -> list[Path]:
     """Finished-task snapshots in ``state_dir``, oldest first."""
     root = Path(state_dir)
@@ -276,7 +289,7 @@ def check_writable(directory: str | os.PathLike[str], what: str = "state directo
     probe = folder / f".write-probe-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _write_file_synced(probe, b"mergeforget")
+        write_synced(probe, b"mergeforget")
         probe.unlink()
     except OSError as error:
         raise StateError(
@@ -296,19 +309,14 @@ def save_state(state: ContinualState, state_dir: str | os.PathLike[str], *, keep
     root = Path(state_dir)
     check_writable(root)
     final = root / f"task-{len(state.finished_tasks):04d}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
-    umask = os.umask(0)
-    os.umask(umask)
+    staging = private_staging_dir(root, prefix=f".{final.name}.")
     try:
-        # mkdtemp makes the directory private; a snapshot gets the permissions of any other output.
-        os.chmod(staging, 0o777 & ~umask)
         files = {MERGED_FILE: state.merged, FINETUNED_FILE: state.finetuned}
         checksums = {}
         for filename, weights in files.items():
             path = staging / filename
             # Serialized in memory and written here, so a failed write is an OSError with its errno.
-            _write_file_synced(path, save(_tensors_of(weights), metadata={"format": "pt"}))
-            os.chmod(path, 0o666 & ~umask)
+            write_synced(path, save(_tensors_of(weights), metadata={"format": "pt"}))
             checksums[filename] = _sha256(path)
             pause_point("state-write", len(state.finished_tasks))
         manifest = {
@@ -321,14 +329,14 @@ def save_state(state: ContinualState, state_dir: str | os.PathLike[str], *, keep
             "history": state.history,
             "sha256": checksums,
         }
-        _write_file_synced(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
-        _fsync_dir(staging)
+        write_synced(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        fsync_dir(staging)
         if final.exists():
             # A snapshot for this task count already exists (a task re-run after a crash between
             # rename and return). Replace it: the new one is complete.
             shutil.rmtree(final)
         os.rename(staging, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, OSError):

@@ -1,4 +1,8 @@
-"""Run a list of tasks through TRL's ``SFTTrainer`` one after another, carrying one SLAO LoRA."""
+"""Run a list of tasks through TRL's ``SFTTrainer`` one after another, carrying one SLAO LoRA.
+
+A thin loop over :class:`~mergeforget_plugin.callback.MergeForgetCallback`: the pre-flight, the
+evaluation rows, the merge and the output layout are the engine's (``mergeforget_plugin.engine``).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,13 @@ from typing import Any
 
 import torch
 
-from .callback import MergeForgetCallback, wait_for_everyone
-from .evaluation import eval_set_from_rows, evaluate_all
-from .peft_bridge import export_adapter, write_lora
-from .report import evaluations_dir_for, load_evaluations, save_evaluation, write_report
+from .callback import MergeForgetCallback
+from .engine import check_sequence, check_task_names, finish_sequence
+from .errors import StateError
+from .evaluation import eval_set_from_rows
+from .layout import RunLayout
 from .slao import MergeForgetConfig
-from .state import ContinualState, StateError, load_state
+from .state import ContinualState
 
 
 @dataclass
@@ -58,23 +63,6 @@ class SequenceResult:
     report_files: list[Path]
 
 
-def _check_tasks(tasks: list[Task], state: ContinualState | None, state_dir: Path) -> None:
-    if not tasks:
-        raise ValueError("tasks is empty: give at least one Task to train.")
-    names = [task.name for task in tasks]
-    for task in tasks:
-        if not isinstance(task.name, str) or not task.name.strip() or "/" in task.name:
-            raise ValueError(f"Task name {task.name!r} must be a non-empty string without '/'.")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"Task names must be unique; repeated: {duplicates}.")
-    if state is not None and names[: len(state.finished_tasks)] != state.finished_tasks:
-        raise StateError(
-            f"The state in {state_dir} has finished the tasks {state.finished_tasks}, which are not the first tasks "
-            f"of this sequence {names}. Resume with the same task order, or use a new output directory."
-        )
-
-
 def train_sequence(
     model: torch.nn.Module,
     tasks: list[Task],
@@ -95,8 +83,9 @@ def train_sequence(
         model: A `PeftModel`, or a base model together with `peft_config` (wrapped once here).
         tasks: The tasks, in training order.
         args: A `trl.SFTConfig` used for every task (its `output_dir` is replaced per task).
-        output_dir: Root folder: `state/` (continual state), `adapter/` (the merged PEFT adapter),
-            `tasks/<name>/` (trainer outputs). Defaults to `args.output_dir`.
+        output_dir: Root folder, laid out as [`RunLayout`] says: `state/`, `evaluations/`, `adapter/`
+            (the merged PEFT adapter), `tasks/task-NN-NAME/` (trainer outputs) and the report, as a
+            recipe run through Axolotl writes them. Defaults to `args.output_dir`.
         processing_class: The tokenizer, passed to `SFTTrainer`.
         peft_config: A `peft.LoraConfig`, when `model` is not a `PeftModel` yet.
         config: Strategy and ablations; defaults to the paper's SLAO.
@@ -109,10 +98,9 @@ def train_sequence(
     from trl import SFTTrainer
 
     config = config if config is not None else MergeForgetConfig()
-    root = Path(output_dir if output_dir is not None else args.output_dir)
-    state_dir, adapter_dir = root / "state", root / "adapter"
-    state = load_state(state_dir)
-    _check_tasks(tasks, state, state_dir)
+    layout = RunLayout(output_dir if output_dir is not None else args.output_dir)
+    check_task_names([task.name for task in tasks])
+    state = check_sequence(layout, [task.name for task in tasks], config)
 
     if not isinstance(model, PeftModel):
         if peft_config is None:
@@ -123,11 +111,10 @@ def train_sequence(
         model = get_peft_model(model, peft_config)
 
     if state is not None and len(state.finished_tasks) == len(tasks):
-        write_lora(model, state.merged)
+        from .peft_bridge import write_lora
 
-    # Under accelerate/torchrun every process runs this function; only the first one writes files.
-    # (`args` knows the process layout with the device settings the trainers will use.)
-    is_main_process = args.process_index == 0
+        write_lora(model, state.merged)  # nothing left to train: the model holds the deployed LoRA
+
     eval_datasets = {task.name: task.eval_dataset for task in tasks if task.eval_dataset is not None}
     eval_sets = [
         eval_set_from_rows(
@@ -136,25 +123,17 @@ def train_sequence(
         for task in tasks
         if task.eval_dataset is not None
     ]
-    evaluations = evaluations_dir_for(state_dir)
     if eval_sets and processing_class is None:
         from transformers import AutoTokenizer
 
         processing_class = AutoTokenizer.from_pretrained(model.config.name_or_path)
-    zero_shot = next((r["accuracy"] for r in load_evaluations(evaluations) if r["task_index"] == 0), {})
-    unseen = [eval_set for eval_set in eval_sets if eval_set.task not in zero_shot]
-    if unseen:
-        with model.disable_adapter():  # b_j: the base model itself, whatever the LoRA holds now
-            zero_shot = {**zero_shot, **evaluate_all(model, processing_class, unseen)}
-        if is_main_process:
-            save_evaluation(evaluations, 0, None, zero_shot)
     eval_loss: dict[str, dict[str, float]] = {}
     accuracy: dict[str, dict[str, float]] = {}
-    for task in tasks:
+    for index, task in enumerate(tasks, start=1):
         if state is not None and task.name in state.finished_tasks:
             continue
-        callback = MergeForgetCallback(state_dir, task_name=task.name, config=config)
-        task_args = dataclasses.replace(args, output_dir=str(root / "tasks" / task.name), **task.overrides)
+        callback = MergeForgetCallback(layout.state, task_name=task.name, config=config, eval_sets=eval_sets)
+        task_args = dataclasses.replace(args, output_dir=str(layout.task_dir(index, task.name)), **task.overrides)
         trainer = SFTTrainer(
             model=model,
             args=task_args,
@@ -171,22 +150,15 @@ def train_sequence(
             eval_loss[task.name] = row
             if not all(math.isfinite(value) for value in row.values()):
                 raise StateError(f"Evaluation after task {task.name!r} gave a non-finite loss: {row}.")
-        if eval_sets:
-            accuracy[task.name] = evaluate_all(model, processing_class, eval_sets)
-            if is_main_process:
-                save_evaluation(evaluations, state.next_task_index - 1, task.name, accuracy[task.name])
+        if callback.task.accuracy is not None:
+            accuracy[task.name] = callback.task.accuracy
 
-    assert state is not None  # _check_tasks guarantees at least one task
-    report_files = []
-    if is_main_process:
-        export_adapter(state, adapter_dir)
-        report_files = write_report(root)
-    wait_for_everyone()
+    assert state is not None  # check_task_names guarantees at least one task
     return SequenceResult(
         state=state,
-        adapter_dir=adapter_dir,
-        state_dir=state_dir,
+        adapter_dir=layout.adapter,
+        state_dir=layout.state,
         eval_loss=eval_loss,
         accuracy=accuracy,
-        report_files=report_files,
+        report_files=finish_sequence(layout, state),
     )

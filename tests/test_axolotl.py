@@ -197,27 +197,63 @@ def test_kill_during_a_task_loses_nothing_and_resume_finishes(tmp_path, tiny_mod
     assert "[task 1/3]" not in resumed.stdout and "[task 2/3] plurals: done" in resumed.stdout
 
 
-def test_plugin_validates_its_block_through_axolotls_plugin_manager():
-    from axolotl.integrations.base import PluginManager
+def axolotl_config(**changes):
+    """A complete Axolotl config with the plugin, as `axolotl train` validates it."""
     from axolotl.utils.dict import DictDefault
 
-    manager = PluginManager.get_instance()
-    manager.register("mergeforget_plugin.MergeForgetPlugin")
-    plugin = manager.plugins["mergeforget_plugin.MergeForgetPlugin"]
-    assert "mergeforget_plugin.axolotl_plugin.MergeForgetArgs" in manager.get_input_args()
-    with pytest.raises(ValueError, match="has no `mergeforget:` block"):
-        plugin.register(DictDefault({"adapter": "lora"}))
-    with pytest.raises(ValueError, match=r"mergeforget.task_name: Field required"):
-        plugin.register(DictDefault({"adapter": "lora", "mergeforget": {"state_dir": "s"}}))
-    with pytest.raises(ValueError, match="needs `adapter: lora` or `adapter: qlora`"):
-        plugin.register(DictDefault({"mergeforget": {"state_dir": "s", "task_name": "t"}}))
-    plugin.register(DictDefault({"adapter": "qlora", "mergeforget": {"state_dir": "s", "task_name": "t"}}))
+    config = {
+        "base_model": "/models/tiny",
+        "adapter": "lora",
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "datasets": [{"path": "train.jsonl", "type": "alpaca"}],
+        "micro_batch_size": 1,
+        "num_epochs": 1,
+        "learning_rate": 1e-3,
+        "sequence_len": 64,
+        "output_dir": "out",
+        "plugins": ["mergeforget_plugin.MergeForgetPlugin"],
+        "mergeforget": {"state_dir": "s", "task_name": "t"},
+    }
+    return DictDefault({**config, **changes})
+
+
+def test_plugin_settings_are_checked_by_axolotls_own_config_validation():
+    from axolotl.cli.config import prepare_plugins
+    from axolotl.integrations.base import PluginManager
+    from axolotl.utils.config import validate_config
+    from pydantic import ValidationError
+
+    prepare_plugins(axolotl_config())
+    assert (
+        "mergeforget_plugin.integrations.axolotl.args.MergeForgetArgs" in PluginManager.get_instance().get_input_args()
+    )
+    with pytest.raises(ValidationError, match="has no `mergeforget:` block"):
+        validate_config(axolotl_config(mergeforget=None))
+    with pytest.raises(ValidationError, match=r"mergeforget.task_name\s+Field required"):
+        validate_config(axolotl_config(mergeforget={"state_dir": "s"}))
+    with pytest.raises(ValidationError, match="needs `adapter: lora` or `adapter: qlora`"):
+        validate_config(axolotl_config(adapter=None))
+    with pytest.raises(ValidationError, match="peft_use_dora: true is not supported"):
+        validate_config(axolotl_config(peft_use_dora=True))
+    with pytest.raises(ValidationError, match=r"mergeforget.lambda_schedule\s+Input should be 'inv_sqrt', 'inv' or"):
+        validate_config(axolotl_config(mergeforget={"state_dir": "s", "task_name": "t", "lambda_schedule": "x"}))
+    with pytest.raises(ValidationError, match="strategy='seq' .* init would have no effect"):
+        validate_config(
+            axolotl_config(mergeforget={"state_dir": "s", "task_name": "t", "strategy": "seq", "init": "standard"})
+        )
+    validated = validate_config(
+        axolotl_config(
+            adapter="qlora", load_in_4bit=True, mergeforget={"state_dir": "s", "task_name": "t", "b_init": "merge"}
+        )
+    )
+    assert validated["mergeforget"]["b_init"] == "merge" and validated["mergeforget"]["lambda_schedule"] == "inv_sqrt"
 
 
 def test_plugin_merges_once_although_post_train_fires_twice(tmp_path, tiny_peft_model):
     from axolotl.utils.dict import DictDefault
 
-    from mergeforget_plugin.axolotl_plugin import MergeForgetPlugin
+    from mergeforget_plugin.integrations.axolotl.plugin import MergeForgetPlugin
 
     cfg = DictDefault({"adapter": "lora", "mergeforget": {"state_dir": str(tmp_path / "state"), "task_name": "t1"}})
     plugin = MergeForgetPlugin()
@@ -275,3 +311,56 @@ def test_shipped_axolotl_example_runs_with_plain_axolotl_train(tmp_path):
     state = load_state(out / "state")
     assert state.finished_tasks == ["antonyms"] and state.history[0]["global_step"] == 2
     assert (out / "antonyms" / "adapter_model.safetensors").is_file()
+
+
+def run_tree(root):
+    """A run's files, relative to its root; inside tasks/ only the task folders (trainers write their own files)."""
+    skipped = ("configs", "prepared", ".mergeforget.lock")
+    paths = set()
+    for path in root.rglob("*"):
+        relative = path.relative_to(root)
+        if relative.parts[0] in skipped or (relative.parts[0] == "tasks" and len(relative.parts) > 2):
+            continue
+        if relative.parts[0] == "tasks" or path.is_file():
+            paths.add(str(relative))
+    return paths
+
+
+@pytest.mark.slow
+def test_trl_and_axolotl_runs_of_the_same_tasks_leave_the_same_layout(tmp_path, tiny_model_dir, capsys):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from mergeforget_plugin import Task, train_sequence
+    from mergeforget_plugin.cli import main
+
+    from .conftest import demo_rows
+    from .test_trl_sequence import peft_model, sft_config
+
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, max_steps=2)
+    completed = mergeforget("train", str(recipe), cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    tasks = [
+        Task(name, Dataset.from_list(demo_rows(name, "train")), Dataset.from_list(demo_rows(name, "test")))
+        for name in DEMO_TASKS
+    ]
+    train_sequence(
+        peft_model(tiny_model_dir),
+        tasks,
+        args=sft_config(tmp_path / "trl", max_steps=2),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+    )
+    axolotl_tree, trl_tree = run_tree(tmp_path / "out"), run_tree(tmp_path / "trl")
+    assert axolotl_tree == trl_tree
+    assert {
+        "adapter/adapter_model.safetensors",
+        "evaluations/after-03.json",
+        "report.md",
+        "tasks/task-02-plurals",
+    } <= trl_tree
+    for root in (tmp_path / "out", tmp_path / "trl"):
+        assert main(["status", str(root / "state")]) == 0
+        assert main(["report", str(root)]) == 0
+        assert main(["export", str(root / "state"), str(tmp_path / f"export-{root.name}")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("Finished tasks: 3; next task index: 4") == 2 and printed.count("| capitals |") >= 2

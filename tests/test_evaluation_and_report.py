@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from mergeforget_plugin.evaluation import EvalSet, accuracy, choice_predictions, eval_set_from_rows, generated_answers
-from mergeforget_plugin.report import build_report, continual_metrics, save_evaluation, write_report
+from mergeforget_plugin.layout import RunLayout
+from mergeforget_plugin.metrics import continual_metrics
+from mergeforget_plugin.report import build_report, save_evaluation, write_report
 
 from .conftest import demo_rows
 
@@ -105,10 +107,11 @@ def test_continual_metrics_follow_the_documented_definitions():
 
 def test_report_files_from_an_interrupted_run(tmp_path):
     out = tmp_path / "run"
-    save_evaluation(out / "evaluations", 0, None, {"a": 0.5, "b": 0.5, "c": 0.5})
-    save_evaluation(out / "evaluations", 1, "a", {"a": 0.9, "b": 0.5, "c": 0.4})
-    save_evaluation(out / "evaluations", 2, "b", {"a": 0.7, "b": 0.95, "c": 0.45})
-    paths = write_report(out)
+    layout = RunLayout(out)
+    save_evaluation(layout, 0, None, {"a": 0.5, "b": 0.5, "c": 0.5})
+    save_evaluation(layout, 1, "a", {"a": 0.9, "b": 0.5, "c": 0.4})
+    save_evaluation(layout, 2, "b", {"a": 0.7, "b": 0.95, "c": 0.45})
+    paths = write_report(layout)
     assert [p.name for p in paths] == ["report.json", "report.md", "accuracy_matrix.png"]
     report = json.loads((out / "report.json").read_text())
     assert report["tasks"] == ["a", "b", "c"] and report["rows_after"] == ["a", "b"]
@@ -123,6 +126,6 @@ def test_report_files_from_an_interrupted_run(tmp_path):
 
 
 def test_report_of_a_run_with_no_evaluations_is_empty_but_valid(tmp_path):
-    report = build_report(tmp_path)
+    report = build_report(RunLayout(tmp_path))
     assert report["tasks"] == [] and report["metrics"]["average_accuracy"] is None
-    assert [p.name for p in write_report(tmp_path)] == ["report.json", "report.md"]
+    assert [p.name for p in write_report(RunLayout(tmp_path))] == ["report.json", "report.md"]

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
+from mergeforget_plugin.errors import UnsupportedAdapterError
+from mergeforget_plugin.export import export_adapter
 from mergeforget_plugin.peft_bridge import (
-    UnsupportedAdapterError,
     adapter_config_dict,
     base_model_fingerprint,
-    export_adapter,
     lora_layers,
     lora_signature,
     read_lora,
@@ -156,8 +156,6 @@ def test_sharded_lora_weights_are_refused_naming_the_module(tiny_peft_model, tmp
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-
-    from mergeforget_plugin.peft_bridge import UnsupportedAdapterError
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:

@@ -7,9 +7,10 @@ import copy
 import pytest
 import yaml
 
-from mergeforget_plugin.recipe import RecipeError, load_recipe, parse_recipe
-from mergeforget_plugin.runner import RunError, run_recipe, task_config, write_task_configs
-from mergeforget_plugin.state import StateMismatchError, save_state
+from mergeforget_plugin.errors import RecipeError, RunError, StateMismatchError
+from mergeforget_plugin.integrations.axolotl.recipe import load_recipe, parse_recipe
+from mergeforget_plugin.integrations.axolotl.runner import run_recipe, task_config, write_task_configs
+from mergeforget_plugin.state import save_state
 
 from .conftest import DEMO_DATA, REPO
 
@@ -96,7 +97,7 @@ def test_per_task_configs_are_written_for_running_by_hand(tmp_path):
         ),
         (
             lambda r: r.update(mergeforget={"lambda_constant": 2}),
-            r"mergeforget.lambda_constant: Input should be less than or equal to 1",
+            r"mergeforget: lambda_constant=2.0 must be in \(0, 1\]",
         ),
         (lambda r: r["axolotl"].update(datasets=[]), r"axolotl.datasets: set by the runner"),
         (lambda r: r.pop("axolotl"), r"give base_config \(an Axolotl YAML\) or at least axolotl.base_model"),
@@ -163,10 +164,14 @@ def test_state_from_another_rank_or_model_is_refused_before_training(tmp_path, t
     path = write(tmp_path, minimal_recipe(tiny_model_dir))
     state_dir = tmp_path / "out" / "state"
     save_state(_finished_state(16, {"model_type": "llama", "hidden_size": 64}), state_dir)
-    with pytest.raises(StateMismatchError, match=r"holds a LoRA of rank \[16\], but the recipe sets lora_r: 4"):
+    with pytest.raises(
+        StateMismatchError, match=r"LoRA rank r=16 in the state vs r=4 in the recipe's Axolotl settings"
+    ):
         run_recipe(path, resume=True)
     save_state(_finished_state(4, {"model_type": "llama", "hidden_size": 576}, ("antonyms",)), state_dir)
-    with pytest.raises(StateMismatchError, match=r"another base model: hidden_size=576 in the state vs 64"):
+    with pytest.raises(
+        StateMismatchError, match=r"base model: hidden_size=576 in the state vs 64 in the recipe's Axolotl settings"
+    ):
         run_recipe(path, resume=True)
     assert not (tmp_path / "out" / "tasks").exists()
 

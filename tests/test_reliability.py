@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from transformers import TrainerCallback
 
 from mergeforget_plugin import MergeForgetCallback, SLAOMathError, Task, train_sequence
-from mergeforget_plugin.recipe import RecipeError, load_recipe, parse_recipe
+from mergeforget_plugin.errors import RecipeError
+from mergeforget_plugin.integrations.axolotl.recipe import load_recipe, parse_recipe
 from mergeforget_plugin.state import load_state, snapshot_dirs
 
 from .test_trl_sequence import demo_tasks, peft_model, sft_config
@@ -173,24 +174,21 @@ def test_a_pickled_adapter_named_in_a_recipe_is_refused_unopened(tmp_path):
     load_recipe(write(tmp_path, recipe))
 
 
-def test_a_pickled_adapter_in_an_axolotl_config_is_refused_by_the_plugin(tmp_path):
-    pytest.importorskip("axolotl")
-    from axolotl.utils.dict import DictDefault
+def test_a_pickled_adapter_in_an_axolotl_config_is_refused_by_the_plugin_args(tmp_path):
+    from pydantic import ValidationError
 
-    from mergeforget_plugin.axolotl_plugin import MergeForgetPlugin
+    from mergeforget_plugin.integrations.axolotl.args import MergeForgetArgs
 
     adapter = pickled_adapter(tmp_path / "adapter")
-    cfg = DictDefault(
-        {"adapter": "lora", "lora_model_dir": str(adapter), "mergeforget": {"state_dir": "s", "task_name": "t"}}
-    )
-    with pytest.raises(ValueError, match=r"^lora_model_dir: .*adapter holds adapter_model.bin, pickle file"):
-        MergeForgetPlugin().register(cfg)
+    cfg = {"adapter": "lora", "lora_model_dir": str(adapter), "mergeforget": {"state_dir": "s", "task_name": "t"}}
+    with pytest.raises(ValidationError, match=r"lora_model_dir: .*adapter holds adapter_model.bin, pickle file"):
+        MergeForgetArgs.model_validate(cfg)
     assert not (adapter / "pwned").exists()
 
 
 def test_a_read_only_output_directory_stops_the_runner_before_training(tmp_path, tiny_model_dir):
-    from mergeforget_plugin.runner import run_recipe
-    from mergeforget_plugin.state import StateError
+    from mergeforget_plugin.errors import StateError
+    from mergeforget_plugin.integrations.axolotl.runner import run_recipe
 
     from .test_recipes import minimal_recipe, write
     from .test_state import read_only

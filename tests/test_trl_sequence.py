@@ -241,3 +241,28 @@ def test_sequence_input_is_validated_before_training(tiny_model_dir, tmp_path):
         from transformers import AutoModelForCausalLM
 
         train_sequence(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tasks, args=sft_config(tmp_path))
+
+
+def test_a_row_a_kill_interrupted_is_scored_when_the_next_task_begins(tiny_model_dir, tmp_path):
+    """A state saved before its row was scored (what a kill left with versions up to 0.1.0) gets the row back."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = peft_model(tiny_model_dir)
+    tasks = demo_tasks(["antonyms", "plurals"])
+    train_sequence(model, tasks[:1], args=sft_config(tmp_path), processing_class=tokenizer)
+    row = tmp_path / "evaluations" / "after-01.json"
+    measured = json.loads(row.read_text())
+    row.unlink()
+
+    result = train_sequence(model, tasks, args=sft_config(tmp_path), processing_class=tokenizer)
+    rescored = json.loads(row.read_text())
+    # Scored with task 1's merged LoRA again (the same number), now on every task of this call.
+    assert rescored["after_task"] == "antonyms" and rescored["accuracy"]["antonyms"] == measured["accuracy"]["antonyms"]
+    assert set(rescored["accuracy"]) == {"antonyms", "plurals"}
+    assert result.state.finished_tasks == ["antonyms", "plurals"] and list(result.accuracy) == ["plurals"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["rows_after"] == ["antonyms", "plurals"]
+    assert report["accuracy_matrix"][0] == [rescored["accuracy"][name] for name in report["tasks"]]
+    # The TRL path writes the layout the Axolotl runner writes: tasks/task-NN-NAME/.
+    assert sorted(p.name for p in (tmp_path / "tasks").iterdir()) == ["task-01-antonyms", "task-02-plurals"]

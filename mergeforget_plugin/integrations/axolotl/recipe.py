@@ -3,7 +3,7 @@
 ```yaml
 # Run: mergeforget train recipes/demo-smollm2.yaml
 output_dir: ../outputs/demo          # relative paths are relative to this file
-base_config: ../examples/axolotl/smollm2-lora-cpu.yaml
+base_config: my-axolotl-config.yaml  # model, LoRA and trainer settings shared by all tasks
 axolotl: {learning_rate: 5.0e-4}     # optional keys applied on top of base_config
 mergeforget: {strategy: slao}        # MergeForgetConfig fields
 tasks:
@@ -22,15 +22,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .slao import MergeForgetConfig
-from .state import pickled_adapter_problem
+from ...errors import RecipeError
+from ...layout import RunLayout
+from ...state import pickled_adapter_problem
+from .args import EvalSettings, EvalSpec, StrategySettings
 
-EMBEDDED_MODEL_PREFIX = "mergeforget://"
 # Keys that define the one LoRA every task shares, or that the runner sets per task.
 SHARED_KEYS = frozenset(
     {
@@ -48,53 +49,6 @@ SHARED_KEYS = frozenset(
 )
 RUNNER_KEYS = frozenset({"datasets", "test_datasets", "output_dir", "plugins", "mergeforget"})
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be run, with every problem found and what to change."""
-
-
-class StrategySettings(BaseModel):
-    """The `mergeforget:` block of a recipe: the fields of `MergeForgetConfig`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    strategy: Literal["slao", "seq"] = Field("slao", description="slao (paper) or seq (SeqLoRA baseline)")
-    lambda_schedule: Literal["inv_sqrt", "inv", "constant"] = Field("inv_sqrt", description="weight of the new B")
-    lambda_constant: float = Field(0.5, gt=0.0, le=1.0, description="weight for the constant schedule")
-    init: Literal["orthogonal", "standard", "carry_over"] = Field("orthogonal", description="start of task i >= 2")
-    b_init: Literal["ft", "merge"] = Field("ft", description="B of task i >= 2 starts from B_ft,i-1 or B_merge,i-1")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> StrategySettings:
-        self.to_config()  # MergeForgetConfig rejects conflicting fields with a sentence
-        return self
-
-    def to_config(self) -> MergeForgetConfig:
-        return MergeForgetConfig(**self.model_dump(include=set(StrategySettings.model_fields)))
-
-
-class EvalSettings(BaseModel):
-    """How a task's held-out split is scored (the `eval:` block of a task)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    metric: Literal["choice", "exact_match"] = Field(
-        "choice", description="choice: rank the options by log-likelihood; exact_match: greedy generation"
-    )
-    options: list[str] | None = Field(None, description="candidate answers for choice (default: every answer seen)")
-    max_examples: int | None = Field(None, gt=0, description="score at most this many held-out rows")
-    prompt_field: str | None = Field(None, description="row field with the prompt (default: from the dataset type)")
-    answer_field: str | None = Field(None, description="row field with the answer (default: from the dataset type)")
-
-
-class EvalSpec(EvalSettings):
-    """One task's evaluation as the Axolotl plugin receives it: files resolved, fields known."""
-
-    task: str
-    path: str = Field(description="held-out rows (JSON Lines or a JSON list)")
-    option_paths: list[str] = Field(default_factory=list, description="files whose answers are options too")
-    prompt_format: str = Field("{prompt}", description="template the prompt field is put in, as in training")
 
 
 class TaskSpec(BaseModel):
@@ -146,7 +100,9 @@ class Recipe(BaseModel):
     output_dir: str = Field(description="where state/, adapter/, configs/ and tasks/ go")
     base_config: str | None = Field(None, description="an Axolotl YAML file with the model and LoRA settings")
     axolotl: dict[str, Any] = Field(default_factory=dict, description="Axolotl keys applied on top of base_config")
-    mergeforget: StrategySettings = Field(default_factory=StrategySettings)
+    mergeforget: StrategySettings = Field(  # type: ignore[valid-type]
+        default_factory=StrategySettings, description="the strategy: MergeForgetConfig's fields"
+    )
     tasks: list[TaskSpec] = Field(min_length=1, description="the tasks, in training order")
 
     @model_validator(mode="after")
@@ -220,12 +176,9 @@ class LoadedRecipe:
         return candidate if candidate.is_absolute() else (self.root / candidate).resolve()
 
     @property
-    def output_dir(self) -> Path:
-        return self.resolve(self.recipe.output_dir)
-
-    @property
-    def state_dir(self) -> Path:
-        return self.output_dir / "state"
+    def layout(self) -> RunLayout:
+        """The run's output directory (``output_dir``, relative to the recipe file)."""
+        return RunLayout(self.resolve(self.recipe.output_dir))
 
     def base_axolotl_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {}

@@ -1,12 +1,11 @@
-"""`axolotl continual-train RECIPE`: the recipe runner as an Axolotl command (entry point
-group `axolotl.cli_commands`)."""
+"""``axolotl continual-train RECIPE``: the recipe runner as an Axolotl command (entry point
+group ``axolotl.cli_commands``)."""
 
 from __future__ import annotations
 
 import click
 
-from .recipe import RecipeError
-from .state import StateError
+from ...errors import MergeForgetError
 
 
 @click.command(name="continual-train")
@@ -20,5 +19,5 @@ def continual_train(recipe: str, resume: bool, dry_run: bool, verbose: bool) -> 
 
     try:
         run_recipe(recipe, resume=resume, dry_run=dry_run, stream_output=verbose)
-    except (StateError, RecipeError) as error:
+    except MergeForgetError as error:
         raise click.ClickException(str(error)) from None

@@ -1,0 +1,304 @@
+"""One task of a continual sequence, from pre-flight to saved state: the engine under every entry point.
+
+:class:`ContinualTask` owns a task's life. ``begin`` runs the pre-flight (the state's own
+compatibility checks), scores the evaluation rows that are missing, and sets the task's starting
+LoRA. ``end`` merges the trained LoRA into the running one, scores the task's row, and saves the
+state atomically. The TRL callback, ``train_sequence``, the Axolotl plugin and the recipe runner
+are thin adapters that call these at the right moment of their framework. They never repeat the
+orchestration.
+
+Order at the end of a task, and why:
+
+1. merge (nothing written yet, so a kill here loses only this task);
+2. load the merged LoRA into the model (every process), so evaluation and the framework's own
+   save see the adapter users deploy;
+3. score the task's row and write it, *before* the state: once the state says the task is
+   finished, its row is already on disk. A kill in between re-runs the task, which overwrites
+   the row;
+4. save the state (the task counts as finished once its snapshot is renamed into place), export
+   the adapter when asked, refresh the report.
+
+Only the first process writes files. The others wait at a barrier until the snapshot is complete.
+
+This module imports no transformers, PEFT, TRL or Axolotl at module level (a layering test
+checks it): what it needs from PEFT models comes from :mod:`mergeforget_plugin.peft_bridge`,
+imported when a task begins.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import RunError, StateError
+from .evaluation import EvalSet, evaluate_all
+from .export import export_adapter
+from .faults import pause_point
+from .layout import RunLayout
+from .report import load_evaluations, save_evaluation, write_report
+from .slao import LoRAPair, MergeForgetConfig, merge_coefficient, merge_task, task_start_weights
+from .state import BaseModelFingerprint, ContinualState, LoRASignature, check_writable, load_state, save_state
+
+# The training step at which the `training-step` fault-injection point pauses (see faults.py).
+_PAUSE_STEP = 2
+
+
+def is_main_process() -> bool:
+    """Whether this process writes files: rank 0 of a distributed run, or the only process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def wait_for_everyone() -> None:
+    """A barrier across the processes of a distributed run; nothing in a single process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def check_task_names(names: Sequence[str]) -> None:
+    """Refuse an empty sequence, a name that cannot be a folder name, or a repeated name."""
+    if not names:
+        raise ValueError("tasks is empty: give at least one task to train.")
+    for name in names:
+        if not isinstance(name, str) or not name.strip() or "/" in name:
+            raise ValueError(f"Task name {name!r} must be a non-empty string without '/'.")
+    repeated = sorted({name for name in names if list(names).count(name) > 1})
+    if repeated:
+        raise ValueError(f"Task names must be unique; repeated: {repeated}.")
+
+
+def check_sequence(
+    layout: RunLayout,
+    task_names: Sequence[str],
+    config: MergeForgetConfig,
+    *,
+    declared: tuple[LoRASignature, BaseModelFingerprint] | None = None,
+    declared_in: str = "the config",
+) -> ContinualState | None:
+    """Pre-flight of a whole sequence before anything trains; returns the state (``None`` if new).
+
+    The finished tasks must be the first tasks of ``task_names``, in order, and the sequence must
+    keep its strategy. ``declared`` is what a config says of the LoRA and the base model before
+    any model is loaded (the recipe runner's view); it is checked with the state's own
+    compatibility checks. Each task repeats the full check against the loaded model in
+    :meth:`ContinualTask.begin`.
+    """
+    check_task_names(task_names)
+    state = load_state(layout.state)
+    if state is None:
+        return None
+    done = state.finished_tasks
+    if list(task_names[: len(done)]) != done:
+        raise RunError(
+            f"{layout.state} finished the tasks {done}, but this sequence starts with {list(task_names[: len(done)])}. "
+            "Resume with the same task order, or use another output directory."
+        )
+    where = str(layout.state)
+    state.check_config(config, where)
+    if declared is not None:
+        state.check_compatible(*declared, where, other_name=declared_in)
+    return state
+
+
+def training_summary(global_step: int, log_history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What a trainer reports about a finished task, for the state's per-task history."""
+    losses = [entry["loss"] for entry in log_history if "loss" in entry]
+    return {"global_step": global_step, "last_train_loss": losses[-1] if losses else None}
+
+
+def _norm_summary(weights: dict[str, LoRAPair]) -> dict[str, float]:
+    a_norms = torch.stack([pair.a.to(torch.float32).norm() for pair in weights.values()])
+    b_norms = torch.stack([pair.b.to(torch.float32).norm() for pair in weights.values()])
+    return {
+        "a_norm_mean": float(a_norms.mean()),
+        "b_norm_mean": float(b_norms.mean()),
+        "b_norm_max": float(b_norms.max()),
+    }
+
+
+class ContinualTask:
+    """The life of one task of a continual sequence (see the module docstring for the order).
+
+    Args:
+        layout: The run's output directory; the state is ``layout.state``.
+        name: The task's name; a name already finished in the state is refused.
+        config: Strategy and ablations; must match the state's. Defaults to the paper's SLAO.
+        eval_sets: Held-out sets of every task of the sequence. When given, the base model's
+            row, this task's row and any row a kill interrupted are scored.
+        export_dir: Also write the merged LoRA there as a PEFT adapter after the task.
+        adapter_name: The PEFT adapter to carry.
+    """
+
+    def __init__(
+        self,
+        layout: RunLayout,
+        name: str,
+        config: MergeForgetConfig | None = None,
+        *,
+        eval_sets: Sequence[EvalSet] = (),
+        export_dir: str | os.PathLike[str] | None = None,
+        adapter_name: str = "default",
+    ) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("task_name must be a non-empty string naming the task this trainer trains.")
+        self.layout = layout
+        self.name = name
+        self.config = config if config is not None else MergeForgetConfig()
+        self.eval_sets = list(eval_sets)
+        self.export_dir = Path(export_dir) if export_dir is not None else None
+        self.adapter_name = adapter_name
+        self.state: ContinualState | None = None
+        self.index: int | None = None
+        self.accuracy: dict[str, float] | None = None  # this task's row, once scored
+        self._tokenizer: Any = None
+        self._started_at = 0.0
+        self._finished = False
+
+    def begin(self, model: torch.nn.Module, tokenizer: Any = None, *, apply_init: bool = True) -> int:
+        """Pre-flight, missing evaluation rows, then the task's starting LoRA. Runs once; returns the index.
+
+        ``apply_init=False`` keeps the model's LoRA as it is (a trainer resumed from a mid-task
+        checkpoint already trained from this task's init).
+        """
+        if self.index is not None:
+            return self.index
+        from .peft_bridge import adapter_config_dict, describe_model
+
+        self._started_at = time.time()
+        self._tokenizer = tokenizer if tokenizer is not None else self._tokenizer
+        signature, fingerprint = describe_model(model, self.adapter_name)
+        check_writable(self.layout.state)
+        state = load_state(self.layout.state)
+        where = str(self.layout.state)
+        if state is None:
+            state = ContinualState(
+                signature=signature,
+                base_model=fingerprint,
+                config=self.config,
+                adapter_config=adapter_config_dict(model, self.adapter_name),
+            )
+        else:
+            state.check_compatible(signature, fingerprint, where)
+            state.check_config(self.config, where)
+            if self.name in state.finished_tasks:
+                raise StateError(
+                    f"Task {self.name!r} already finished (task {state.finished_tasks.index(self.name) + 1} "
+                    f"of {where}). Give the new task another name, or use a new state directory to start over."
+                )
+        self.state, self.index = state, state.next_task_index
+        if self.eval_sets and is_main_process():
+            self._score_missing_rows(model, keep_lora=not apply_init)
+        if apply_init and self.index >= 2:
+            from .peft_bridge import write_lora
+
+            start = task_start_weights(self.index, state.finetuned, state.merged, self.config)
+            write_lora(model, start, self.adapter_name)
+        return self.index
+
+    def end(
+        self, model: torch.nn.Module, tokenizer: Any = None, *, extra: dict[str, Any] | None = None
+    ) -> ContinualState:
+        """Merge, load the merged LoRA, score this task's row, save the state. Runs once; returns the state."""
+        if self._finished:
+            return self.state
+        if self.state is None or self.index is None:
+            raise StateError("The task ended before it began: begin() must run before end().")
+        from .peft_bridge import read_lora, write_lora
+
+        self._tokenizer = tokenizer if tokenizer is not None else self._tokenizer
+        previous = self.state
+        finetuned = read_lora(model, self.adapter_name)
+        merged = merge_task(self.index, previous.merged or None, finetuned, self.config)
+        pause_point("merge", self.index)
+        record = {
+            "task": self.name,
+            "task_index": self.index,
+            "merge_coefficient": merge_coefficient(self.index, self.config) if self.config.strategy == "slao" else 1.0,
+            "seconds": round(time.time() - self._started_at, 3),
+            "finetuned": _norm_summary(finetuned),
+            "merged": _norm_summary(merged),
+            "adapter_bytes": sum(t.numel() * t.element_size() for pair in merged.values() for t in pair),
+            **(extra or {}),
+        }
+        state = ContinualState(
+            signature=previous.signature,
+            base_model=previous.base_model,
+            config=previous.config,
+            adapter_config=previous.adapter_config,
+            finished_tasks=[*previous.finished_tasks, self.name],
+            merged=merged,
+            finetuned=finetuned,
+            history=[*previous.history, record],
+        )
+        write_lora(model, merged, self.adapter_name)
+        if is_main_process():
+            if self.eval_sets:
+                self.accuracy = self._score(model, self.eval_sets)
+                save_evaluation(self.layout, self.index, self.name, self.accuracy)
+            save_state(state, self.layout.state)
+            if self.export_dir is not None:
+                export_adapter(state, self.export_dir)
+            if self.eval_sets:
+                write_report(self.layout, state)
+            pause_point("task-saved", self.index)
+        # Other processes read this snapshot when the next task starts: wait until it is complete.
+        wait_for_everyone()
+        self.state, self._finished = state, True
+        return state
+
+    def after_step(self, global_step: int) -> None:
+        """Called by the adapters after every optimizer step (the fault tests pause here)."""
+        if global_step == _PAUSE_STEP:
+            pause_point("training-step", self.index)
+
+    def _score(self, model: torch.nn.Module, eval_sets: Sequence[EvalSet]) -> dict[str, float]:
+        if self._tokenizer is None:
+            raise StateError(
+                f"Task {self.name!r} has evaluation sets but no tokenizer to score them with: pass the tokenizer "
+                "(the trainer's processing_class) or leave the evaluation out."
+            )
+        return evaluate_all(model, self._tokenizer, eval_sets)
+
+    def _score_missing_rows(self, model: torch.nn.Module, *, keep_lora: bool) -> None:
+        """The base model's row for tasks it was not scored on, and the previous task's row if a kill
+        interrupted it (a state written by an older version saved the state before scoring)."""
+        records = {record["task_index"]: record for record in load_evaluations(self.layout)}
+        zero_shot = records.get(0, {}).get("accuracy", {})
+        unscored = [eval_set for eval_set in self.eval_sets if eval_set.task not in zero_shot]
+        if unscored:
+            disable_adapter = getattr(model, "disable_adapter", None)
+            if disable_adapter is None:
+                raise StateError(
+                    "Scoring the base model needs a PeftModel (its disable_adapter()); wrap the model first."
+                )
+            with disable_adapter():  # b_j: the base model itself, whatever the LoRA holds now
+                zero_shot = {**zero_shot, **self._score(model, unscored)}
+            save_evaluation(self.layout, 0, None, zero_shot)
+        previous = self.index - 1
+        if previous >= 1 and previous not in records:
+            from .peft_bridge import read_lora, write_lora
+
+            kept = read_lora(model, self.adapter_name) if keep_lora else None
+            write_lora(model, self.state.merged, self.adapter_name)
+            save_evaluation(self.layout, previous, self.state.finished_tasks[-1], self._score(model, self.eval_sets))
+            if kept is not None:
+                write_lora(model, kept, self.adapter_name)
+
+
+def finish_sequence(layout: RunLayout, state: ContinualState, *, recipe: str | None = None) -> list[Path]:
+    """After the last task: the merged adapter in ``layout.adapter`` and the report. Returns the report files.
+
+    Only the first process writes; every process waits until it has.
+    """
+    written: list[Path] = []
+    if is_main_process():
+        export_adapter(state, layout.adapter)
+        written = write_report(layout, state, recipe)
+    wait_for_everyone()
+    return written

@@ -1,0 +1,38 @@
+"""The one error family of mergeforget-plugin: every refusal says what is wrong and what to do.
+
+Each error is a :class:`MergeForgetError`, so a command line (ours, or a user's script) can catch
+the whole family in one place and print the sentence instead of a traceback. The concrete classes
+also derive from the built-in exception that describes them (``ValueError`` for bad input,
+``RuntimeError`` for a state that cannot be used), so existing ``except ValueError`` code keeps
+working.
+"""
+
+from __future__ import annotations
+
+
+class MergeForgetError(Exception):
+    """Base of every error mergeforget-plugin raises on purpose."""
+
+
+class StateError(MergeForgetError, RuntimeError):
+    """A continual state directory that cannot be used, with what to do about it."""
+
+
+class StateMismatchError(StateError):
+    """The state was made for another base model, rank, target modules, LoRA variant or strategy."""
+
+
+class SLAOMathError(MergeForgetError, ValueError):
+    """An input the SLAO equations cannot be applied to (non-finite values, impossible shapes)."""
+
+
+class UnsupportedAdapterError(MergeForgetError, ValueError):
+    """The model's adapter is not a plain LoRA that SLAO can carry across tasks."""
+
+
+class RecipeError(MergeForgetError, ValueError):
+    """A recipe that cannot be run, with every problem found and what to change."""
+
+
+class RunError(MergeForgetError):
+    """A sequence run that cannot start or continue, with what to do about it."""

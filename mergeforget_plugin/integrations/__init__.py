@@ -1,0 +1,1 @@
+"""Integrations with training frameworks that are not a plain transformers ``Trainer`` callback."""

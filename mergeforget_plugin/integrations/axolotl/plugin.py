@@ -1,0 +1,71 @@
+"""The Axolotl plugin: ``axolotl train`` with ``plugins: [mergeforget_plugin.MergeForgetPlugin]`` is one task.
+
+Each hook forwards to :class:`~mergeforget_plugin.engine.ContinualTask` (via the transformers
+callback that every ``Trainer`` carries). The task begins in ``post_model_load``, after every LoRA
+init Axolotl does and before the trainer exists, so a mismatched state stops the run before any
+step. It ends when training ends, before Axolotl saves the model, so what Axolotl saves is the
+merged LoRA. The settings are checked by Axolotl's own config validation (see ``args.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from axolotl.integrations.base import BasePlugin
+
+from ...callback import MergeForgetCallback
+from ...evaluation import eval_set_from_spec
+from ...models import resolve_model_reference
+from .args import MergeForgetSettings
+
+
+class MergeForgetPlugin(BasePlugin):
+    """Axolotl plugin for SLAO continual learning with a single LoRA (arXiv:2512.23017)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.callback: MergeForgetCallback | None = None
+
+    def get_input_args(self) -> str:
+        return "mergeforget_plugin.integrations.axolotl.args.MergeForgetArgs"
+
+    def register(self, cfg: Any) -> None:
+        # Runs before Axolotl validates the config: the embedded model's name becomes the local
+        # checkpoint it is converted to, which Axolotl can load.
+        if cfg.get("base_model"):
+            cfg["base_model"] = resolve_model_reference(str(cfg["base_model"]))
+
+    def pre_lora_load(self, cfg: Any, model: Any) -> None:
+        # The task-1 LoRA init draws from the global RNG, which Axolotl's model and dataset
+        # loading leave in a run-dependent state; seeding here makes a re-run after a kill start
+        # task 1 where the killed run did. (Tasks 2+ start from the state, not the RNG.)
+        if cfg.get("seed") is not None:
+            from transformers import set_seed
+
+            set_seed(int(cfg.get("seed")))
+
+    def post_model_load(self, cfg: Any, model: Any) -> None:
+        settings = MergeForgetSettings.model_validate(dict(cfg["mergeforget"]))
+        eval_sets = [eval_set_from_spec(spec) for spec in settings.evaluation]
+        self.callback = MergeForgetCallback(
+            settings.state_dir,
+            task_name=settings.task_name,
+            config=settings.to_config(),
+            export_dir=settings.export_dir,
+            eval_sets=eval_sets,
+        )
+        tokenizer = None
+        if eval_sets:
+            from axolotl.loaders import load_tokenizer
+
+            tokenizer = load_tokenizer(cfg)
+        self.callback.task.begin(model, tokenizer)
+
+    def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list:
+        return [self.callback] if self.callback is not None else []
+
+    def post_train(self, cfg: Any, model: Any) -> None:
+        # Axolotl calls post_train twice per run; the task ends once (at the trainer's
+        # on_train_end or here, whichever comes first).
+        if self.callback is not None:
+            self.callback.task.end(model)

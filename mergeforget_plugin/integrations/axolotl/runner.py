@@ -1,0 +1,279 @@
+"""Run a recipe's tasks one after another through the real ``axolotl train``, resumably.
+
+For every task the runner writes a complete Axolotl config (``configs/task-02-name.yaml`` of the
+run's :class:`~mergeforget_plugin.layout.RunLayout`: the base config, the task's datasets and
+overrides, and the plugin block) and runs ``python -m axolotl.cli.main train CONFIG --launcher
+python`` in a child process. Inside it, the plugin runs the task through the engine. A task
+counts as finished only when its state snapshot is on disk, so a crash or kill at any moment loses
+at most the task that was running; ``--resume`` starts again from the first unfinished task.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ...atomic import write_atomic
+from ...engine import check_sequence, finish_sequence
+from ...errors import RecipeError, RunError, StateError
+from ...layout import RunLayout
+from ...models import resolve_model_reference
+from ...state import (
+    BaseModelFingerprint,
+    ContinualState,
+    LoRASignature,
+    architecture_of,
+    check_writable,
+    finished_task_names,
+    load_state,
+    tidy_state_dir,
+)
+from .recipe import LoadedRecipe, load_recipe
+
+PLUGIN_PATH = "mergeforget_plugin.MergeForgetPlugin"
+AXOLOTL_ENVIRONMENT = {
+    "AXOLOTL_DO_NOT_TRACK": "1",  # without it Axolotl's telemetry retries hang for minutes offline
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+_PR_SET_PDEATHSIG = 1
+# The lines of a failed task's log that are worth showing first: our own refusals.
+_OUR_ERRORS = ("MergeForgetError", "StateMismatchError", "StateError", "UnsupportedAdapterError", "SLAOMathError")
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Writes repeated values in full: per-task configs are read by people, not only by Axolotl."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+@dataclass
+class TaskRun:
+    index: int
+    name: str
+    config_path: Path
+    output_dir: Path
+    seconds: float | None = None
+    skipped: bool = False
+
+
+def _resolve_model(value: str, loaded: LoadedRecipe) -> str:
+    try:
+        resolved = resolve_model_reference(value)
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
+    if resolved != value:
+        return resolved
+    candidate = loaded.resolve(value)
+    return str(candidate) if candidate.exists() else value
+
+
+def base_config(loaded: LoadedRecipe) -> dict[str, Any]:
+    """The Axolotl settings shared by every task, with ``base_model`` resolved to a local path when it is one."""
+    base = loaded.base_axolotl_config()
+    base["base_model"] = _resolve_model(str(base["base_model"]), loaded)
+    return base
+
+
+def task_config(loaded: LoadedRecipe, index: int, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The complete Axolotl config for task ``index`` (1-based) of the recipe."""
+    recipe, layout = loaded.recipe, loaded.layout
+    task = recipe.tasks[index - 1]
+    config = dict(base if base is not None else base_config(loaded))
+    config.update(task.overrides)
+    config["datasets"] = [{**entry, "path": str(loaded.resolve(entry["path"]))} for entry in task.datasets]
+    if task.test_datasets:
+        config["test_datasets"] = [
+            {**entry, "path": str(loaded.resolve(entry["path"]))} for entry in task.test_datasets
+        ]
+        config["val_set_size"] = 0
+    config["output_dir"] = str(layout.task_dir(index, task.name))
+    config.setdefault("dataset_prepared_path", str(layout.prepared))
+    plugins = list(config.get("plugins") or [])
+    if PLUGIN_PATH not in plugins:
+        plugins.append(PLUGIN_PATH)
+    config["plugins"] = plugins
+    config["mergeforget"] = {
+        **recipe.mergeforget.model_dump(),
+        "state_dir": str(layout.state),
+        "task_name": task.name,
+        "evaluation": [spec.model_dump() for spec in loaded.eval_specs()],
+    }
+    return config
+
+
+def write_task_configs(loaded: LoadedRecipe) -> list[Path]:
+    """Write one Axolotl YAML per task into the layout's ``configs/`` and return their paths."""
+    base = base_config(loaded)
+    tasks = loaded.recipe.tasks
+    paths = []
+    for index, task in enumerate(tasks, start=1):
+        path = loaded.layout.task_config(index, task.name)
+        header = f"# Task {index} of {len(tasks)} of {loaded.path}\n# Run by hand: axolotl train {path}\n"
+        body = yaml.dump(task_config(loaded, index, base), Dumper=_PlainDumper, sort_keys=False)
+        paths.append(write_atomic(path, header + body))
+    return paths
+
+
+def declared_setup(config: dict[str, Any], state: ContinualState) -> tuple[LoRASignature, BaseModelFingerprint]:
+    """What an Axolotl config says of the LoRA and the base model, before any model is loaded.
+
+    What only a loaded model tells (the adapted module names; ``lora_alpha``, rsLoRA or the target
+    modules when the config leaves them to Axolotl) is taken from the state, so it cannot differ
+    here; the plugin checks the loaded model again when each task begins.
+    """
+    known = state.signature
+    rank, targets = config.get("lora_r"), config.get("lora_target_modules")
+    signature = LoRASignature(
+        ranks={name: int(rank) for name in known.ranks} if rank is not None else dict(known.ranks),
+        lora_alpha=float(config["lora_alpha"]) if config.get("lora_alpha") is not None else known.lora_alpha,
+        use_rslora=bool(config["peft_use_rslora"]) if config.get("peft_use_rslora") is not None else known.use_rslora,
+        target_modules=sorted(targets)
+        if isinstance(targets, list) and not config.get("lora_target_linear")
+        else known.target_modules,
+    )
+    model_config = Path(str(config["base_model"])) / "config.json"
+    architecture = architecture_of(json.loads(model_config.read_text())) if model_config.is_file() else {}
+    return signature, BaseModelFingerprint(architecture=architecture, embedding_signature=None)
+
+
+def _die_with_parent() -> None:
+    # The training process must not outlive a killed runner, or it could finish a task that a
+    # resumed run is training again.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _acquire_lock(layout: RunLayout) -> int:
+    layout.root.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise RunError(
+            f"Another mergeforget run is using {layout.root}; wait for it to end or use another output_dir."
+        ) from None
+    return descriptor
+
+
+def _failure_summary(log_path: Path) -> str:
+    lines = log_path.read_text(errors="replace").splitlines() if log_path.is_file() else []
+    ours = [line for line in lines if any(name in line for name in (*_OUR_ERRORS, "ValueError"))]
+    return "\n".join(ours[-3:] if ours else lines[-15:])
+
+
+def run_recipe(
+    recipe_path: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    dry_run: bool = False,
+    echo: Callable[[str], None] = print,
+    stream_output: bool = False,
+) -> list[TaskRun]:
+    """Validate the recipe, then train every unfinished task with ``axolotl train``.
+
+    Returns one :class:`TaskRun` per task (finished earlier ones marked ``skipped``). Raises a
+    :class:`~mergeforget_plugin.errors.MergeForgetError` (``RecipeError``, ``RunError``,
+    ``StateError``) before anything trains when the recipe, the output directory or the state does
+    not fit.
+    """
+    loaded = load_recipe(recipe_path)
+    layout, tasks = loaded.layout, loaded.recipe.tasks
+    base = base_config(loaded)
+    config = loaded.recipe.mergeforget.to_config()
+    state = load_state(layout.state)
+    if state is not None and not resume:
+        raise RunError(
+            f"{layout.state} already holds {len(state.finished_tasks)} finished task(s) "
+            f"({', '.join(state.finished_tasks)}). Pass --resume to continue the sequence, or set another "
+            "output_dir to start a new one."
+        )
+    if state is not None:
+        check_sequence(
+            layout,
+            [task.name for task in tasks],
+            config,
+            declared=declared_setup(base, state),
+            declared_in="the recipe's Axolotl settings",
+        )
+    check_writable(layout.root, "output directory")
+    config_paths = write_task_configs(loaded)
+    runs = [
+        TaskRun(i, task.name, path, layout.task_dir(i, task.name))
+        for i, (task, path) in enumerate(zip(tasks, config_paths, strict=True), start=1)
+    ]
+    if dry_run:
+        echo(f"Recipe {loaded.path} is valid: {len(tasks)} task(s). Per-task Axolotl configs:")
+        for run in runs:
+            echo(f"  axolotl train {run.config_path}")
+        return runs
+
+    lock = _acquire_lock(layout)
+    # A run killed between a snapshot's rename and the removal of the older ones left them behind.
+    tidy_state_dir(layout.state)
+    environment = {**os.environ}
+    for key, value in AXOLOTL_ENVIRONMENT.items():
+        environment.setdefault(key, value)
+    try:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=len(runs), desc="tasks", unit="task", disable=None)
+        for run in runs:
+            if run.name in finished_task_names(layout.state):
+                run.skipped = True
+                progress.update(1)
+                continue
+            run.output_dir.mkdir(parents=True, exist_ok=True)
+            log_path = layout.task_log(run.index, run.name)
+            progress.set_postfix_str(run.name)
+            echo(f"[task {run.index}/{len(runs)}] {run.name}: axolotl train {run.config_path} (log: {log_path})")
+            command = [sys.executable, "-m", "axolotl.cli.main", "train", str(run.config_path), "--launcher", "python"]
+            started = time.time()
+            with open(log_path, "w") as log:
+                child = subprocess.Popen(
+                    command,
+                    stdout=None if stream_output else log,
+                    stderr=subprocess.STDOUT if not stream_output else None,
+                    env=environment,
+                    preexec_fn=_die_with_parent,
+                    pass_fds=(lock,),
+                )
+                returncode = child.wait()
+            run.seconds = time.time() - started
+            if returncode != 0 or run.name not in finished_task_names(layout.state):
+                raise RunError(
+                    f"Task {run.index} ({run.name}) did not finish (axolotl exited with {returncode}). "
+                    f"Earlier tasks are safe in {layout.state}; fix the cause and run again with --resume.\n"
+                    f"From {log_path}:\n{_failure_summary(log_path)}"
+                )
+            echo(f"[task {run.index}/{len(runs)}] {run.name}: done in {run.seconds:.1f} s")
+            progress.update(1)
+        progress.close()
+    finally:
+        os.close(lock)
+
+    final = load_state(layout.state)
+    if final is None:
+        raise StateError(f"No state in {layout.state} after the run.")
+    reports = finish_sequence(layout, final, recipe=str(loaded.path))
+    echo(f"All {len(final.finished_tasks)} task(s) finished. Merged adapter: {layout.adapter}")
+    echo(f"Report: {', '.join(str(path) for path in reports)}")
+    return runs

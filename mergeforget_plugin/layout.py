@@ -1,0 +1,93 @@
+"""The one place that names the files and folders of a continual-learning run.
+
+Every entry point (TRL's ``train_sequence``, the Axolotl plugin, the recipe runner, the CLI)
+reads and writes an output directory through :class:`RunLayout`, so a TRL run and an Axolotl run
+of the same tasks leave the same tree and ``mergeforget status|report|export`` read either::
+
+    OUTPUT/
+      state/                     continual state: task-NNNN/ snapshots (see state.py)
+      evaluations/after-NN.json  one accuracy row per finished task; after-00 is the base model
+      adapter/                   the merged LoRA as a standard PEFT adapter
+      report.json, report.md, accuracy_matrix.png
+      configs/task-NN-NAME.yaml  per-task Axolotl configs (recipe runs)
+      tasks/task-NN-NAME/        each task's trainer output (and train.log for recipe runs)
+      prepared/                  Axolotl's tokenized datasets (recipe runs)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of one run's output directory ``root``.
+
+    ``state`` is ``root/state`` unless a caller named its own state directory (a
+    ``MergeForgetCallback`` or an Axolotl config names only ``state_dir``; everything else goes
+    beside it, in its parent).
+    """
+
+    root: Path
+    state: Path
+
+    def __init__(self, root: str | os.PathLike[str], state: str | os.PathLike[str] | None = None) -> None:
+        object.__setattr__(self, "root", Path(root))
+        object.__setattr__(self, "state", Path(state) if state is not None else Path(root) / "state")
+
+    @classmethod
+    def of_state_dir(cls, state_dir: str | os.PathLike[str]) -> RunLayout:
+        """The layout around a state directory: evaluations, report and adapter go beside it."""
+        return cls(Path(state_dir).parent, state_dir)
+
+    @property
+    def evaluations(self) -> Path:
+        return self.root / "evaluations"
+
+    def evaluation_row(self, tasks_trained: int) -> Path:
+        """Accuracy row after ``tasks_trained`` tasks; 0 is the base model (zero-shot)."""
+        return self.evaluations / f"after-{tasks_trained:02d}.json"
+
+    @property
+    def adapter(self) -> Path:
+        return self.root / "adapter"
+
+    @property
+    def report_json(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def report_markdown(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def accuracy_heatmap(self) -> Path:
+        return self.root / "accuracy_matrix.png"
+
+    @property
+    def configs(self) -> Path:
+        return self.root / "configs"
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "prepared"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".mergeforget.lock"
+
+    @staticmethod
+    def task_slug(index: int, name: str) -> str:
+        """``task-02-plurals``: the index keeps folders in training order."""
+        return f"task-{index:02d}-{name}"
+
+    def task_dir(self, index: int, name: str) -> Path:
+        return self.root / "tasks" / self.task_slug(index, name)
+
+    def task_log(self, index: int, name: str) -> Path:
+        return self.task_dir(index, name) / "train.log"
+
+    def task_config(self, index: int, name: str) -> Path:
+        return self.configs / f"{self.task_slug(index, name)}.yaml"
