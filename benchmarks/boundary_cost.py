@@ -4,7 +4,11 @@ Run:    python benchmarks/boundary_cost.py            # Llama-7B-shaped LoRA, T 
 Smoke:  python benchmarks/boundary_cost.py --smoke    # small shapes, seconds (CI runs this)
 
 1. Boundary: orthogonal init + merge + atomic state save (and load) for a LoRA of rank 16 on
-   q,k,v,o,gate,up,down of 32 layers shaped like Llama-7B (hidden 4096, MLP 11008), float32, CPU.
+   q,k,v,o,gate,up,down of 32 layers shaped like Llama-7B (hidden 4096, MLP 11008), float32, CPU;
+   first on tensors (the math and the state alone), then end to end through MergeForgetCallback's
+   hooks on a real PEFT model with those LoRA layers. That model's frozen base weights stay on
+   PyTorch's `meta` device (shapes without memory; a boundary never reads them), so only the
+   40 M LoRA parameters and a small embedding take memory.
 2. Adapter bytes after T = 1..15 tasks: the exported SLAO adapter vs an O-LoRA-style adapter that
    keeps one LoRA block per task (both written to disk and measured), on a SmolLM2-shaped LoRA
    (r=8 on q,v of 30 layers, hidden 576), plus SLAO at T = 1 and 15 on the 7B shape.
@@ -31,6 +35,7 @@ from safetensors.torch import save_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import mergeforget_plugin.state as state_module  # noqa: E402
 from mergeforget_plugin.slao import LoRAPair, MergeForgetConfig, merge_task, task_start_weights  # noqa: E402
 from mergeforget_plugin.state import (  # noqa: E402
     BaseModelFingerprint,
@@ -96,6 +101,7 @@ def boundary_cost(shapes, rank: int, repeats: int, workdir: Path) -> dict:
         started = time.perf_counter()
         save_state(state_for(shapes, rank, new_merged, trained, ["t1", "t2"]), state_dir)
         timings["save"].append(time.perf_counter() - started)
+        state_module._RECENT.clear()  # a cold load, as a new process (each Axolotl task) does it
         started = time.perf_counter()
         load_state(state_dir)
         timings["load"].append(time.perf_counter() - started)
@@ -104,6 +110,86 @@ def boundary_cost(shapes, rank: int, repeats: int, workdir: Path) -> dict:
     result["boundary"] = result["init"] + result["merge"] + result["save"]
     result["modules"] = len(shapes)
     result["lora_parameters"] = sum(rank * (n + m) for n, m in shapes.values())
+    return result
+
+
+def seven_b_shaped_peft_model(layers: int, hidden: int, mlp: int, rank: int, modules: tuple[str, ...]):
+    """A PEFT LoRA model shaped like Llama-7B whose frozen base weights live on the `meta` device.
+
+    The LoRA factors are real float32 tensors (PEFT's init: Kaiming A, zero B) and so is the input
+    embedding (the state's base-model fingerprint reads it; its vocabulary is cut to 1024 rows).
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mergeforget_plugin.peft_bridge import lora_layers
+
+    config = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=1024,
+    )
+    with torch.device("meta"):
+        model = get_peft_model(
+            LlamaForCausalLM(config), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(modules))
+        )
+    embedding = model.get_input_embeddings()
+    embedding.to_empty(device="cpu")
+    torch.nn.init.normal_(embedding.weight, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    for layer in lora_layers(model).values():
+        for part in (layer.lora_A["default"], layer.lora_B["default"]):
+            part.to_empty(device="cpu")
+        torch.nn.init.kaiming_uniform_(layer.lora_A["default"].weight, a=5**0.5, generator=generator)
+        torch.nn.init.zeros_(layer.lora_B["default"].weight)
+    return model
+
+
+def boundary_through_callback(model, boundaries: int, workdir: Path) -> dict:
+    """Seconds of MergeForgetCallback's on_train_begin and on_train_end at task boundaries 2..1+boundaries.
+
+    Training is replaced by a small change to every LoRA factor, so each task merges something new.
+    """
+    from transformers import TrainerControl, TrainerState
+
+    from mergeforget_plugin import MergeForgetCallback
+
+    state_dir = workdir / "callback-state"
+    parameters = [p for n, p in model.named_parameters() if "lora_" in n]
+    timings: dict[str, list[float]] = {"task_begin_cold": [], "task_begin": [], "task_end": []}
+    for task in range(1, boundaries + 2):
+        callback = MergeForgetCallback(state_dir, task_name=f"task{task}")
+        trainer_state, control = TrainerState(), TrainerControl()
+        if task >= 2:
+            # As a new process begins a task (every Axolotl task): the state is read and verified.
+            state_module._RECENT.clear()
+            started = time.perf_counter()
+            MergeForgetCallback(state_dir, task_name=f"task{task}").on_train_begin(
+                None, TrainerState(), control, model=model
+            )
+            timings["task_begin_cold"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        callback.on_train_begin(None, trainer_state, control, model=model)
+        begun = time.perf_counter()
+        with torch.no_grad():
+            for parameter in parameters:  # stands in for training
+                parameter.add_(1e-3)
+        trainer_state.global_step = 1
+        ending = time.perf_counter()
+        callback.on_train_end(None, trainer_state, control, model=model)
+        ended = time.perf_counter()
+        if task >= 2:  # task 1 has no init and nothing to merge into
+            timings["task_begin"].append(begun - started)
+            timings["task_end"].append(ended - ending)
+    result = {key: statistics.median(values) for key, values in timings.items()}
+    result["boundary"] = result["task_begin"] + result["task_end"]
+    result["lora_parameters"] = sum(p.numel() for p in parameters)
+    result["state_bytes"] = sum(f.stat().st_size for f in state_dir.rglob("*") if f.is_file())
+    result["boundaries"] = boundaries
+    shutil.rmtree(state_dir)
     return result
 
 
@@ -238,7 +324,22 @@ def main() -> None:
         print(f"(float32, CPU, median of {args.repeats}):")
         print("| step | seconds |\n|---|---|")
         for key in ("init", "merge", "save", "boundary", "load"):
-            print(f"| {key} | {b[key]:.3f} |")
+            print(f"| {key if key != 'load' else 'load (cold, as in a new process)'} | {b[key]:.3f} |")
+
+        layers, hidden, mlp = (2, 256, 512) if args.smoke else (32, 4096, 11008)
+        model = seven_b_shaped_peft_model(layers, hidden, mlp, big_rank, all_modules)
+        results["boundary_7b_shape_callback"] = boundary_through_callback(model, args.repeats, work)
+        del model
+        c = results["boundary_7b_shape_callback"]
+        print(f"\nThe same boundary end to end through MergeForgetCallback on a PEFT model, median of {args.repeats}:")
+        print("| hook | what it does | seconds |\n|---|---|---|")
+        print(f"| on_train_begin, same process | check the model, reuse the state, QR init | {c['task_begin']:.3f} |")
+        print(
+            f"| on_train_begin, new process | the same, reading and verifying the state | {c['task_begin_cold']:.3f} |"
+        )
+        print(f"| on_train_end | read the LoRA, merge, load the merged LoRA, save the state | {c['task_end']:.3f} |")
+        print(f"| boundary (same process: TRL's train_sequence) | | {c['boundary']:.3f} |")
+        print(f"({c['lora_parameters']:,} LoRA parameters; state directory {c['state_bytes']:,} bytes)")
 
         results["adapter_bytes_small_shape"] = {
             "slao": slao_adapter_bytes(small, small_rank, sweep, work),

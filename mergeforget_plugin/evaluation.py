@@ -1,8 +1,8 @@
 """Scoring a model on held-out tasks: label ranking by log-likelihood, or exact match.
 
 `choice` (classification-style): every candidate answer is scored by the sum of its tokens'
-log-probabilities after the prompt; the prediction is the best-scoring candidate. Deterministic
-and cheap: one forward pass per (example, candidate) pair, batched.
+log-probabilities after the prompt; the prediction is the best-scoring candidate. Each prompt
+runs through the model once, whatever the number of candidates (see :func:`choice_scores`).
 
 `exact_match` (generative): greedy decoding of at most `max_new_tokens`; the prediction counts
 when its first line, stripped, equals the stripped answer.
@@ -20,6 +20,9 @@ from typing import Any, Literal
 import torch
 
 Metric = Literal["choice", "exact_match"]
+# Tokens per forward pass (batch x padded length, options included): bounds activation memory.
+_CPU_TOKEN_BUDGET = 4096
+_GPU_TOKEN_BUDGET = 65536
 
 
 @dataclass
@@ -31,6 +34,8 @@ class EvalSet:
     answers: list[str]
     metric: Metric = "choice"
     options: list[str] = field(default_factory=list)
+    # Token ids per tokenizer, filled on first use: the engine scores every set after every task.
+    _encoded: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.prompts) != len(self.answers) or not self.prompts:
@@ -112,47 +117,146 @@ def eval_set_from_spec(spec: Any) -> EvalSet:
     )
 
 
-def _sequence_logprobs(
-    model: torch.nn.Module, sequences: list[list[int]], starts: list[int], pad_id: int, device: torch.device
-) -> torch.Tensor:
-    """Sum of log p(token) over positions >= start, for each (right-padded) sequence."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = torch.tensor(sequence)
-        mask[row, : len(sequence)] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    logits = model(input_ids=ids, attention_mask=mask).logits.float()
-    logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    positions = torch.arange(1, width, device=device).unsqueeze(0)
-    start = torch.tensor(starts, device=device).unsqueeze(1)
-    lengths = mask.sum(1, keepdim=True)
-    keep = (positions >= start) & (positions < lengths)
-    return (logprobs * keep).sum(1).cpu()
-
-
 def _device_of(model: torch.nn.Module) -> torch.device:
     return next(p.device for p in model.parameters())
 
 
+@dataclass(frozen=True)
+class _Encoded:
+    """An evaluation set as token ids, made once per tokenizer (the engine scores it after every task)."""
+
+    prompts: list[list[int]]
+    options: list[list[int]]
+
+
+def _encode(eval_set: EvalSet, tokenizer: Any) -> _Encoded:
+    key = (id(tokenizer), getattr(tokenizer, "name_or_path", None), len(tokenizer))
+    cached = eval_set._encoded.get(key)
+    if cached is None:
+        prompts = tokenizer(list(eval_set.prompts))["input_ids"]
+        options = tokenizer(list(eval_set.options), add_special_tokens=False)["input_ids"]
+        empty = [option for option, ids in zip(eval_set.options, options, strict=True) if not ids]
+        if empty:
+            raise ValueError(
+                f"Task {eval_set.task!r}: options {empty[:3]} encode to no token, so they cannot be scored."
+            )
+        cached = eval_set._encoded[key] = _Encoded([list(p) for p in prompts], [list(o) for o in options])
+    return cached
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+
+def _right_padded(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        mask[row, : len(sequence)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) under ``logits`` along the last axis, in float32, without materializing log_softmax."""
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _prompt_forward(
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, *, use_cache: bool
+) -> tuple[Any, torch.Tensor]:
+    """The model's output on right-padded prompts, and the logits at each prompt's last token (batch, vocab).
+
+    Only the last positions are sent through the LM head (``logits_to_keep``, with the batch's
+    distinct last positions, which are few since prompts are batched by length); a model whose
+    forward does not take ``logits_to_keep`` computes them all.
+    """
+    last_positions = lengths - 1
+    kept = torch.unique(last_positions)
+    try:
+        output = model(input_ids=ids, attention_mask=mask, use_cache=use_cache, logits_to_keep=kept)
+        column = torch.searchsorted(kept, last_positions)
+    except TypeError:
+        output = model(input_ids=ids, attention_mask=mask, use_cache=use_cache)
+        column = last_positions
+    return output, output.logits[torch.arange(len(ids), device=ids.device), column]
+
+
 @torch.no_grad()
-def choice_predictions(model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet, batch_size: int = 32) -> list[str]:
-    """The best-scoring option for every prompt."""
+def choice_scores(
+    model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet, *, token_budget: int | None = None
+) -> torch.Tensor:
+    """Log-likelihood of every option after every prompt, shape (prompts, options), on the CPU.
+
+    Each prompt runs through the model once. Its last position gives every option's first token;
+    when an option is longer, the rest is scored in one more forward of all options over the
+    prompt's key/value cache, repeated per option (``Cache.batch_repeat_interleave``, the
+    beam-search API, which every attention implementation supports). Prompts are sorted by length
+    and batched up to ``token_budget`` tokens (a larger default on a GPU), and scores stay on the
+    device until the set is done.
+    """
+    encoded = _encode(eval_set, tokenizer)
     device = _device_of(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    option_ids = [tokenizer(option, add_special_tokens=False)["input_ids"] for option in eval_set.options]
-    pairs: list[tuple[list[int], int]] = []
-    for prompt in eval_set.prompts:
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        pairs.extend((prompt_ids + ids, len(prompt_ids)) for ids in option_ids)
-    scores = torch.cat(
-        [
-            _sequence_logprobs(model, [s for s, _ in chunk], [start for _, start in chunk], pad_id, device)
-            for chunk in (pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size))
-        ]
-    ).view(len(eval_set.prompts), len(eval_set.options))
-    return [eval_set.options[int(i)] for i in scores.argmax(1)]
+    budget = token_budget or (_GPU_TOKEN_BUDGET if device.type == "cuda" else _CPU_TOKEN_BUDGET)
+    pad_id = _pad_id(tokenizer)
+    options = encoded.options
+    count = len(options)
+    first_tokens = torch.tensor([option[0] for option in options], device=device)
+    longest_option = max(len(option) for option in options)
+    if longest_option > 1:
+        # Option tokens after the first, right-padded; position t predicts token t + 1.
+        rest_ids, rest_mask = _right_padded(options, pad_id, device)
+        rest_targets, rest_keep = rest_ids[:, 1:], rest_mask[:, 1:].bool()
+    # Forward rows per prompt: the prompt itself, plus one row per option when options continue.
+    rows_per_prompt = count if longest_option > 1 else 1
+    order = sorted(range(len(encoded.prompts)), key=lambda i: len(encoded.prompts[i]))
+    scores = torch.empty((len(order), count), dtype=torch.float32, device=device)
+    start = 0
+    while start < len(order):
+        # Sorted by length, a batch's last prompt is its longest: grow the batch while it fits the budget.
+        end = start + 1
+        while (
+            end < len(order)
+            and (end + 1 - start) * rows_per_prompt * (len(encoded.prompts[order[end]]) + longest_option) <= budget
+        ):
+            end += 1
+        rows = order[start:end]
+        ids, mask = _right_padded([encoded.prompts[i] for i in rows], pad_id, device)
+        lengths = mask.sum(1)
+        output, last = _prompt_forward(model, ids, mask, lengths, use_cache=longest_option > 1)
+        batch_scores = torch.log_softmax(last.float(), dim=-1)[:, first_tokens]  # every option's first token
+        if longest_option > 1:
+            cache = output.past_key_values
+            cache.batch_repeat_interleave(count)
+            # Option tokens see their own prompt (not its padding) and the option tokens before them.
+            attention = torch.cat([mask.repeat_interleave(count, 0), rest_mask.repeat(len(rows), 1)], dim=1)
+            positions = lengths.repeat_interleave(count).unsqueeze(1) + torch.arange(longest_option, device=device)
+            continued = model(
+                input_ids=rest_ids.repeat(len(rows), 1),
+                attention_mask=attention,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=False,
+            ).logits[:, :-1]
+            targets = rest_targets.repeat(len(rows), 1)
+            rest = (_token_logprobs(continued, targets) * rest_keep.repeat(len(rows), 1)).sum(1)
+            batch_scores = batch_scores + rest.view(len(rows), count)
+        scores[torch.tensor(rows, device=device)] = batch_scores
+        start = end
+    return scores.cpu()
+
+
+@torch.no_grad()
+def choice_predictions(
+    model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet, *, token_budget: int | None = None
+) -> list[str]:
+    """The best-scoring option for every prompt."""
+    best = choice_scores(model, tokenizer, eval_set, token_budget=token_budget).argmax(1)
+    return [eval_set.options[int(i)] for i in best]
 
 
 @torch.no_grad()

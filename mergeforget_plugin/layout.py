@@ -50,6 +50,10 @@ class RunLayout:
         """Accuracy row after ``tasks_trained`` tasks; 0 is the base model (zero-shot)."""
         return self.evaluations / f"after-{tasks_trained:02d}.json"
 
+    def evaluation_rows(self) -> list[Path]:
+        """Every stored accuracy row."""
+        return sorted(self.evaluations.glob("after-*.json")) if self.evaluations.is_dir() else []
+
     @property
     def adapter(self) -> Path:
         return self.root / "adapter"

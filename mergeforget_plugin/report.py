@@ -34,9 +34,7 @@ def save_evaluation(
 
 def load_evaluations(layout: RunLayout) -> list[dict[str, Any]]:
     """Every stored row, base model first."""
-    if not layout.evaluations.is_dir():
-        return []
-    records = [json.loads(p.read_text()) for p in layout.evaluations.glob("after-*.json")]
+    records = [json.loads(path.read_text()) for path in layout.evaluation_rows()]
     return sorted(records, key=lambda record: record["task_index"])
 
 

@@ -24,13 +24,15 @@ import math
 import os
 import re
 import shutil
+import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 from .atomic import fsync_dir, private_staging_dir, write_synced
 from .errors import StateError, StateMismatchError
@@ -250,6 +252,67 @@ class ContinualState:
             )
 
 
+# safetensors' names for the dtypes a LoRA factor can have.
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
+
+
+def _write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> str:
+    """Write ``tensors`` to ``path`` in the safetensors format, fsync it, and return its SHA-256.
+
+    The bytes go from each tensor's memory straight to the file, and are hashed on a second thread
+    while they are written: no serialized copy of the whole file and no re-read for the checksum.
+    (Written here rather than by safetensors' own writer, so a failed write is an ``OSError`` with
+    its errno.) ``safetensors.torch.load_file`` reads the result.
+    """
+    header: dict[str, Any] = {}
+    chunks: list[memoryview] = []
+    offset = 0
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        if tensor.dtype not in _SAFETENSORS_DTYPES:
+            raise StateError(f"{name}: LoRA weights of dtype {tensor.dtype} cannot be saved; use a float dtype.")
+        raw = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + raw.nbytes],
+        }
+        chunks.append(raw)
+        offset += raw.nbytes
+    header["__metadata__"] = {"format": "pt"}
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    chunks.insert(0, memoryview(struct.pack("<Q", len(encoded)) + encoded))
+
+    def digest() -> str:
+        hashed = hashlib.sha256()
+        for chunk in chunks:
+            hashed.update(chunk)
+        return hashed.hexdigest()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        checksum = pool.submit(digest)  # hashlib and file writes both release the GIL
+        with open(path, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return checksum.result()
+
+
+# The snapshot this process wrote or verified last, per state directory: a task that begins in the
+# process where the previous one ended reuses it instead of reading and hashing hundreds of
+# megabytes again, as long as the snapshot's files are untouched since (same manifest text, same
+# size, modification time and inode of every file); any rewrite sends the load through the checksums.
+_RECENT: dict[Path, tuple[Path, tuple[Any, ...], ContinualState]] = {}
+
+
+def _stamp(snapshot: Path) -> tuple[Any, ...]:
+    """What changes when any file of ``snapshot`` is rewritten: its manifest text and each file's stat."""
+    stats = [os.stat(snapshot / name) for name in (MANIFEST, MERGED_FILE, FINETUNED_FILE)]
+    return ((snapshot / MANIFEST).read_text(), *((s.st_size, s.st_mtime_ns, s.st_ino) for s in stats))
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -314,10 +377,7 @@ def save_state(state: ContinualState, state_dir: str | os.PathLike[str], *, keep
         files = {MERGED_FILE: state.merged, FINETUNED_FILE: state.finetuned}
         checksums = {}
         for filename, weights in files.items():
-            path = staging / filename
-            # Serialized in memory and written here, so a failed write is an OSError with its errno.
-            write_synced(path, save(_tensors_of(weights), metadata={"format": "pt"}))
-            checksums[filename] = _sha256(path)
+            checksums[filename] = _write_safetensors(staging / filename, _tensors_of(weights))
             pause_point("state-write", len(state.finished_tasks))
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -347,6 +407,7 @@ def save_state(state: ContinualState, state_dir: str | os.PathLike[str], *, keep
                 + "Free space or fix permissions, then resume to redo the task."
             ) from error
         raise
+    _RECENT[root.resolve()] = (final.resolve(), _stamp(final), state)
     pause_point("state-commit", len(state.finished_tasks))
     tidy_state_dir(root, keep=keep)
     return final
@@ -400,6 +461,13 @@ def load_snapshot(snapshot: Path, *, previous: Path | None = None) -> ContinualS
         else f" Delete {snapshot} and resume to redo that task."
     )
     manifest_path = snapshot / MANIFEST
+    recent = _RECENT.get(snapshot.parent.resolve())
+    if recent is not None and recent[0] == snapshot.resolve():
+        try:
+            if recent[1] == _stamp(snapshot):
+                return _fresh_copy(recent[2])
+        except OSError:
+            pass  # a file is gone: the full load below names it
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as error:
@@ -420,7 +488,7 @@ def load_snapshot(snapshot: Path, *, previous: Path | None = None) -> ContinualS
             if not path.is_file() or _sha256(path) != expected:
                 raise StateError(f"{path} is missing or does not match the checksum in its manifest.{recovery}")
             tensors[filename] = _weights_of(load_file(str(path)))
-        return ContinualState(
+        state = ContinualState(
             signature=LoRASignature.from_dict(manifest["lora"]),
             base_model=BaseModelFingerprint.from_dict(manifest["base_model"]),
             config=MergeForgetConfig(**manifest["config"]),
@@ -432,3 +500,19 @@ def load_snapshot(snapshot: Path, *, previous: Path | None = None) -> ContinualS
         )
     except (KeyError, TypeError, ValueError) as error:
         raise StateError(f"{manifest_path} is malformed ({type(error).__name__}: {error}).{recovery}") from error
+    try:
+        _RECENT[snapshot.parent.resolve()] = (snapshot.resolve(), _stamp(snapshot), state)
+    except OSError:
+        pass
+    return _fresh_copy(state)
+
+
+def _fresh_copy(state: ContinualState) -> ContinualState:
+    """The same state in new containers (a caller may extend its lists); tensors are never changed in place."""
+    return replace(
+        state,
+        merged=dict(state.merged),
+        finetuned=dict(state.finetuned),
+        finished_tasks=list(state.finished_tasks),
+        history=list(state.history),
+    )

@@ -44,3 +44,14 @@ def test_boundary_cost_smoke_measures_all_three_parts(tmp_path):
     assert len(set(sizes["slao"].values())) == 1
     assert sizes["olora"]["3"] > sizes["olora"]["2"] > sizes["olora"]["1"]
     assert set(results["step_overhead"]) == {"with_callback", "without_callback"}
+
+
+def test_eval_throughput_smoke_compares_both_scorers_on_the_same_sets(tmp_path):
+    completed = run("eval_throughput.py", tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = json.loads((tmp_path / "eval_throughput.json").read_text())["rows"]
+    assert [(r["task"], r["options"]) for r in rows] == [("sentiment", 2), ("plurals", 40)]
+    # The current scorer predicts what the 0.1.0 scorer predicted, example for example.
+    assert all(r["same_predictions"] == r["examples"] == 8 for r in rows)
+    assert all(r["old_examples_per_s"] > 0 and r["new_examples_per_s"] > 0 for r in rows)
+    assert "| cpu | plurals | 8 | 40 |" in completed.stdout

@@ -7,7 +7,14 @@ import json
 import pytest
 import torch
 
-from mergeforget_plugin.evaluation import EvalSet, accuracy, choice_predictions, eval_set_from_rows, generated_answers
+from mergeforget_plugin.evaluation import (
+    EvalSet,
+    accuracy,
+    choice_predictions,
+    choice_scores,
+    eval_set_from_rows,
+    generated_answers,
+)
 from mergeforget_plugin.layout import RunLayout
 from mergeforget_plugin.metrics import continual_metrics
 from mergeforget_plugin.report import build_report, save_evaluation, write_report
@@ -23,24 +30,80 @@ def tiny(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def test_batched_choice_scoring_matches_one_sequence_at_a_time(tiny):
-    model, tokenizer = tiny
-    eval_set = eval_set_from_rows("plurals", demo_rows("plurals", "test"), option_rows=demo_rows("plurals", "train"))
-    assert len(eval_set.options) == 40 and set(eval_set.answers) <= set(eval_set.options)
-    batched = choice_predictions(model, tokenizer, eval_set, batch_size=7)  # padding in every batch
-
-    expected = []
+def reference_scores(model, tokenizer, eval_set):
+    """Log-likelihood of each option after each prompt, one unpadded sequence at a time."""
+    table = []
     with torch.no_grad():
         for prompt in eval_set.prompts:
             prompt_ids = tokenizer(prompt)["input_ids"]
-            scores = []
+            row = []
             for option in eval_set.options:
                 ids = torch.tensor([prompt_ids + tokenizer(option, add_special_tokens=False)["input_ids"]])
                 logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
                 targets = ids[0, 1:]
-                scores.append(sum(logprobs[p, targets[p]].item() for p in range(len(prompt_ids) - 1, len(targets))))
-            expected.append(eval_set.options[max(range(len(scores)), key=scores.__getitem__)])
-    assert batched == expected
+                row.append(sum(logprobs[p, targets[p]].item() for p in range(len(prompt_ids) - 1, len(targets))))
+            table.append(row)
+    return torch.tensor(table)
+
+
+@pytest.mark.parametrize("token_budget", [64, 100_000], ids=["a-few-prompts-per-batch", "one-batch"])
+def test_choice_scores_equal_one_sequence_at_a_time(tiny, token_budget):
+    model, tokenizer = tiny
+    eval_set = eval_set_from_rows("plurals", demo_rows("plurals", "test"), option_rows=demo_rows("plurals", "train"))
+    assert (
+        len(eval_set.options) == 40
+        and max(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in eval_set.options) > 1
+    )
+    expected = reference_scores(model, tokenizer, eval_set)
+    scores = choice_scores(model, tokenizer, eval_set, token_budget=token_budget)
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
+    expected_predictions = [eval_set.options[int(i)] for i in expected.argmax(1)]
+    assert choice_predictions(model, tokenizer, eval_set, token_budget=token_budget) == expected_predictions
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["a", "b", "c"], [" New York", " New Delhi", " Paris", " New"]],
+    ids=["single-token-options", "options-sharing-a-prefix"],
+)
+def test_choice_scores_for_single_token_and_shared_prefix_options(tiny, options):
+    model, tokenizer = tiny
+    prompts = [row["prompt"] for row in demo_rows("capitals", "test")[:6]]
+    eval_set = EvalSet("c", prompts, [options[0]] * len(prompts), options=options)
+    lengths = {len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in options}
+    assert (lengths == {1}) == (options[0] == "a")  # the two cases really differ
+    torch.testing.assert_close(
+        choice_scores(model, tokenizer, eval_set, token_budget=50),
+        reference_scores(model, tokenizer, eval_set),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_an_evaluation_set_is_tokenized_once(tiny):
+    model, tokenizer = tiny
+    calls = []
+
+    class CountingTokenizer:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, *args, **kwargs):
+            calls.append(args)
+            return self.inner(*args, **kwargs)
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    counting = CountingTokenizer(tokenizer)
+    eval_set = eval_set_from_rows("antonyms", demo_rows("antonyms", "test"), option_rows=demo_rows("antonyms", "train"))
+    first = choice_predictions(model, counting, eval_set)
+    tokenizations = len(calls)
+    assert tokenizations == 2  # prompts once, options once, each as one batch
+    assert choice_predictions(model, counting, eval_set) == first and len(calls) == tokenizations
 
 
 def test_exact_match_compares_the_first_generated_line(tiny):

@@ -247,3 +247,15 @@ def test_task_start_is_only_for_task_two_onwards():
 def test_config_raises_on_invalid_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MergeForgetConfig(**kwargs)
+
+
+def test_huge_finite_weights_are_not_mistaken_for_non_finite_ones():
+    from mergeforget_plugin.slao import LoRAPair, MergeForgetConfig, merge_task
+
+    huge = torch.full((4, 8), 3e38)  # their float32 sum overflows; every value is finite
+    merged = merge_task(1, None, {"m": LoRAPair(huge, huge.T.contiguous())}, MergeForgetConfig())
+    assert torch.equal(merged["m"].a, huge)
+    with pytest.raises(SLAOMathError, match="1 non-finite value"):
+        poisoned = huge.clone()
+        poisoned[0, 0] = float("nan")
+        merge_task(1, None, {"m": LoRAPair(poisoned, huge.T.contiguous())}, MergeForgetConfig())

@@ -251,3 +251,43 @@ def test_tidy_removes_what_an_interrupted_write_left_behind(tmp_path):
     tidy_state_dir(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["task-0002", "task-0003"]
     assert load_state(tmp_path).finished_tasks == ["task1", "task2", "task3"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_snapshot_files_are_plain_safetensors_with_the_manifests_checksum(tmp_path, dtype):
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    state = make_state(1, dtype)
+    snapshot = save_state(state, tmp_path)
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    for filename, weights in (("merged.safetensors", state.merged), ("finetuned.safetensors", state.finetuned)):
+        data = (snapshot / filename).read_bytes()
+        assert manifest["sha256"][filename] == hashlib.sha256(data).hexdigest()
+        tensors = load_file(str(snapshot / filename))
+        assert set(tensors) == {f"{name}.lora_{part}" for name in weights for part in "AB"}
+        assert all(
+            torch.equal(tensors[f"{n}.lora_A"], p.a) and torch.equal(tensors[f"{n}.lora_B"], p.b)
+            for n, p in weights.items()
+        )
+
+
+def test_a_snapshot_this_process_wrote_is_reused_until_a_file_changes(tmp_path, monkeypatch):
+    import mergeforget_plugin.state as state_module
+
+    save_state(make_state(1), tmp_path)
+    saved = make_state(2)
+    snapshot = save_state(saved, tmp_path)
+
+    def no_reading(path):
+        raise AssertionError(f"{path} was read again")
+
+    monkeypatch.setattr(state_module, "load_file", no_reading)
+    reused = load_state(tmp_path)
+    assert reused.finished_tasks == saved.finished_tasks and reused.merged.keys() == saved.merged.keys()
+    assert reused.finished_tasks is not saved.finished_tasks  # a caller's changes do not reach the cache
+    # Rewriting a file (same bytes, new modification time) sends the next load through the checksums.
+    (snapshot / "merged.safetensors").write_bytes((snapshot / "merged.safetensors").read_bytes())
+    with pytest.raises(AssertionError, match="merged.safetensors was read again"):
+        load_state(tmp_path)

@@ -1,0 +1,173 @@
+"""Scored examples per second of `choice` evaluation: the 0.1.0 scorer against the current one.
+
+Run:    python benchmarks/eval_throughput.py                 # SmolLM2-135M-Instruct, CPU (and CUDA if present)
+Smoke:  python benchmarks/eval_throughput.py --smoke         # tiny random model, seconds (CI runs this)
+
+Both scorers run on the same evaluation sets in the same process, one after the other, each
+repeated; the table gives the median examples/s, the speed-up, and whether both predicted the
+same option for every example (they must: the scores are the same log-likelihoods).
+
+Sets: the four real-text classification tasks of continual_benchmark.py (two one-word labels
+each) and the shipped demo tasks (antonyms, plurals, capitals: 20-40 multi-token options each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "recipes" / "data" / "demo"
+
+
+@torch.no_grad()
+def choice_predictions_v010(model, tokenizer, eval_set, batch_size: int = 32) -> list[str]:
+    """The scorer of mergeforget-plugin 0.1.0: one right-padded sequence per (prompt, option), batched."""
+    device = next(p.device for p in model.parameters())
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    option_ids = [tokenizer(option, add_special_tokens=False)["input_ids"] for option in eval_set.options]
+    pairs = []
+    for prompt in eval_set.prompts:
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        pairs.extend((prompt_ids + ids, len(prompt_ids)) for ids in option_ids)
+    scores = []
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i : i + batch_size]
+        width = max(len(s) for s, _ in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (sequence, _) in enumerate(chunk):
+            ids[row, : len(sequence)] = torch.tensor(sequence)
+            mask[row, : len(sequence)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        positions = torch.arange(1, width, device=device).unsqueeze(0)
+        start = torch.tensor([s for _, s in chunk], device=device).unsqueeze(1)
+        keep = (positions >= start) & (positions < mask.sum(1, keepdim=True))
+        scores.append((logprobs * keep).sum(1).cpu())
+    table = torch.cat(scores).view(len(eval_set.prompts), len(eval_set.options))
+    return [eval_set.options[int(i)] for i in table.argmax(1)]
+
+
+def eval_sets(test_size: int):
+    from continual_benchmark import build_tasks
+
+    from mergeforget_plugin.evaluation import eval_set_from_rows, read_rows
+
+    sets = [
+        eval_set_from_rows(name, task["test"], option_rows=task["train"])
+        for name, task in build_tasks(train_size=64, test_size=test_size).items()
+    ]
+    for name in ("antonyms", "plurals", "capitals"):
+        sets.append(
+            eval_set_from_rows(
+                name, read_rows(DEMO / f"{name}.test.jsonl"), option_rows=read_rows(DEMO / f"{name}.train.jsonl")
+            )
+        )
+    return sets
+
+
+def timed(function, *arguments, repeats: int) -> tuple[float, object]:
+    durations, result = [], None
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        result = function(*arguments)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        durations.append(time.perf_counter() - started)
+    return statistics.median(durations), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny random model, few rows: seconds")
+    parser.add_argument("--devices", default="auto", help="'auto' (cpu, and cuda when present) or a comma list")
+    parser.add_argument("--test-size", type=int, default=96, help="held-out rows per classification task")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per scorer (median is reported)")
+    parser.add_argument("--output-dir", default="outputs/benchmark")
+    args = parser.parse_args()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mergeforget_plugin.evaluation import choice_predictions
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        args.test_size, args.repeats = 8, 1
+    sets = eval_sets(args.test_size)
+    if args.smoke:
+        from mergeforget_plugin import build_tiny_llama
+
+        sets = [s for s in sets if s.task in ("sentiment", "plurals")]
+        for eval_set in sets:
+            eval_set.prompts, eval_set.answers = eval_set.prompts[:8], eval_set.answers[:8]
+        model_dir = build_tiny_llama(out / "tiny-model", [p for s in sets for p in s.prompts + s.options])
+    else:
+        from mergeforget_plugin.models import default_model_dir
+
+        model_dir = default_model_dir()
+    devices = (
+        ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    results = {
+        "command": " ".join(sys.argv),
+        "model": str(model_dir),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "rows": [],
+    }
+    print("| device | task | examples | options | 0.1.0 ex/s | current ex/s | speed-up | same predictions |")
+    print("|---|---|---|---|---|---|---|---|")
+    for device in devices:
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        for eval_set in sets:
+            old_seconds, old = timed(choice_predictions_v010, model, tokenizer, eval_set, repeats=args.repeats)
+            new_seconds, new = timed(choice_predictions, model, tokenizer, eval_set, repeats=args.repeats)
+            examples = len(eval_set.prompts)
+            row = {
+                "device": device,
+                "task": eval_set.task,
+                "examples": examples,
+                "options": len(eval_set.options),
+                "old_examples_per_s": examples / old_seconds,
+                "new_examples_per_s": examples / new_seconds,
+                "speedup": old_seconds / new_seconds,
+                "same_predictions": sum(a == b for a, b in zip(old, new, strict=True)),
+            }
+            results["rows"].append(row)
+            print(
+                f"| {device} | {row['task']} | {examples} | {row['options']} | {row['old_examples_per_s']:.1f} | "
+                f"{row['new_examples_per_s']:.1f} | {row['speedup']:.2f}x | {row['same_predictions']}/{examples} |",
+                flush=True,
+            )
+        for name, key in (("0.1.0", "old_examples_per_s"), ("current", "new_examples_per_s")):
+            rows = [r for r in results["rows"] if r["device"] == device]
+            total = sum(r["examples"] for r in rows) / sum(r["examples"] / r[key] for r in rows)
+            results[f"{device}_{name}_examples_per_s_all_sets"] = total
+        print(
+            f"\n{device}: all sets {results[f'{device}_0.1.0_examples_per_s_all_sets']:.1f} -> "
+            f"{results[f'{device}_current_examples_per_s_all_sets']:.1f} examples/s"
+        )
+    (out / "eval_throughput.json").write_text(json.dumps(results, indent=2))
+    print(f"Wrote {out / 'eval_throughput.json'}")
+
+
+if __name__ == "__main__":
+    main()
