@@ -101,7 +101,7 @@ def boundary_cost(shapes, rank: int, repeats: int, workdir: Path) -> dict:
         started = time.perf_counter()
         save_state(state_for(shapes, rank, new_merged, trained, ["t1", "t2"]), state_dir)
         timings["save"].append(time.perf_counter() - started)
-        state_module._RECENT.clear()  # a cold load, as a new process (each Axolotl task) does it
+        getattr(state_module, "_RECENT", {}).clear()  # a cold load, as a new process (each Axolotl task) does it
         started = time.perf_counter()
         load_state(state_dir)
         timings["load"].append(time.perf_counter() - started)
@@ -165,7 +165,7 @@ def boundary_through_callback(model, boundaries: int, workdir: Path) -> dict:
         trainer_state, control = TrainerState(), TrainerControl()
         if task >= 2:
             # As a new process begins a task (every Axolotl task): the state is read and verified.
-            state_module._RECENT.clear()
+            getattr(state_module, "_RECENT", {}).clear()
             started = time.perf_counter()
             MergeForgetCallback(state_dir, task_name=f"task{task}").on_train_begin(
                 None, TrainerState(), control, model=model

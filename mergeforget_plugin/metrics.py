@@ -7,10 +7,13 @@ zero-shot accuracy on task j, T the last row (the sign conventions of Avalanche)
 - BWT (backward transfer) = mean over j < T of (R[T][j] - R[j][j]); negative means forgetting
 - forgetting of task j = R[j][j] - R[T][j] (so mean forgetting = -BWT)
 - FWT (forward transfer) = mean over k >= 2 of (R[k-1][k] - b_k)
+- OPD_j (order disparity, over runs of the same tasks in several orders) = max - min over orders
+  of R[T][j]; MOPD = max_j OPD_j, AOPD = mean_j OPD_j
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -93,3 +96,24 @@ class AccuracyMatrix:
 
     def result(self) -> dict[str, Any]:
         return continual_metrics(self.rows_after, self.rows, self.zero_shot)
+
+
+def order_disparity(final_rows: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """How much the final accuracy of each task depends on the order the tasks were trained in.
+
+    ``final_rows[order]`` is R[T] (accuracy per task after the last task) of a run with that task
+    order. OPD_j = max over orders of R[T][j] - min over orders of R[T][j]; MOPD = max_j OPD_j;
+    AOPD = mean_j OPD_j (as defined for the Standard CL benchmark's task orders).
+
+    >>> result = order_disparity({"1": {"a": 0.9, "b": 0.6}, "2": {"a": 0.7, "b": 0.65}})
+    >>> {task: round(value, 6) for task, value in result["opd"].items()}, round(result["mopd"], 6)
+    ({'a': 0.2, 'b': 0.05}, 0.2)
+    """
+    if len(final_rows) < 2:
+        raise ValueError("Order disparity compares at least two task orders.")
+    tasks = sorted(set.intersection(*(set(row) for row in final_rows.values())))
+    opd = {
+        task: max(row[task] for row in final_rows.values()) - min(row[task] for row in final_rows.values())
+        for task in tasks
+    }
+    return {"opd": opd, "mopd": max(opd.values()) if opd else None, "aopd": _mean(list(opd.values()))}

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import REPO
 
 
@@ -21,17 +23,61 @@ def run(script: str, out) -> subprocess.CompletedProcess:
     )
 
 
-def test_continual_benchmark_smoke_runs_every_method(tmp_path):
+def test_continual_benchmark_smoke_runs_every_method_in_two_orders(tmp_path):
     completed = run("continual_benchmark.py", tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    runs = {r["method"]: r for r in results["runs"]}
-    assert list(runs) == ["slao", "seq", "no_ortho", "inv", "olora", "joint"]
-    assert all(len(r["matrix"]) == 2 for m, r in runs.items() if m != "joint") and len(runs["joint"]["matrix"]) == 1
-    # One LoRA for the merging methods; O-LoRA adds a block per task.
-    assert runs["slao"]["adapter_bytes"][0] == runs["slao"]["adapter_bytes"][1]
-    assert runs["olora"]["adapter_bytes"][1] == 2 * runs["olora"]["adapter_bytes"][0]
-    assert "| slao |" in completed.stdout and "| olora |" in completed.stdout
+    methods = [
+        "slao",
+        "seq",
+        "no_ortho",
+        "b_merge",
+        "inv",
+        "const",
+        "olora",
+        "per_task",
+        "merge_linear",
+        "merge_ties",
+        "joint",
+    ]
+    runs = {(r["order"], r["method"]): r for r in results["runs"]}
+    assert [r["method"] for r in results["runs"] if r["order"] == "01"] == methods
+    assert {order for order, _ in runs} == {"01", "10"} and runs["10", "slao"]["tasks"] == ["plot", "sentiment"]
+    for (_, method), r in runs.items():
+        assert len(r["matrix"]) == (1 if method in ("per_task", "joint") else 2), method
+    # One LoRA for the merging methods and the weighted merges (rank r); O-LoRA adds a block per task.
+    for method in ("slao", "seq", "b_merge", "merge_linear", "merge_ties"):
+        assert runs["01", method]["adapter_bytes"][0] == runs["01", method]["adapter_bytes"][1], method
+    assert runs["01", "olora"]["adapter_bytes"][1] == 2 * runs["01", "olora"]["adapter_bytes"][0]
+    summary = results["summary"]
+    slao = summary["methods"]["slao"]
+    assert slao["runs"] == 2 and slao["average_accuracy"]["low"] <= slao["average_accuracy"]["mean"]
+    assert set(slao["order_disparity"]["opd"]) == {"sentiment", "plot"} and set(slao["diagonal"]) == {
+        "sentiment",
+        "plot",
+    }
+    paired = summary["slao_minus_seq"]["average_accuracy"]
+    assert paired["n"] == 2 and paired["mean"] == pytest.approx(
+        sum(
+            runs[o, "slao"]["metrics"]["average_accuracy"] - runs[o, "seq"]["metrics"]["average_accuracy"]
+            for o in ("01", "10")
+        )
+        / 2
+    )
+    assert "| slao | 2 |" in completed.stdout and "| merge_ties | 2 |" in completed.stdout
+    assert "SLAO - SeqLoRA, paired by seed and order" in completed.stdout
+
+
+def test_mean_interval_and_paired_difference_match_known_values():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from stats import mean_interval, paired_difference
+
+    summary = mean_interval([1.0, 2.0, 3.0])
+    # t(0.975, 2) = 4.3027; sd = 1; half width = 4.3027 / sqrt(3) = 2.4842.
+    assert summary["mean"] == 2.0 and summary["high"] - summary["mean"] == pytest.approx(2.4842, abs=1e-4)
+    assert mean_interval([0.7])["low"] is None
+    difference = paired_difference({("s0", "01"): 0.8, ("s0", "10"): 0.6}, {("s0", "01"): 0.5, ("s0", "10"): 0.5})
+    assert difference["mean"] == pytest.approx(0.2) and difference["n"] == 2
 
 
 def test_boundary_cost_smoke_measures_all_three_parts(tmp_path):

@@ -192,3 +192,28 @@ def test_report_of_a_run_with_no_evaluations_is_empty_but_valid(tmp_path):
     report = build_report(RunLayout(tmp_path))
     assert report["tasks"] == [] and report["metrics"]["average_accuracy"] is None
     assert [p.name for p in write_report(RunLayout(tmp_path))] == ["report.json", "report.md"]
+
+
+def test_order_disparity_follows_the_documented_definition():
+    from mergeforget_plugin.metrics import order_disparity
+
+    result = order_disparity(
+        {"0123": {"a": 0.9, "b": 0.5, "c": 0.7}, "3210": {"a": 0.6, "b": 0.55, "c": 0.7}, "1032": {"a": 0.8, "b": 0.4}}
+    )
+    assert result["opd"] == pytest.approx({"a": 0.3, "b": 0.15})  # c is missing from one order: left out
+    assert result["mopd"] == pytest.approx(0.3) and result["aopd"] == pytest.approx(0.225)
+    with pytest.raises(ValueError, match="at least two task orders"):
+        order_disparity({"0123": {"a": 0.9}})
+
+
+@pytest.mark.parametrize("module", ["mergeforget_plugin.metrics", "mergeforget_plugin.slao", "stats"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+    import sys
+
+    from .conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
