@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .callback import MergeForgetCallback
-from .engine import check_sequence, check_task_names, finish_sequence
+from .engine import check_sequence, finish_sequence
 from .errors import StateError
 from .evaluation import eval_set_from_rows
 from .layout import RunLayout
@@ -52,7 +52,8 @@ class SequenceResult:
 
     `eval_loss[after][task]` and `accuracy[after][task]` are the evaluation loss and accuracy of
     `task` after training `after` (rows only for the tasks trained in this call; the report in
-    `report_files` covers every task of the sequence, resumed or not).
+    `report_files` covers every task of the sequence, resumed or not). In a distributed run the
+    accuracies are scored, and `accuracy` and `report_files` filled, on the first process only.
     """
 
     state: ContinualState
@@ -99,7 +100,6 @@ def train_sequence(
 
     config = config if config is not None else MergeForgetConfig()
     layout = RunLayout(output_dir if output_dir is not None else args.output_dir)
-    check_task_names([task.name for task in tasks])
     state = check_sequence(layout, [task.name for task in tasks], config)
 
     if not isinstance(model, PeftModel):
@@ -153,7 +153,7 @@ def train_sequence(
         if callback.task.accuracy is not None:
             accuracy[task.name] = callback.task.accuracy
 
-    assert state is not None  # check_task_names guarantees at least one task
+    assert state is not None  # check_sequence refuses an empty task list
     return SequenceResult(
         state=state,
         adapter_dir=layout.adapter,
