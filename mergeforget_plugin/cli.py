@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import MergeForgetError, StateError
 from .layout import RunLayout
+from .slao import allowed_values
 from .state import load_state
 
 
@@ -53,9 +55,48 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .integrations.axolotl.recipe import load_recipe
     from .integrations.axolotl.runner import run_recipe
 
-    run_recipe(args.recipe, resume=args.resume, dry_run=args.dry_run, stream_output=args.verbose)
+    run_recipe(
+        args.recipe,
+        resume=args.resume,
+        dry_run=args.dry_run,
+        stream_output=args.verbose,
+        strategy=args.strategy,
+        output_dir=args.output_dir,
+    )
+    if args.baseline is None or args.dry_run:
+        return 0
+    # The same tasks again with the baseline strategy, next to the first run's folder.
+    first = load_recipe(args.recipe, check_files=False).with_overrides(output_dir=args.output_dir).layout.root
+    second = first.with_name(f"{first.name}-{args.baseline}")
+    run_recipe(
+        args.recipe,
+        resume=args.resume,
+        stream_output=args.verbose,
+        strategy=args.baseline,
+        output_dir=second,
+    )
+    print()
+    print(_comparison([first, second]))
+    return 0
+
+
+def _comparison(run_dirs: Sequence[str | Path]) -> str:
+    from .report import build_report, compare_reports
+
+    reports = []
+    for run_dir in run_dirs:
+        layout = RunLayout(run_dir)
+        if not layout.evaluation_rows():
+            raise StateError(f"{run_dir} holds no evaluation rows: is it a run's output directory?")
+        reports.append(build_report(layout, load_state(layout.state)))
+    return compare_reports(reports)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    print(_comparison(args.output_dirs))
     return 0
 
 
@@ -94,7 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue after the last finished task of OUTPUT/state")
     train.add_argument("--dry-run", action="store_true", help="validate and write the per-task configs, train nothing")
     train.add_argument("--verbose", action="store_true", help="show Axolotl's output instead of logging it per task")
+    strategies = allowed_values()["strategy"]
+    train.add_argument("--strategy", choices=strategies, help="replace the recipe's strategy")
+    train.add_argument("--output-dir", help="replace the recipe's output_dir (relative to the working directory)")
+    train.add_argument(
+        "--baseline",
+        choices=strategies,
+        help="then train the same tasks with this strategy into OUTPUT-BASELINE (OUTPUT: the first run's "
+        "output directory) and print both runs side by side",
+    )
     train.set_defaults(handler=_train)
+
+    compare = commands.add_parser(
+        "compare",
+        help="print runs of the same tasks side by side: AA, BWT, FWT and what each task kept",
+    )
+    compare.add_argument("output_dirs", nargs="+", help="run output directories (each holds evaluations/)")
+    compare.set_defaults(handler=_compare)
 
     status = commands.add_parser("status", help="show the finished tasks and per-task merge history of a state")
     status.add_argument("state_dir", help="the continual state directory (e.g. outputs/run/state)")

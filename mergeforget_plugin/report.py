@@ -182,3 +182,34 @@ def write_report(layout: RunLayout, state: Any = None, recipe: str | None = None
     if report["tasks"]:
         written.append(write_atomic(layout.accuracy_heatmap, plot_accuracy_matrix(report)))
     return written
+
+
+def compare_reports(reports: list[dict[str, Any]]) -> str:
+    """Several runs of the same tasks side by side, as Markdown: AA, BWT, FWT, and each task's
+    accuracy right after its own training and after the last task (the difference is what the
+    run forgot). Runs are named by their output folder and strategy."""
+    if not reports:
+        raise ValueError("compare_reports needs at least one report.")
+    names = [
+        f"{Path(report['output_dir']).name} ({(report['strategy'] or {}).get('strategy', '?')})" for report in reports
+    ]
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(reports)]
+    for key, label, signed in (
+        ("average_accuracy", "AA (after the last task)", False),
+        ("bwt", "BWT (negative = forgetting)", True),
+        ("fwt", "FWT (vs zero-shot)", True),
+    ):
+        lines.append(f"| {label} | " + " | ".join(_format(r["metrics"][key], signed) for r in reports) + " |")
+    tasks = list(dict.fromkeys(task for report in reports for task in report["finished_tasks"]))
+    for task in tasks:
+        cells = []
+        for report in reports:
+            if task not in report["finished_tasks"] or task not in report["rows_after"]:
+                cells.append("n/a")
+                continue
+            column = report["tasks"].index(task)
+            own = report["accuracy_matrix"][report["rows_after"].index(task)][column]
+            last = report["accuracy_matrix"][-1][column]
+            cells.append(f"{_format(own)} → {_format(last)}")
+        lines.append(f"| {task}: after its training → after the last task | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

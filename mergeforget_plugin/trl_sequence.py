@@ -74,6 +74,7 @@ def train_sequence(
     peft_config: Any = None,
     config: MergeForgetConfig | None = None,
     callbacks: list[Any] | None = None,
+    loss_matrix: bool = True,
 ) -> SequenceResult:
     """Train ``tasks`` in order with ``SFTTrainer`` and SLAO; export one standard PEFT adapter.
 
@@ -91,6 +92,9 @@ def train_sequence(
         peft_config: A `peft.LoraConfig`, when `model` is not a `PeftModel` yet.
         config: Strategy and ablations; defaults to the paper's SLAO.
         callbacks: Extra `TrainerCallback`s for every task; they run after the SLAO callback.
+        loss_matrix: After every task, also run `trainer.evaluate()` on every task's `eval_dataset` and
+            return the losses as `SequenceResult.eval_loss`. Costs one more forward pass over every
+            evaluation set per task; the accuracy matrix and the report do not need it.
 
     Returns:
         A [`SequenceResult`] with the final state, the adapter folder and the loss matrix.
@@ -144,7 +148,7 @@ def train_sequence(
         )
         trainer.train()
         state = callback.state
-        if eval_datasets:
+        if eval_datasets and loss_matrix:
             metrics = trainer.evaluate()
             row = {name: float(metrics[f"eval_{name}_loss"]) for name in eval_datasets}
             eval_loss[task.name] = row

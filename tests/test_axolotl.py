@@ -38,7 +38,9 @@ CPU_KEYS = {
 }
 
 
-def tiny_recipe(tmp_path, model_dir, *, quantized=False, max_steps=3, name="recipe.yaml", long_task=None):
+def tiny_recipe(
+    tmp_path, model_dir, *, quantized=False, max_steps=3, name="recipe.yaml", long_task=None, tasks=DEMO_TASKS
+):
     axolotl = {
         "base_model": str(model_dir),
         "adapter": "qlora" if quantized else "lora",
@@ -77,7 +79,7 @@ def tiny_recipe(tmp_path, model_dir, *, quantized=False, max_steps=3, name="reci
                     }
                 ],
             }
-            for task in DEMO_TASKS
+            for task in tasks
         ],
     }
     for task in recipe["tasks"]:
@@ -275,7 +277,18 @@ def test_axolotl_continual_train_command_is_registered(tmp_path, tiny_model_dir)
     recipe = tiny_recipe(tmp_path, tiny_model_dir)
     env = {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
     completed = subprocess.run(
-        [sys.executable, "-m", "axolotl.cli.main", "continual-train", str(recipe), "--dry-run"],
+        [
+            sys.executable,
+            "-m",
+            "axolotl.cli.main",
+            "continual-train",
+            str(recipe),
+            "--dry-run",
+            "--strategy",
+            "seq",
+            "--output-dir",
+            "seqlora",
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -284,7 +297,20 @@ def test_axolotl_continual_train_command_is_registered(tmp_path, tiny_model_dir)
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "is valid: 3 task(s)" in completed.stdout
-    assert (tmp_path / "out" / "configs" / "task-03-capitals.yaml").is_file()
+    config = yaml.safe_load((tmp_path / "seqlora" / "configs" / "task-03-capitals.yaml").read_text())
+    assert config["mergeforget"]["strategy"] == "seq" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_train_with_a_baseline_trains_both_and_prints_them_side_by_side(tmp_path, tiny_model_dir):
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, max_steps=2, tasks=DEMO_TASKS[:2])
+    completed = mergeforget("train", str(recipe), "--baseline", "seq", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
+    slao, seq = load_state(tmp_path / "out" / "state"), load_state(tmp_path / "out-seq" / "state")
+    assert slao.config.strategy == "slao" and seq.config.strategy == "seq"
+    assert slao.finished_tasks == seq.finished_tasks == list(DEMO_TASKS[:2])
+    assert "| | out (slao) | out-seq (seq) |" in completed.stdout
+    assert f"| {DEMO_TASKS[0]}: after its training → after the last task |" in completed.stdout
 
 
 @pytest.mark.slow

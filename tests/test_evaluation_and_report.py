@@ -17,7 +17,7 @@ from mergeforget_plugin.evaluation import (
 )
 from mergeforget_plugin.layout import RunLayout
 from mergeforget_plugin.metrics import continual_metrics
-from mergeforget_plugin.report import build_report, save_evaluation, write_report
+from mergeforget_plugin.report import build_report, compare_reports, save_evaluation, write_report
 
 from .conftest import demo_rows
 
@@ -186,6 +186,25 @@ def test_report_files_from_an_interrupted_run(tmp_path):
     assert "BWT, backward transfer (negative = forgetting) | -20.0" in markdown
     png = (out / "accuracy_matrix.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_compare_puts_runs_of_the_same_tasks_side_by_side(tmp_path):
+    reports = []
+    for name, last_row in (("slao-run", {"a": 0.8, "b": 0.9}), ("seq-run", {"a": 0.4, "b": 0.95})):
+        layout = RunLayout(tmp_path / name)
+        save_evaluation(layout, 0, None, {"a": 0.5, "b": 0.5})
+        save_evaluation(layout, 1, "a", {"a": 0.9, "b": 0.6})
+        save_evaluation(layout, 2, "b", last_row)
+        report = build_report(layout)
+        report["finished_tasks"], report["strategy"] = ["a", "b"], {"strategy": name.split("-")[0]}
+        reports.append(report)
+    table = compare_reports(reports).splitlines()
+    assert table[0] == "| | slao-run (slao) | seq-run (seq) |"
+    # AA = mean of the last row; BWT = R[2][a] - R[1][a].
+    assert "| AA (after the last task) | 85.0 | 67.5 |" in table
+    assert "| BWT (negative = forgetting) | -10.0 | -50.0 |" in table
+    assert "| a: after its training → after the last task | 90.0 → 80.0 | 90.0 → 40.0 |" in table
+    assert "| b: after its training → after the last task | 90.0 → 90.0 | 95.0 → 95.0 |" in table
 
 
 def test_report_of_a_run_with_no_evaluations_is_empty_but_valid(tmp_path):

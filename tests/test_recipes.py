@@ -57,8 +57,8 @@ def test_demo_recipe_data_is_shipped_and_configs_are_complete(tmp_path):
     assert loaded.missing_files() == []
     base = loaded.base_axolotl_config()
     config = task_config(loaded, 2, base)
-    assert config["datasets"][0]["path"] == str(DEMO_DATA / "plurals.train.jsonl")
-    assert config["mergeforget"]["task_name"] == "plurals" and config["plugins"] == [
+    assert config["datasets"][0]["path"] == str(DEMO_DATA / "language_b.train.jsonl")
+    assert config["mergeforget"]["task_name"] == "language_b" and config["plugins"] == [
         "mergeforget_plugin.MergeForgetPlugin"
     ]
     assert config["lora_mlp_kernel"] is False and config["bf16"] is False
@@ -181,3 +181,17 @@ def test_changing_the_strategy_of_a_running_sequence_is_refused(tmp_path, tiny_m
     save_state(_finished_state(4, {"model_type": "llama", "hidden_size": 64}), tmp_path / "out" / "state")
     with pytest.raises(StateMismatchError, match="keeps one strategy from start to end"):
         run_recipe(write(tmp_path, copy.deepcopy(recipe)), resume=True)
+
+
+def test_command_line_strategy_and_output_dir_replace_the_recipes(tmp_path, tiny_model_dir, monkeypatch):
+    path = write(tmp_path, minimal_recipe(tiny_model_dir, mergeforget={"lambda_schedule": "inv"}))
+    monkeypatch.chdir(tmp_path)
+    # `seq` has no merge, so the recipe's lambda_schedule conflicts with it: said before anything runs.
+    with pytest.raises(RecipeError, match="--strategy seq: .*lambda_schedule would have no effect"):
+        run_recipe(path, strategy="seq", output_dir="baseline", dry_run=True)
+    path = write(tmp_path, minimal_recipe(tiny_model_dir))
+    run_recipe(path, strategy="seq", output_dir="baseline", dry_run=True)
+    config = yaml.safe_load((tmp_path / "baseline" / "configs" / "task-02-plurals.yaml").read_text())
+    assert config["mergeforget"]["strategy"] == "seq"
+    assert config["mergeforget"]["state_dir"] == str(tmp_path / "baseline" / "state")
+    assert not (tmp_path / "out").exists()  # the recipe's own output_dir is left alone

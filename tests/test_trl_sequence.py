@@ -266,3 +266,16 @@ def test_a_row_a_kill_interrupted_is_scored_when_the_next_task_begins(tiny_model
     assert report["accuracy_matrix"][0] == [rescored["accuracy"][name] for name in report["tasks"]]
     # The TRL path writes the layout the Axolotl runner writes: tasks/task-NN-NAME/.
     assert sorted(p.name for p in (tmp_path / "tasks").iterdir()) == ["task-01-antonyms", "task-02-plurals"]
+
+
+def test_the_loss_pass_can_be_left_out_and_accuracy_is_still_scored(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tasks = demo_tasks()[:2]
+    result = train_sequence(
+        peft_model(tiny_model_dir), tasks, args=sft_config(tmp_path), processing_class=tokenizer, loss_matrix=False
+    )
+    assert result.eval_loss == {}
+    assert list(result.accuracy) == [task.name for task in tasks]
+    assert set(result.accuracy[tasks[-1].name]) == {task.name for task in tasks if task.eval_dataset is not None}

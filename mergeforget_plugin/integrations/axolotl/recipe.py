@@ -175,6 +175,22 @@ class LoadedRecipe:
         candidate = Path(os.path.expanduser(value))
         return candidate if candidate.is_absolute() else (self.root / candidate).resolve()
 
+    def with_overrides(self, *, strategy: str | None = None, output_dir: str | None = None) -> LoadedRecipe:
+        """This recipe with the command line's ``--strategy`` and ``--output-dir`` (relative to the
+        working directory, as command-line paths are) in place of its own."""
+        update: dict[str, Any] = {}
+        if output_dir is not None:
+            update["output_dir"] = str(Path(os.path.expanduser(output_dir)).resolve())
+        if strategy is not None:
+            try:
+                update["mergeforget"] = StrategySettings(
+                    **{**self.recipe.mergeforget.model_dump(), "strategy": strategy}
+                )
+            except ValidationError as error:
+                problems = "; ".join(problem["msg"].removeprefix("Value error, ") for problem in error.errors())
+                raise RecipeError(f"--strategy {strategy}: {problems}") from None
+        return LoadedRecipe(self.recipe.model_copy(update=update), self.path) if update else self
+
     @property
     def layout(self) -> RunLayout:
         """The run's output directory (``output_dir``, relative to the recipe file)."""

@@ -187,15 +187,19 @@ def run_recipe(
     dry_run: bool = False,
     echo: Callable[[str], None] = print,
     stream_output: bool = False,
+    strategy: str | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
 ) -> list[TaskRun]:
     """Validate the recipe, then train every unfinished task with ``axolotl train``.
 
     Returns one :class:`TaskRun` per task (finished earlier ones marked ``skipped``). Raises a
     :class:`~mergeforget_plugin.errors.MergeForgetError` (``RecipeError``, ``RunError``,
     ``StateError``) before anything trains when the recipe, the output directory or the state does
-    not fit.
+    not fit. ``strategy`` and ``output_dir`` replace the recipe's (the same tasks as a baseline, say).
     """
-    loaded = load_recipe(recipe_path)
+    loaded = load_recipe(recipe_path).with_overrides(
+        strategy=strategy, output_dir=None if output_dir is None else str(output_dir)
+    )
     layout, tasks = loaded.layout, loaded.recipe.tasks
     base = base_config(loaded)
     config = loaded.recipe.mergeforget.to_config()
