@@ -428,14 +428,10 @@ def _load(model_dir: str, device: str, threads: int | None) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if threads:  # a worker process: it must not outlive a killed benchmark (Linux; elsewhere it may)
-        try:
-            import ctypes
-            import signal
+    if threads:  # a worker process: like the runner's training children, it must not outlive its parent
+        from mergeforget_plugin.integrations.axolotl.runner import _die_with_parent
 
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-        except OSError:
-            pass
+        _die_with_parent()
         torch.set_num_threads(threads)
     # float32 weights everywhere; on a GPU the trainers autocast to bf16 (sft_config).
     _LOADED["base"] = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
