@@ -18,6 +18,7 @@ from .evaluation import EvalSet
 from .layout import RunLayout
 from .slao import MergeForgetConfig
 from .state import ContinualState
+from .trackers import requested
 
 
 class MergeForgetCallback(TrainerCallback):
@@ -96,12 +97,14 @@ class MergeForgetCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        # The report goes where the trainer logs (TensorBoard, W&B), with the task index as the step.
+        self.task.trackers = requested(getattr(args, "report_to", None))
         # A trainer resumed from a mid-task checkpoint holds weights that already started from
         # this task's init; setting the init again would throw that training away.
         self.task.begin(kwargs["model"], kwargs.get("processing_class"), apply_init=state.global_step == 0)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        self.task.after_step(state.global_step)
+        self.task.after_step(state.global_step, state.max_steps)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -27,6 +27,7 @@ imported when a task begins.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ from .evaluation import EvalSet, evaluate_all
 from .export import export_adapter
 from .faults import pause_point
 from .layout import RunLayout
-from .report import load_evaluations, save_evaluation, write_report
+from .report import build_report, load_evaluations, save_evaluation, write_report
 from .slao import LoRAPair, MergeForgetConfig, merge_coefficient, merge_task, task_start_weights
 from .state import BaseModelFingerprint, ContinualState, LoRASignature, check_writable, load_state, save_state
 
@@ -133,6 +134,9 @@ class ContinualTask:
             row, this task's row and any row a kill interrupted are scored.
         export_dir: Also write the merged LoRA there as a PEFT adapter after the task.
         adapter_name: The PEFT adapter to carry.
+        trackers: Where the report also goes after the task's row is scored ("tensorboard",
+            "wandb"; see :mod:`mergeforget_plugin.trackers`). The TRL callback sets them from the
+            trainer's ``report_to``.
     """
 
     def __init__(
@@ -144,6 +148,7 @@ class ContinualTask:
         eval_sets: Sequence[EvalSet] = (),
         export_dir: str | os.PathLike[str] | None = None,
         adapter_name: str = "default",
+        trackers: Sequence[str] = (),
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValueError("task_name must be a non-empty string naming the task this trainer trains.")
@@ -153,6 +158,7 @@ class ContinualTask:
         self.eval_sets = list(eval_sets)
         self.export_dir = Path(export_dir) if export_dir is not None else None
         self.adapter_name = adapter_name
+        self.trackers = list(trackers)
         self.state: ContinualState | None = None
         self.index: int | None = None
         self.accuracy: dict[str, float] | None = None  # this task's row, once scored
@@ -246,14 +252,26 @@ class ContinualTask:
                 export_adapter(state, self.export_dir)
             if self.eval_sets:
                 write_report(self.layout, state)
+                if self.trackers:
+                    from .trackers import log_task
+
+                    log_task(self.trackers, self.layout, self.index, build_report(self.layout, state))
             pause_point("task-saved", self.index)
         # Other processes read this snapshot when the next task starts: wait until it is complete.
         wait_for_everyone()
         self.state, self._finished = state, True
         return state
 
-    def after_step(self, global_step: int) -> None:
-        """Called by the adapters after every optimizer step (the fault tests pause here)."""
+    def after_step(self, global_step: int, max_steps: int | None = None) -> None:
+        """Called by the adapters after every optimizer step: records the task's progress (see
+        ``RunLayout.task_progress``); the fault tests pause here."""
+        if self.index is not None and is_main_process():
+            path = self.layout.task_progress(self.index, self.name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Not synced: a lost progress file costs a stale progress bar, nothing else.
+            staging = path.with_name(f".{path.name}.{os.getpid()}")
+            staging.write_text(json.dumps({"step": global_step, "max_steps": max_steps}))
+            os.replace(staging, path)
         if global_step == _PAUSE_STEP:
             pause_point("training-step", self.index)
 

@@ -71,6 +71,11 @@ class RunLayout:
         return self.root / "accuracy_matrix.png"
 
     @property
+    def tensorboard(self) -> Path:
+        """TensorBoard events of the report after every task, when the trainer logs to TensorBoard."""
+        return self.root / "runs" / "continual"
+
+    @property
     def configs(self) -> Path:
         return self.root / "configs"
 
@@ -92,6 +97,11 @@ class RunLayout:
 
     def task_log(self, index: int, name: str) -> Path:
         return self.task_dir(index, name) / "train.log"
+
+    def task_progress(self, index: int, name: str) -> Path:
+        """``{"step": s, "max_steps": m}`` of a training task, rewritten after every optimizer step
+        (the recipe runner's progress bar reads it from the training process)."""
+        return self.task_dir(index, name) / "progress.json"
 
     def task_config(self, index: int, name: str) -> Path:
         return self.configs / f"{self.task_slug(index, name)}.yaml"

@@ -39,7 +39,15 @@ CPU_KEYS = {
 
 
 def tiny_recipe(
-    tmp_path, model_dir, *, quantized=False, max_steps=3, name="recipe.yaml", long_task=None, tasks=DEMO_TASKS
+    tmp_path,
+    model_dir,
+    *,
+    quantized=False,
+    max_steps=3,
+    name="recipe.yaml",
+    long_task=None,
+    tasks=DEMO_TASKS,
+    tensorboard=False,
 ):
     axolotl = {
         "base_model": str(model_dir),
@@ -63,6 +71,8 @@ def tiny_recipe(
     }
     if quantized:
         axolotl["load_in_4bit"] = True
+    if tensorboard:
+        axolotl["use_tensorboard"] = True
     recipe = {
         "output_dir": "out",
         "axolotl": axolotl,
@@ -108,7 +118,7 @@ def test_recipe_runs_three_tasks_through_axolotl_train(tmp_path, tiny_model_dir,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    recipe = tiny_recipe(tmp_path, tiny_model_dir, quantized=quantized)
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, quantized=quantized, tensorboard=not quantized)
     completed = mergeforget("train", str(recipe), cwd=tmp_path)
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
     out = tmp_path / "out"
@@ -120,6 +130,22 @@ def test_recipe_runs_three_tasks_through_axolotl_train(tmp_path, tiny_model_dir,
     assert [p.name for p in snapshot_dirs(out / "state")] == ["task-0002", "task-0003"]
 
     task_dirs = [out / "tasks" / f"task-0{i}-{name}" for i, name in enumerate(DEMO_TASKS, start=1)]
+    # The training processes' progress, which the runner's step bar reads, and a console with the
+    # runner's own lines only (library output goes to each task's train.log).
+    assert [json.loads((d / "progress.json").read_text()) for d in task_dirs] == [{"step": 3, "max_steps": 3}] * 3
+    runner_lines = ("[task ", "All 3 task(s) finished", "Report: ")
+    assert all(line.startswith(runner_lines) for line in completed.stdout.splitlines())
+    assert "Failed to load" not in completed.stdout + completed.stderr
+    if not quantized:  # use_tensorboard: the report after every task, read back with TensorBoard's reader
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(out / "runs" / "continual"))
+        events.Reload()
+        report = json.loads((out / "report.json").read_text())
+        logged = [(e.step, e.value) for e in events.Scalars("continual/average_accuracy")]
+        assert [step for step, _ in logged] == [1, 2, 3]
+        assert logged[-1][1] == pytest.approx(report["metrics"]["average_accuracy"], abs=1e-6)
+        assert [e.step for e in events.Scalars("continual/forgetting/antonyms")] == [2, 3]
     sizes = [(d / "adapter_model.safetensors").stat().st_size for d in task_dirs]
     assert sizes == [sizes[0]] * 3 == [(out / "adapter" / "adapter_model.safetensors").stat().st_size] * 3
     # What Axolotl saved after the last task is the merged (deployed) LoRA, bit for bit.

@@ -109,3 +109,20 @@ def test_eval_throughput_smoke_compares_both_scorers_on_the_same_sets(tmp_path):
     assert all(r["same_predictions"] == r["examples"] == 8 for r in rows)
     assert all(r["old_examples_per_s"] > 0 and r["new_examples_per_s"] > 0 for r in rows)
     assert "| cpu | plurals | 8 | 40 |" in completed.stdout
+
+
+def test_score_row_scores_the_trained_tasks_and_the_next_one(tiny_model_dir):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from continual_benchmark import score_row
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mergeforget_plugin.evaluation import accuracy, eval_set_from_rows
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = [{"prompt": f"Word: {w}\nKind:", "completion": f" {k}"} for w, k in [("cat", "animal"), ("hand", "body")]]
+    eval_sets = [eval_set_from_rows(name, rows) for name in ("first", "second", "third")]
+    after_one = score_row(model, tokenizer, eval_sets, 1)
+    assert after_one[2] is None and after_one[:2] == [accuracy(model, tokenizer, s) for s in eval_sets[:2]]
+    for trained in (2, 3):
+        assert None not in score_row(model, tokenizer, eval_sets, trained)

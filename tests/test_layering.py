@@ -20,7 +20,7 @@ LAYERS = [
     {"errors", "faults", "atomic"},
     {"slao", "layout", "metrics", "evaluation", "models", "tiny_model"},
     {"state", "report"},
-    {"export"},
+    {"export", "trackers"},
     {"peft_bridge"},
     {"engine"},
     {"callback"},
@@ -32,6 +32,7 @@ LAYERS = [
         "integrations.axolotl.recipe",
         "integrations.axolotl.plugin",
         "integrations.axolotl.runner",
+        "integrations.axolotl.preflight",
     },
     {"cli", "integrations.axolotl.cli"},
 ]

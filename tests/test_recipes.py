@@ -26,7 +26,13 @@ DATASET_TYPE = {
 def minimal_recipe(model_dir="/models/tiny", **changes):
     recipe = {
         "output_dir": "out",
-        "axolotl": {"base_model": str(model_dir), "adapter": "lora", "lora_r": 4, "lora_alpha": 8},
+        "axolotl": {
+            "base_model": str(model_dir),
+            "adapter": "lora",
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "learning_rate": 1e-3,  # Axolotl requires it
+        },
         "tasks": [
             {
                 "name": name,
@@ -64,8 +70,8 @@ def test_demo_recipe_data_is_shipped_and_configs_are_complete(tmp_path):
     assert config["lora_mlp_kernel"] is False and config["bf16"] is False
 
 
-def test_per_task_configs_are_written_for_running_by_hand(tmp_path):
-    path = write(tmp_path, minimal_recipe())
+def test_per_task_configs_are_written_for_running_by_hand(tmp_path, tiny_model_dir):
+    path = write(tmp_path, minimal_recipe(tiny_model_dir))
     paths = write_task_configs(load_recipe(path))
     assert [p.name for p in paths] == ["task-01-antonyms.yaml", "task-02-plurals.yaml"]
     text = paths[1].read_text()
@@ -195,3 +201,67 @@ def test_command_line_strategy_and_output_dir_replace_the_recipes(tmp_path, tiny
     assert config["mergeforget"]["strategy"] == "seq"
     assert config["mergeforget"]["state_dir"] == str(tmp_path / "baseline" / "state")
     assert not (tmp_path / "out").exists()  # the recipe's own output_dir is left alone
+
+
+def test_settings_no_task_can_train_with_are_named_before_anything_runs(tmp_path, tiny_model_dir):
+    recipe = minimal_recipe(tiny_model_dir)
+    recipe["axolotl"]["micro_batch_size"] = -2  # Axolotl's own validation lets this through
+    recipe["tasks"][1]["overrides"] = {"learning_rate": 0}
+    with pytest.raises(RecipeError) as caught:
+        run_recipe(write(tmp_path, recipe), dry_run=True)
+    assert str(caught.value).splitlines()[1:] == [
+        "  - axolotl.micro_batch_size: -2 must be a positive whole number",
+        "  - tasks[1] ('plurals') overrides.learning_rate: 0 must be a positive number",
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "base_model, message",
+    [
+        ("{tmp}/no-such-model", r"axolotl.base_model: the directory .*/no-such-model does not exist"),
+        ("{tmp}", r"axolotl.base_model: .* has no config.json"),
+        (
+            "nobody-here/no-such-model",
+            r"axolotl.base_model: 'nobody-here/no-such-model' is neither a local directory nor a model id that "
+            r"resolves offline",
+        ),
+    ],
+    ids=["missing-directory", "directory-without-config", "unresolvable-model-id"],
+)
+def test_a_base_model_that_cannot_be_loaded_is_named_before_anything_runs(tmp_path, base_model, message):
+    recipe = minimal_recipe(base_model.format(tmp=tmp_path))
+    with pytest.raises(RecipeError, match=message):
+        run_recipe(write(tmp_path, recipe), dry_run=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_axolotl_rejections_of_a_task_config_are_named_before_anything_runs(tmp_path, tiny_model_dir):
+    recipe = minimal_recipe(tiny_model_dir)
+    recipe["axolotl"]["warmup_steps"] = "a few"
+    del recipe["axolotl"]["learning_rate"]  # required by Axolotl
+    recipe["tasks"][1]["overrides"] = {"gradient_accumulation_steps": 2, "batch_size": 16}
+    with pytest.raises(RecipeError) as caught:
+        run_recipe(write(tmp_path, recipe), dry_run=True)
+    lines = str(caught.value).splitlines()
+    assert lines[0].startswith("Axolotl rejects the task configs of ")
+    assert lines[1:3] == [
+        "  - axolotl.learning_rate: required by Axolotl, but set nowhere (add it under axolotl: or to base_config)",
+        "  - axolotl.warmup_steps: Input should be a valid integer, unable to parse string as an integer",
+    ]
+    assert lines[3:] == [
+        f"  - {tmp_path / 'out' / 'configs' / 'task-02-plurals.yaml'}: "
+        "please set only one of gradient_accumulation_steps or batch_size"
+    ]
+    assert not (tmp_path / "out" / "tasks").exists()
+
+
+def test_gpu_qlora_recipe_passes_the_pre_flight_with_its_gpu_settings(tmp_path):
+    # Validated on CPU as CI can: the recipe, its data, the embedded model, Axolotl's validation of
+    # every task config. Training it needs a GPU (4-bit bf16 compute, fused LoRA kernels).
+    recipe = REPO / "recipes" / "gpu-qlora-smollm2.yaml"
+    runs = run_recipe(recipe, dry_run=True, output_dir=tmp_path / "gpu")
+    assert [run.name for run in runs] == ["domain", "language_b", "polarity", "kind"]
+    config = yaml.safe_load(runs[0].config_path.read_text())
+    assert config["adapter"] == "qlora" and config["load_in_4bit"] is True and config["bf16"] == "auto"
+    assert config["lora_mlp_kernel"] and config["lora_qkv_kernel"] and config["lora_o_kernel"]

@@ -48,6 +48,17 @@ SHARED_KEYS = frozenset(
     }
 )
 RUNNER_KEYS = frozenset({"datasets", "test_datasets", "output_dir", "plugins", "mergeforget"})
+# Settings Axolotl's own validation lets through that fail only inside training (a negative
+# micro_batch_size reaches the DataLoader): each must be a positive number, the first group whole.
+POSITIVE_INTEGERS = (
+    "micro_batch_size",
+    "gradient_accumulation_steps",
+    "eval_batch_size",
+    "batch_size",
+    "sequence_len",
+    "lora_r",
+)  # not max_steps: -1 is the trainers' "unset"
+POSITIVE_NUMBERS = ("num_epochs", "learning_rate", "lora_alpha")
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -209,6 +220,35 @@ class LoadedRecipe:
             raise RecipeError(f"Neither base_config nor axolotl in {self.path} sets base_model.")
         return config
 
+    def source_of(self, key: str, task_index: int) -> str | None:
+        """Where task ``task_index`` (1-based) gets Axolotl setting ``key`` from, as a user would look it
+        up; ``None`` when the recipe does not set it."""
+        task = self.recipe.tasks[task_index - 1]
+        if key in task.overrides:
+            return f"tasks[{task_index - 1}] ({task.name!r}) overrides.{key}"
+        if key in self.recipe.axolotl:
+            return f"axolotl.{key}"
+        if key in self.base_axolotl_config():
+            return f"{key} in base_config {self.resolve(str(self.recipe.base_config))}"
+        return None
+
+    def setting_problems(self) -> list[str]:
+        """The settings of any task that cannot train (see POSITIVE_INTEGERS), one line per setting and source."""
+        base = self.base_axolotl_config()
+        problems: dict[str, str] = {}  # keyed by source, so a shared setting is named once
+        for index, task in enumerate(self.recipe.tasks, start=1):
+            config = {**base, **task.overrides}
+            for key in (*POSITIVE_INTEGERS, *POSITIVE_NUMBERS):
+                value = config.get(key)
+                if value is None:
+                    continue
+                whole = key in POSITIVE_INTEGERS
+                kind = (int,) if whole else (int, float)
+                if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+                    what = "a positive whole number" if whole else "a positive number"
+                    problems.setdefault(str(self.source_of(key, index)), f"{value!r} must be {what}")
+        return [f"{source}: {message}" for source, message in problems.items()]
+
     def eval_specs(self) -> list[EvalSpec]:
         """The held-out evaluation of every task that has test_datasets, with paths resolved."""
         specs = []
@@ -257,6 +297,9 @@ def load_recipe(path: str | os.PathLike[str], *, check_files: bool = True) -> Lo
                 + "\n  - ".join(missing)
                 + "\nPoint each path at a local copy (relative paths are relative to the recipe file)."
             )
+        settings = loaded.setting_problems()
+        if settings:
+            raise RecipeError(f"{recipe_path} has settings no task can train with:\n  - " + "\n  - ".join(settings))
         base = loaded.base_axolotl_config()
         configs = [("axolotl", base)] + [
             (f"tasks[{index}] ({task.name!r}) overrides", task.overrides)

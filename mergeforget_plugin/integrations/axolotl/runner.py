@@ -83,10 +83,46 @@ def _resolve_model(value: str, loaded: LoadedRecipe) -> str:
     return str(candidate) if candidate.exists() else value
 
 
+def _check_model(value: str, where: str) -> None:
+    """``base_model`` must be a model folder, or a model id the Hub resolves (offline: one in the cache).
+
+    Otherwise the first task's ``axolotl train`` would fail while loading, with a traceback about
+    repository ids.
+    """
+    path = Path(value)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise RecipeError(f"{where}: {value} has no config.json. Point base_model at a model folder.")
+        return
+    if path.is_absolute() or value.startswith((".", "~")) or value.count("/") > 1:
+        raise RecipeError(
+            f"{where}: the directory {value} does not exist. Point base_model at a local model folder "
+            "(relative paths are relative to the recipe file) or a Hugging Face model id."
+        )
+    from huggingface_hub import constants, hf_hub_download
+
+    try:
+        hf_hub_download(value, "config.json")
+    except Exception as error:  # a malformed id, a cache miss offline, a 404, a gated model: all mean the same here
+        offline = " offline (HF_HUB_OFFLINE=1: only models already in the cache)" if constants.HF_HUB_OFFLINE else ""
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RecipeError(
+            f"{where}: {value!r} is neither a local directory nor a model id that resolves{offline} ({reason}). "
+            "Point base_model at a local model folder or a Hugging Face model id you can download."
+        ) from None
+
+
 def base_config(loaded: LoadedRecipe) -> dict[str, Any]:
-    """The Axolotl settings shared by every task, with ``base_model`` resolved to a local path when it is one."""
+    """The Axolotl settings shared by every task, with ``base_model`` resolved to a local path when it is
+    one, and checked to name a model that can be loaded."""
     base = loaded.base_axolotl_config()
     base["base_model"] = _resolve_model(str(base["base_model"]), loaded)
+    where = (
+        "axolotl.base_model"
+        if "base_model" in loaded.recipe.axolotl
+        else f"base_model in {loaded.resolve(str(loaded.recipe.base_config))}"
+    )
+    _check_model(str(base["base_model"]), f"{loaded.path}: {where}")
     return base
 
 
@@ -128,6 +164,32 @@ def write_task_configs(loaded: LoadedRecipe) -> list[Path]:
         body = yaml.dump(task_config(loaded, index, base), Dumper=_PlainDumper, sort_keys=False)
         paths.append(write_atomic(path, header + body))
     return paths
+
+
+def check_axolotl_configs(loaded: LoadedRecipe, config_paths: list[Path], environment: dict[str, str]) -> None:
+    """Axolotl's own validation of every per-task config (see preflight.py), before any task trains."""
+    from .preflight import axolotl_problems
+
+    try:
+        found = axolotl_problems(config_paths, environment)
+    except RuntimeError as error:
+        raise RecipeError(str(error)) from None
+    problems: dict[str, str] = {}  # keyed by source, so a setting every task shares is named once
+    for index, path in enumerate(config_paths, start=1):
+        for problem in found.get(str(path), []):
+            key, _, message = problem.partition(": ")
+            source = loaded.source_of(key, index) if message else None
+            if source is None and message == "Field required" and key.isidentifier():
+                source, message = (
+                    f"axolotl.{key}",
+                    "required by Axolotl, but set nowhere (add it under axolotl: or to base_config)",
+                )
+            elif source is None:  # a check across settings, or a key the runner wrote: name the task's config
+                source, message = str(path), problem
+            problems.setdefault(source, message)
+    if problems:
+        lines = "\n  - ".join(f"{source}: {message}" for source, message in problems.items())
+        raise RecipeError(f"Axolotl rejects the task configs of {loaded.path}:\n  - {lines}")
 
 
 def declared_setup(config: dict[str, Any], state: ContinualState) -> tuple[LoRASignature, BaseModelFingerprint]:
@@ -174,6 +236,60 @@ def _acquire_lock(layout: RunLayout) -> int:
     return descriptor
 
 
+class _StepBar:
+    """One progress bar over the steps of every task of the run (on a terminal only).
+
+    A task's planned steps come from its config's ``max_steps``, or from the training process
+    once it has counted them (``RunLayout.task_progress``); the total is shown once every task's
+    plan is known.
+    """
+
+    def __init__(self, runs: list[TaskRun], layout: RunLayout) -> None:
+        from tqdm.auto import tqdm
+
+        self.layout, self.runs = layout, runs
+        self.planned = {run.index: _planned_steps(run.config_path) for run in runs}
+        self.done = dict.fromkeys(self.planned, 0)
+        self.bar = tqdm(total=self._total(), unit="step", dynamic_ncols=True, disable=None)
+
+    def _total(self) -> int | None:
+        return None if None in self.planned.values() else sum(self.planned.values())
+
+    def write(self, line: str) -> None:
+        self.bar.write(line)
+
+    def start(self, run: TaskRun) -> None:
+        self.bar.set_description(f"task {run.index}/{len(self.runs)} {run.name}")
+
+    def poll(self, run: TaskRun) -> None:
+        try:
+            progress = json.loads(self.layout.task_progress(run.index, run.name).read_text())
+        except (OSError, ValueError):
+            return  # not started yet, or replaced while being read
+        if progress.get("max_steps"):
+            self.planned[run.index] = int(progress["max_steps"])
+        self.done[run.index] = int(progress.get("step") or 0)
+        self._refresh()
+
+    def finish(self, run: TaskRun) -> None:
+        if self.planned[run.index] is not None:
+            self.done[run.index] = self.planned[run.index]
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.bar.total = self._total()
+        self.bar.n = sum(self.done.values())
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _planned_steps(config_path: Path) -> int | None:
+    max_steps = (yaml.safe_load(config_path.read_text()) or {}).get("max_steps")
+    return int(max_steps) if isinstance(max_steps, int) and max_steps > 0 else None
+
+
 def _failure_summary(log_path: Path) -> str:
     lines = log_path.read_text(errors="replace").splitlines() if log_path.is_file() else []
     ours = [line for line in lines if any(name in line for name in (*_OUR_ERRORS, "ValueError"))]
@@ -185,7 +301,7 @@ def run_recipe(
     *,
     resume: bool = False,
     dry_run: bool = False,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] | None = None,
     stream_output: bool = False,
     strategy: str | None = None,
     output_dir: str | os.PathLike[str] | None = None,
@@ -196,6 +312,8 @@ def run_recipe(
     :class:`~mergeforget_plugin.errors.MergeForgetError` (``RecipeError``, ``RunError``,
     ``StateError``) before anything trains when the recipe, the output directory or the state does
     not fit. ``strategy`` and ``output_dir`` replace the recipe's (the same tasks as a baseline, say).
+    ``echo`` prints the runner's own lines (default: above the progress bar, on stdout); the
+    training processes' output goes to each task's log, or to the console with ``stream_output``.
     """
     loaded = load_recipe(recipe_path).with_overrides(
         strategy=strategy, output_dir=None if output_dir is None else str(output_dir)
@@ -220,12 +338,20 @@ def run_recipe(
         )
     check_writable(layout.root, "output directory")
     config_paths = write_task_configs(loaded)
+    environment = {**os.environ}
+    for key, value in AXOLOTL_ENVIRONMENT.items():
+        environment.setdefault(key, value)
+    check_axolotl_configs(loaded, config_paths, environment)
     runs = [
         TaskRun(i, task.name, path, layout.task_dir(i, task.name))
         for i, (task, path) in enumerate(zip(tasks, config_paths, strict=True), start=1)
     ]
     if dry_run:
-        echo(f"Recipe {loaded.path} is valid: {len(tasks)} task(s). Per-task Axolotl configs:")
+        echo = echo or print
+        echo(
+            f"Recipe {loaded.path} is valid: {len(tasks)} task(s), every task config accepted by Axolotl's "
+            "validation. Per-task Axolotl configs:"
+        )
         for run in runs:
             echo(f"  axolotl train {run.config_path}")
         return runs
@@ -233,21 +359,18 @@ def run_recipe(
     lock = _acquire_lock(layout)
     # A run killed between a snapshot's rename and the removal of the older ones left them behind.
     tidy_state_dir(layout.state)
-    environment = {**os.environ}
-    for key, value in AXOLOTL_ENVIRONMENT.items():
-        environment.setdefault(key, value)
+    progress = _StepBar(runs, layout)
+    echo = echo or progress.write
     try:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=len(runs), desc="tasks", unit="task", disable=None)
         for run in runs:
             if run.name in finished_task_names(layout.state):
                 run.skipped = True
-                progress.update(1)
+                progress.finish(run)
                 continue
             run.output_dir.mkdir(parents=True, exist_ok=True)
+            layout.task_progress(run.index, run.name).unlink(missing_ok=True)  # a killed attempt's
             log_path = layout.task_log(run.index, run.name)
-            progress.set_postfix_str(run.name)
+            progress.start(run)
             echo(f"[task {run.index}/{len(runs)}] {run.name}: axolotl train {run.config_path} (log: {log_path})")
             command = [sys.executable, "-m", "axolotl.cli.main", "train", str(run.config_path), "--launcher", "python"]
             started = time.time()
@@ -260,7 +383,9 @@ def run_recipe(
                     preexec_fn=_die_with_parent,
                     pass_fds=(lock,),
                 )
-                returncode = child.wait()
+                while (returncode := child.poll()) is None:
+                    progress.poll(run)
+                    time.sleep(0.5)
             run.seconds = time.time() - started
             if returncode != 0 or run.name not in finished_task_names(layout.state):
                 raise RunError(
@@ -269,9 +394,9 @@ def run_recipe(
                     f"From {log_path}:\n{_failure_summary(log_path)}"
                 )
             echo(f"[task {run.index}/{len(runs)}] {run.name}: done in {run.seconds:.1f} s")
-            progress.update(1)
-        progress.close()
+            progress.finish(run)
     finally:
+        progress.close()
         os.close(lock)
 
     final = load_state(layout.state)
