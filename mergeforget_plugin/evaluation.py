@@ -25,8 +25,8 @@ _CPU_TOKEN_BUDGET = 4096
 _GPU_TOKEN_BUDGET = 65536
 # A batch stops growing once padding would exceed this share of its real prompt tokens. Sorted by
 # length, one budget-sized batch otherwise pads every prompt to the set's longest: on one CPU
-# thread, 48 chat lines of 6 to 40 tokens scored in 4.8 s as one batch and 2.6 s in batches of
-# similar length (benchmarks/eval_throughput.py measures it).
+# thread, the benchmark's 48 language_b chat lines (15 tokens on average) scored in 4.8 s as one
+# batch and in 2.7 s with this bound (benchmarks/eval_throughput.py measures the scorer).
 _PADDING_SLACK = 0.1
 
 
