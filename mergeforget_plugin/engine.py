@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from .atomic import write_atomic
 from .errors import RunError, StateError
 from .evaluation import EvalSet, evaluate_all
 from .export import export_adapter
@@ -47,6 +48,8 @@ from .state import BaseModelFingerprint, ContinualState, LoRASignature, check_wr
 
 # The training step at which the `training-step` fault-injection point pauses (see faults.py).
 _PAUSE_STEP = 2
+# Seconds between two writes of a task's progress file (the recipe runner polls it twice a second).
+_PROGRESS_INTERVAL = 0.5
 
 
 def is_main_process() -> bool:
@@ -164,6 +167,7 @@ class ContinualTask:
         self.accuracy: dict[str, float] | None = None  # this task's row, once scored
         self._tokenizer: Any = None
         self._started_at = 0.0
+        self._progress_written_at = float("-inf")
         self._finished = False
 
     def begin(self, model: torch.nn.Module, tokenizer: Any = None, *, apply_init: bool = True) -> int:
@@ -264,14 +268,18 @@ class ContinualTask:
 
     def after_step(self, global_step: int, max_steps: int | None = None) -> None:
         """Called by the adapters after every optimizer step: records the task's progress (see
-        ``RunLayout.task_progress``); the fault tests pause here."""
-        if self.index is not None and is_main_process():
-            path = self.layout.task_progress(self.index, self.name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Not synced: a lost progress file costs a stale progress bar, nothing else.
-            staging = path.with_name(f".{path.name}.{os.getpid()}")
-            staging.write_text(json.dumps({"step": global_step, "max_steps": max_steps}))
-            os.replace(staging, path)
+        ``RunLayout.task_progress``) at most every ``_PROGRESS_INTERVAL`` seconds and at the last
+        step, so a fast trainer does not write a file per step; the fault tests pause here."""
+        last_step = max_steps is not None and max_steps > 0 and global_step >= max_steps
+        now = time.monotonic()
+        if (
+            self.index is not None
+            and (last_step or now - self._progress_written_at >= _PROGRESS_INTERVAL)
+            and is_main_process()
+        ):
+            progress = {"step": global_step, "max_steps": max_steps}
+            write_atomic(self.layout.task_progress(self.index, self.name), json.dumps(progress))
+            self._progress_written_at = now
         if global_step == _PAUSE_STEP:
             pause_point("training-step", self.index)
 
