@@ -111,6 +111,38 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hub_id(text: str) -> tuple[str, str]:
+    task, separator, hub_id = text.partition("=")
+    if not separator or not task or not hub_id:
+        raise argparse.ArgumentTypeError(f"expected TASK=ID (e.g. amazon=owner/name), got {text!r}")
+    return task, hub_id
+
+
+def _prepare_data(args: argparse.Namespace) -> int:
+    from .standard_cl import prepare
+
+    manifest = prepare(
+        args.output_dir,
+        args.tasks,
+        local=args.source,
+        hub_ids=dict(args.hub_id),
+        train_per_class=args.train_per_class,
+        test_per_task=args.test_per_task,
+        seed=args.seed,
+        max_text_chars=args.max_text_chars,
+    )
+    print(f"{'task':<9} {'split':<6} {'rows':>6}  per class")
+    for task, splits in manifest["tasks"].items():
+        for split in ("train", "test"):
+            counts = splits[split]
+            written = zip(splits["labels"], counts["per_class"], counts["asked_per_class"], strict=True)
+            short = [f"{label}: {got} of {asked}" for label, got, asked in written if got < asked]
+            line = f"{task:<9} {split:<6} {counts['rows']:>6}  {min(counts['per_class'])}-{max(counts['per_class'])}"
+            print(line + (f"  (the source has fewer rows for {'; '.join(short)})" if short else ""))
+    print(f"Wrote {Path(args.output_dir) / '<task>' / '{train,test}.jsonl'} and manifest.json (seed {args.seed}).")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mergeforget",
@@ -167,6 +199,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("output_dir", help="a run's output directory (holds state/ and evaluations/)")
     report.set_defaults(handler=_report)
+
+    from .standard_cl import MAX_TEXT_CHARS, SOURCES, TEST_PER_TASK, TRAIN_PER_CLASS
+
+    data = commands.add_parser(
+        "prepare-data",
+        help="write the Standard CL Benchmark splits (AG News, Amazon, Yelp, DBpedia, Yahoo) as JSONL",
+        description=(
+            "Sample the five text-classification sets of the Standard CL Benchmark into "
+            "OUTPUT_DIR/<task>/train.jsonl and test.jsonl, the rows recipes/standard-cl-order*.yaml "
+            "read (give recipes/data/standard_cl for them). The defaults are the O-LoRA / SLAO "
+            "protocol's sizes. Rows come from the Hugging Face Hub, or with --from from local copies "
+            "in the published formats."
+        ),
+    )
+    data.add_argument("output_dir", help="where to write <task>/train.jsonl, <task>/test.jsonl and manifest.json")
+    data.add_argument(
+        "--from",
+        dest="source",
+        metavar="DIR",
+        help="read local copies instead of the Hub: DIR holds ag_news_csv, dbpedia_csv, yelp_review_full_csv, "
+        "amazon_review_full_csv, yahoo_answers_csv (folders with train.csv/test.csv, or their .tgz)",
+    )
+    data.add_argument("--tasks", nargs="+", choices=list(SOURCES), default=list(SOURCES), help="which sets")
+    data.add_argument("--train-per-class", type=int, default=TRAIN_PER_CLASS, help="training rows per class")
+    data.add_argument("--test-per-task", type=int, default=TEST_PER_TASK, help="test rows per task, balanced")
+    data.add_argument("--seed", type=int, default=0, help="sampling seed")
+    data.add_argument(
+        "--max-text-chars", type=int, default=MAX_TEXT_CHARS, help="cut each row's text after this many characters"
+    )
+    data.add_argument(
+        "--hub-id",
+        type=_hub_id,
+        action="append",
+        default=[],
+        metavar="TASK=ID",
+        help="read TASK from this Hub dataset (or local dataset directory) with the default's columns",
+    )
+    data.set_defaults(handler=_prepare_data)
 
     export = commands.add_parser("export", help="write the merged LoRA of a state as a standard PEFT adapter")
     export.add_argument("state_dir", help="the continual state directory")

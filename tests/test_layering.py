@@ -18,7 +18,7 @@ PACKAGE = REPO / "mergeforget_plugin"
 # Every module, by layer: a module may import its own layer and the layers below it.
 LAYERS = [
     {"errors", "faults", "atomic"},
-    {"slao", "layout", "metrics", "evaluation", "models", "tiny_model"},
+    {"slao", "layout", "metrics", "evaluation", "models", "tiny_model", "standard_cl"},
     {"state", "report"},
     {"export", "trackers"},
     {"peft_bridge"},
