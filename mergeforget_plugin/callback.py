@@ -102,6 +102,7 @@ class MergeForgetCallback(TrainerCallback):
         # A trainer resumed from a mid-task checkpoint holds weights that already started from
         # this task's init; setting the init again would throw that training away.
         self.task.begin(kwargs["model"], kwargs.get("processing_class"), apply_init=state.global_step == 0)
+        self.task.score_pending_rows(kwargs["model"])
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self.task.after_step(state.global_step, state.max_steps)

@@ -65,6 +65,7 @@ def _train(args: argparse.Namespace) -> int:
         stream_output=args.verbose,
         strategy=args.strategy,
         output_dir=args.output_dir,
+        processes=args.nproc_per_node,
     )
     if args.baseline is None or args.dry_run:
         return 0
@@ -77,6 +78,7 @@ def _train(args: argparse.Namespace) -> int:
         stream_output=args.verbose,
         strategy=args.baseline,
         output_dir=second,
+        processes=args.nproc_per_node,
     )
     print()
     print(_comparison([first, second]))
@@ -170,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     strategies = allowed_values()["strategy"]
     train.add_argument("--strategy", choices=strategies, help="replace the recipe's strategy")
     train.add_argument("--output-dir", help="replace the recipe's output_dir (relative to the working directory)")
+    train.add_argument(
+        "--nproc-per-node",
+        type=int,
+        metavar="N",
+        help="train each task with N processes through axolotl's torchrun launcher (one per GPU, with the "
+        "recipe's deepspeed or fsdp_config); without it, one plain process",
+    )
     train.add_argument(
         "--baseline",
         choices=strategies,

@@ -169,16 +169,22 @@ class ContinualTask:
         self._started_at = 0.0
         self._progress_written_at = float("-inf")
         self._finished = False
+        self._collective = False  # set in begin(): the LoRA is sharded, every process runs the model
+        self._rows_pending = False
 
-    def begin(self, model: torch.nn.Module, tokenizer: Any = None, *, apply_init: bool = True) -> int:
+    def begin(
+        self, model: torch.nn.Module, tokenizer: Any = None, *, apply_init: bool = True, score_rows: bool = True
+    ) -> int:
         """Pre-flight, missing evaluation rows, then the task's starting LoRA. Runs once; returns the index.
 
         ``apply_init=False`` keeps the model's LoRA as it is (a trainer resumed from a mid-task
-        checkpoint already trained from this task's init).
+        checkpoint already trained from this task's init). ``score_rows=False`` leaves the missing
+        rows to :meth:`score_pending_rows` (a model DeepSpeed has partitioned but not wrapped
+        yet cannot run a forward pass).
         """
         if self.index is not None:
             return self.index
-        from .peft_bridge import adapter_config_dict, describe_model
+        from .peft_bridge import adapter_config_dict, describe_model, is_sharded
 
         self._started_at = time.time()
         self._tokenizer = tokenizer if tokenizer is not None else self._tokenizer
@@ -202,7 +208,11 @@ class ContinualTask:
                     f"of {where}). Give the new task another name, or use a new state directory to start over."
                 )
         self.state, self.index = state, state.next_task_index
-        if self.eval_sets and is_main_process():
+        # A sharded LoRA (FSDP2) runs forward passes with every process (each all-gathers the
+        # shards), so every process scores and the first writes; otherwise the first scores alone.
+        self._collective = is_sharded(model)
+        self._rows_pending = bool(self.eval_sets) and not score_rows
+        if self.eval_sets and score_rows and (self._collective or is_main_process()):
             self._score_missing_rows(model, keep_lora=not apply_init)
         if apply_init and self.index >= 2:
             from .peft_bridge import write_lora
@@ -210,6 +220,14 @@ class ContinualTask:
             start = task_start_weights(self.index, state.finetuned, state.merged, self.config)
             write_lora(model, start, self.adapter_name)
         return self.index
+
+    def score_pending_rows(self, model: torch.nn.Module) -> None:
+        """The missing rows ``begin(score_rows=False)`` left, once the model can run (the trainer
+        has wrapped it); the LoRA keeps this task's start."""
+        if self._rows_pending:
+            self._rows_pending = False
+            if self._collective or is_main_process():
+                self._score_missing_rows(model, keep_lora=True)
 
     def end(
         self, model: torch.nn.Module, tokenizer: Any = None, *, extra: dict[str, Any] | None = None
@@ -247,9 +265,10 @@ class ContinualTask:
             history=[*previous.history, record],
         )
         write_lora(model, merged, self.adapter_name)
+        if self.eval_sets and (self._collective or is_main_process()):
+            self.accuracy = self._score(model, self.eval_sets)
         if is_main_process():
             if self.eval_sets:
-                self.accuracy = self._score(model, self.eval_sets)
                 save_evaluation(self.layout, self.index, self.name, self.accuracy)
             save_state(state, self.layout.state)
             if self.export_dir is not None:
@@ -295,6 +314,8 @@ class ContinualTask:
         """The base model's row for tasks it was not scored on, and the previous task's row if a kill
         interrupted it (a state written by an older version saved the state before scoring)."""
         records = {record["task_index"]: record for record in load_evaluations(self.layout)}
+        if self._collective:
+            wait_for_everyone()  # every process has read the rows before the first writes new ones
         zero_shot = records.get(0, {}).get("accuracy", {})
         unscored = [eval_set for eval_set in self.eval_sets if eval_set.task not in zero_shot]
         if unscored:
@@ -305,14 +326,17 @@ class ContinualTask:
                 )
             with disable_adapter():  # b_j: the base model itself, whatever the LoRA holds now
                 zero_shot = {**zero_shot, **self._score(model, unscored)}
-            save_evaluation(self.layout, 0, None, zero_shot)
+            if is_main_process():
+                save_evaluation(self.layout, 0, None, zero_shot)
         previous = self.index - 1
         if previous >= 1 and previous not in records:
             from .peft_bridge import read_lora, write_lora
 
             kept = read_lora(model, self.adapter_name) if keep_lora else None
             write_lora(model, self.state.merged, self.adapter_name)
-            save_evaluation(self.layout, previous, self.state.finished_tasks[-1], self._score(model, self.eval_sets))
+            accuracy = self._score(model, self.eval_sets)
+            if is_main_process():
+                save_evaluation(self.layout, previous, self.state.finished_tasks[-1], accuracy)
             if kept is not None:
                 write_lora(model, kept, self.adapter_name)
 

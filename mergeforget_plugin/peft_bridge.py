@@ -107,39 +107,135 @@ def base_model_fingerprint(model: torch.nn.Module) -> BaseModelFingerprint:
     embeddings = get_embeddings() if get_embeddings is not None else None
     weight = getattr(embeddings, "weight", None)
     # Rows past the original vocabulary may be added by a tokenizer resize; the first rows stay.
-    if weight is not None and weight.numel() > 0 and weight.ndim == 2:
-        signature = [float(v) for v in weight.detach()[:4, :8].to(torch.float32).flatten()]
+    if weight is not None and (_partitioned(weight) or (weight.numel() > 0 and weight.ndim == 2)):
+        corner = _first_rows(weight.detach() if not _partitioned(weight) else weight)
+        if corner is not None:
+            signature = [float(v) for v in corner.to(torch.float32).flatten()]
     return BaseModelFingerprint(architecture=architecture, embedding_signature=signature)
 
 
-def _whole(weight: torch.Tensor, name: str) -> torch.Tensor:
-    """``weight`` if every process holds all of it; sharded weights (FSDP, ZeRO-3) are refused."""
+def _first_rows(weight: torch.Tensor) -> torch.Tensor | None:
+    """``weight[:4, :8]``; for a sharded embedding (FSDP2 rows, ZeRO-3 flat partitions), sent from
+    the process holding the first rows instead of gathering a vocabulary-sized matrix.
+    ``None``: sharded some other way."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    if _partitioned(weight):
+        # ZeRO-3: partitions of the flattened tensor, of equal size on every process; the first
+        # process's starts with the first rows.
+        rows, columns = tuple(weight.ds_shape)
+        local = weight.ds_tensor
+        if local.numel() < 4 * columns:
+            return None
+        corner = torch.empty(4, min(8, columns), dtype=local.dtype, device=local.device)
+        if torch.distributed.get_rank() == 0:
+            corner.copy_(local.detach()[: 4 * columns].view(4, columns)[:, : corner.shape[1]])
+        torch.distributed.broadcast(corner, src=0)
+        return corner
+    if not isinstance(weight, DTensor):
+        return weight[:4, :8]
+    if not all(p.is_replicate() or (isinstance(p, Shard) and p.dim == 0) for p in weight.placements):
+        return None
+    local = weight.to_local()
+    if all(isinstance(p, Replicate) for p in weight.placements):
+        return local[:4, :8]
+    # Decided from the global shape, the same on every process: the first shard has the 4 rows.
+    if weight.shape[0] < 4 * weight.device_mesh.size():
+        return None
+    source = int(weight.device_mesh.mesh.flatten()[0])  # mesh coordinate 0 holds the first rows
+    corner = torch.empty(4, min(8, weight.shape[1]), dtype=local.dtype, device=local.device)
+    if torch.distributed.get_rank() == source:
+        corner.copy_(local[:4, : corner.shape[1]])
+    torch.distributed.broadcast(corner, src=source)
+    return corner
+
+
+def _partitioned(weight: torch.Tensor) -> bool:
+    # DeepSpeed ZeRO-3 leaves an empty placeholder with a `ds_id` where the parameter was.
+    return hasattr(weight, "ds_id")
+
+
+def _sharded(weight: torch.Tensor) -> bool:
     from torch.distributed.tensor import DTensor
 
-    sharded = hasattr(weight, "ds_id") or (
-        isinstance(weight, DTensor) and not all(placement.is_replicate() for placement in weight.placements)
-    )
-    if sharded:
-        raise UnsupportedAdapterError(
-            f"{name} is sharded across processes (FSDP or DeepSpeed ZeRO-3), so no process holds the whole "
-            "LoRA to merge. Train with DDP or DeepSpeed ZeRO-1/2, which keep the full LoRA on every process."
-        )
-    return weight.to_local() if isinstance(weight, DTensor) else weight
+    if _partitioned(weight):
+        return True
+    return isinstance(weight, DTensor) and not all(placement.is_replicate() for placement in weight.placements)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether any weight of ``model`` is sharded across processes (FSDP2, DeepSpeed ZeRO-3): then
+    every process must take part in running the model (forward passes gather the shards) and in
+    reading and writing the LoRA."""
+    return any(_sharded(param) for param in _unwrap(model).parameters())
+
+
+def _whole(weight: torch.Tensor) -> torch.Tensor:
+    """All of ``weight``, on the CPU. A sharded factor (FSDP2 or ZeRO-3) is gathered: every process
+    must call this for the same factors in the same order. One factor at a time, so a process
+    never holds more of the LoRA in accelerator memory than its shards and one gathered factor."""
+    from torch.distributed.tensor import DTensor
+
+    if _partitioned(weight):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
+            return weight.detach().to("cpu", copy=True)
+    if isinstance(weight, DTensor):
+        weight = weight.full_tensor()
+    return weight.detach().to("cpu", copy=True)
+
+
+def _load(param: torch.Tensor, value: torch.Tensor) -> None:
+    """Copy ``value`` (the whole factor) into ``param``. Sharded, this is a collective and the first
+    process's values are what every shard receives, even if the processes computed them apart."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if _partitioned(param):
+        import deepspeed
+
+        value = value.to(device=param.ds_tensor.device, dtype=torch.float32)
+        torch.distributed.broadcast(value, src=0)
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+            param.copy_(value)
+        _load_optimizer_copy(param, value)
+    elif isinstance(param, DTensor):
+        local = param.to_local()
+        value = distribute_tensor(value.to(device=local.device, dtype=local.dtype), param.device_mesh, param.placements)
+        local.copy_(value.to_local())
+    else:
+        param.copy_(value.to(device=param.device, dtype=param.dtype))
+        _load_optimizer_copy(param, value)
+
+
+def _load_optimizer_copy(param: torch.Tensor, value: torch.Tensor) -> None:
+    # DeepSpeed's ZeRO optimizers (stages 1-3) keep their own float32 copy of (their partition of)
+    # every trained parameter and copy it over the parameter after each step: a value written only
+    # into the parameter would be undone by the task's first step. Measured on ZeRO-3 before this
+    # was added: task 2's LoRA ended near task 1's instead of starting from the orthogonal init.
+    if hasattr(param, "_z3_optimizer") or getattr(param, "_hp_mapping", None) is not None:
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        safe_set_full_fp32_param(param, value.to(torch.float32))
 
 
 def read_lora(model: torch.nn.Module, adapter_name: str = "default") -> dict[str, LoRAPair]:
-    """Copies of every module's ``(lora_A, lora_B)`` weights, on the CPU, in their own dtype."""
+    """Copies of every module's ``(lora_A, lora_B)`` weights, on the CPU, in their own dtype.
+
+    Sharded (FSDP2, ZeRO-3), this is a collective: every process gets the whole LoRA."""
     return {
         name: LoRAPair(
-            _whole(layer.lora_A[adapter_name].weight, f"{name}.lora_A").detach().to("cpu", copy=True),
-            _whole(layer.lora_B[adapter_name].weight, f"{name}.lora_B").detach().to("cpu", copy=True),
+            _whole(layer.lora_A[adapter_name].weight),
+            _whole(layer.lora_B[adapter_name].weight),
         )
         for name, layer in lora_layers(model, adapter_name).items()
     }
 
 
 def write_lora(model: torch.nn.Module, weights: Mapping[str, LoRAPair], adapter_name: str = "default") -> None:
-    """Copy ``weights`` into the model's LoRA parameters in place (optimizers keep their references)."""
+    """Copy ``weights`` into the model's LoRA parameters in place (optimizers keep their references).
+
+    Sharded (FSDP2, ZeRO-3), this is a collective that gives every shard the first process's values."""
     layers = lora_layers(model, adapter_name)
     if set(layers) != set(weights):
         missing = sorted(set(layers) - set(weights))[:3]
@@ -150,10 +246,10 @@ def write_lora(model: torch.nn.Module, weights: Mapping[str, LoRAPair], adapter_
                 ("lora_A", layer.lora_A[adapter_name].weight, weights[name].a),
                 ("lora_B", layer.lora_B[adapter_name].weight, weights[name].b),
             ):
-                _whole(param, f"{name}.{part}")
-                if param.shape != value.shape:
-                    raise StateError(f"{name}: shape {tuple(value.shape)} cannot be loaded into {tuple(param.shape)}.")
-                param.copy_(value.to(device=param.device, dtype=param.dtype))
+                shape = tuple(param.ds_shape) if _partitioned(param) else tuple(param.shape)
+                if shape != tuple(value.shape):
+                    raise StateError(f"{name}.{part}: shape {tuple(value.shape)} cannot be loaded into {shape}.")
+                _load(param, value)
 
 
 def _jsonable(value: Any) -> Any:
@@ -188,6 +284,7 @@ __all__ = [
     "adapter_config_dict",
     "base_model_fingerprint",
     "describe_model",
+    "is_sharded",
     "lora_layers",
     "lora_signature",
     "read_lora",

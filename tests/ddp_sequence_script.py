@@ -1,7 +1,8 @@
-"""Two tasks through train_sequence; run by tests/test_distributed.py with and without
-`accelerate launch --cpu --num_processes 2` (DDP over gloo).
+"""Two tasks through train_sequence (TRL's SFTTrainer); run by tests/test_distributed.py in one
+process and under torchrun with two: DDP over gloo, or DeepSpeed on the CPU with ZERO2 (ZeRO
+stage 2: the optimizer's float32 copy is partitioned) or ZERO3 (stage 3: the LoRA itself is).
 
-Usage: python tests/ddp_sequence_script.py MODEL_DIR OUTPUT_DIR PER_DEVICE_BATCH
+Usage: python tests/ddp_sequence_script.py MODEL_DIR OUTPUT_DIR PER_DEVICE_BATCH [ZERO2|ZERO3]
 """
 
 from __future__ import annotations
@@ -37,12 +38,23 @@ class RecordStarts(TrainerCallback):
 
 def main() -> None:
     model_dir, out, batch = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    zero_stage = {"ZERO2": 2, "ZERO3": 3}.get(sys.argv[4]) if len(sys.argv) > 4 else None
     out.mkdir(parents=True, exist_ok=True)
 
     def rows(name, split):
         return [json.loads(line) for line in (DEMO / f"{name}.{split}.jsonl").read_text().splitlines()]
 
-    tasks = [Task(name, Dataset.from_list(rows(name, "train"))) for name in ("antonyms", "plurals")]
+    # Held-out rows: every task's row of the accuracy matrix is scored after every task (under
+    # ZeRO-3 by every process, since each forward pass gathers the partitioned weights).
+    tasks = [
+        Task(name, Dataset.from_list(rows(name, "train")), Dataset.from_list(rows(name, "test")[:8]))
+        for name in ("antonyms", "plurals")
+    ]
+    zero_config = {
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "zero_optimization": {"stage": zero_stage},
+    }
     args = SFTConfig(
         output_dir=str(out),
         max_steps=3,
@@ -56,10 +68,14 @@ def main() -> None:
         bf16=False,
         seed=0,
         disable_tqdm=True,
+        deepspeed=zero_config if zero_stage else None,
     )
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    # Seeded after loading: under ZeRO-3 the load itself draws random numbers (it builds the model
+    # partitioned), and the LoRA's random init must be the same as in one process.
     torch.manual_seed(0)
     train_sequence(
-        AutoModelForCausalLM.from_pretrained(model_dir),
+        model,
         tasks,
         args=args,
         processing_class=AutoTokenizer.from_pretrained(model_dir),

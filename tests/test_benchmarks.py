@@ -126,3 +126,21 @@ def test_score_row_scores_the_trained_tasks_and_the_next_one(tiny_model_dir):
     assert after_one[2] is None and after_one[:2] == [accuracy(model, tokenizer, s) for s in eval_sets[:2]]
     for trained in (2, 3):
         assert None not in score_row(model, tokenizer, eval_sets, trained)
+
+
+@pytest.mark.slow
+def test_sharded_boundary_smoke_reports_every_process_and_task(tmp_path):
+    completed = run("sharded_boundary.py", tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((tmp_path / "sharded_boundary_smoke.json").read_text())
+    assert results["lora_bytes"] > 0
+    seen = [(r["setup"], r["process"], r["task"]) for r in results["rows"]]
+    assert seen == [
+        ("1 process", 0, "antonyms"),
+        ("1 process", 0, "plurals"),
+        ("FSDP2, 2 processes", 0, "antonyms"),
+        ("FSDP2, 2 processes", 0, "plurals"),
+        ("FSDP2, 2 processes", 1, "antonyms"),
+        ("FSDP2, 2 processes", 1, "plurals"),
+    ]
+    assert all(r["peak_during_mib"] >= r["rss_before_mib"] > 0 for r in results["rows"])

@@ -151,11 +151,14 @@ def test_quantized_bases_read_and_write(tiny_model_dir, quantization, layer_name
     )
 
 
-def test_sharded_lora_weights_are_refused_naming_the_module(tiny_peft_model, tmp_path):
-    """FSDP2 shards parameters as DTensors; no process could read the whole LoRA to merge it."""
+def test_sharded_lora_factors_are_gathered_and_written_back(tiny_peft_model, tmp_path):
+    """FSDP2 shards parameters as DTensors: reading gathers a factor, writing fills the shard.
+    (Two real processes: tests/test_distributed.py.)"""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+
+    from mergeforget_plugin.peft_bridge import is_sharded
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
@@ -164,11 +167,15 @@ def test_sharded_lora_weights_are_refused_naming_the_module(tiny_peft_model, tmp
         name, layer = next(iter(lora_layers(tiny_peft_model).items()))
         weight = layer.lora_A["default"].weight.detach()
         layer.lora_A["default"].weight = torch.nn.Parameter(distribute_tensor(weight, mesh, [Replicate()]))
-        assert torch.equal(read_lora(tiny_peft_model)[name].a, weight)  # replicated: every process has it all
+        assert not is_sharded(tiny_peft_model)
+        assert torch.equal(read_lora(tiny_peft_model)[name].a, weight)
         layer.lora_A["default"].weight = torch.nn.Parameter(distribute_tensor(weight, mesh, [Shard(0)]))
-        with pytest.raises(UnsupportedAdapterError, match=rf"^{name}.lora_A is sharded across processes \(FSDP or"):
-            read_lora(tiny_peft_model)
-        with pytest.raises(UnsupportedAdapterError, match=rf"^{name}.lora_A is sharded across processes"):
-            write_lora(tiny_peft_model, plain)
+        assert is_sharded(tiny_peft_model)
+        assert torch.equal(read_lora(tiny_peft_model)[name].a, weight)
+        changed = {key: LoRAPair(pair.a + 1.0, pair.b) for key, pair in plain.items()}
+        write_lora(tiny_peft_model, changed)
+        written = layer.lora_A["default"].weight
+        assert isinstance(written, DTensor) and written.placements == (Shard(0),)
+        assert torch.equal(written.full_tensor(), weight + 1.0)
     finally:
         dist.destroy_process_group()

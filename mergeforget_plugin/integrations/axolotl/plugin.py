@@ -59,7 +59,11 @@ class MergeForgetPlugin(BasePlugin):
             from axolotl.loaders import load_tokenizer
 
             tokenizer = load_tokenizer(cfg)
-        self.callback.task.begin(model, tokenizer)
+        # Under DeepSpeed ZeRO-3 the model is partitioned here but has no engine yet to gather its
+        # weights for a forward pass: the missing evaluation rows wait for the trainer's start.
+        from ...peft_bridge import is_sharded
+
+        self.callback.task.begin(model, tokenizer, score_rows=not is_sharded(model))
 
     def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list:
         return [self.callback] if self.callback is not None else []

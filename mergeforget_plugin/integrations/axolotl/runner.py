@@ -296,6 +296,14 @@ def _failure_summary(log_path: Path) -> str:
     return "\n".join(ours[-3:] if ours else lines[-15:])
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def run_recipe(
     recipe_path: str | os.PathLike[str],
     *,
@@ -305,6 +313,7 @@ def run_recipe(
     stream_output: bool = False,
     strategy: str | None = None,
     output_dir: str | os.PathLike[str] | None = None,
+    processes: int | None = None,
 ) -> list[TaskRun]:
     """Validate the recipe, then train every unfinished task with ``axolotl train``.
 
@@ -312,9 +321,14 @@ def run_recipe(
     :class:`~mergeforget_plugin.errors.MergeForgetError` (``RecipeError``, ``RunError``,
     ``StateError``) before anything trains when the recipe, the output directory or the state does
     not fit. ``strategy`` and ``output_dir`` replace the recipe's (the same tasks as a baseline, say).
+    ``processes`` trains each task with that many processes on this machine through Axolotl's
+    ``--launcher torchrun`` (one per GPU, sharing the recipe's ``deepspeed`` or ``fsdp_config``);
+    ``None`` runs one plain process (``--launcher python``).
     ``echo`` prints the runner's own lines (default: above the progress bar, on stdout); the
     training processes' output goes to each task's log, or to the console with ``stream_output``.
     """
+    if processes is not None and processes < 1:
+        raise RunError(f"--nproc-per-node must be at least 1, got {processes}.")
     loaded = load_recipe(recipe_path).with_overrides(
         strategy=strategy, output_dir=None if output_dir is None else str(output_dir)
     )
@@ -338,7 +352,9 @@ def run_recipe(
         )
     check_writable(layout.root, "output directory")
     config_paths = write_task_configs(loaded)
-    environment = {**os.environ}
+    # Axolotl's torchrun launcher runs `torchrun` from PATH: make it this Python's.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    environment = {**os.environ, "PATH": path}
     for key, value in AXOLOTL_ENVIRONMENT.items():
         environment.setdefault(key, value)
     check_axolotl_configs(loaded, config_paths, environment)
@@ -372,7 +388,12 @@ def run_recipe(
             log_path = layout.task_log(run.index, run.name)
             progress.start(run)
             echo(f"[task {run.index}/{len(runs)}] {run.name}: axolotl train {run.config_path} (log: {log_path})")
-            command = [sys.executable, "-m", "axolotl.cli.main", "train", str(run.config_path), "--launcher", "python"]
+            command = [sys.executable, "-m", "axolotl.cli.main", "train", str(run.config_path)]
+            if processes is None:
+                command += ["--launcher", "python"]
+            else:
+                command += ["--launcher", "torchrun", "--", "--nproc_per_node", str(processes)]
+                command += ["--master_port", str(_free_port())]
             started = time.time()
             with open(log_path, "w") as log:
                 child = subprocess.Popen(
