@@ -127,7 +127,7 @@ def _first_rows(weight: torch.Tensor) -> torch.Tensor | None:
         local = weight.ds_tensor
         if local.numel() < 4 * columns:
             return None
-        corner = torch.empty(4, min(8, columns), dtype=local.dtype, device=local.device)
+        corner = torch.empty(4, min(8, columns), dtype=local.dtype, device=_collective_device())
         if torch.distributed.get_rank() == 0:
             corner.copy_(local.detach()[: 4 * columns].view(4, columns)[:, : corner.shape[1]])
         torch.distributed.broadcast(corner, src=0)
@@ -143,11 +143,19 @@ def _first_rows(weight: torch.Tensor) -> torch.Tensor | None:
     if weight.shape[0] < 4 * weight.device_mesh.size():
         return None
     source = int(weight.device_mesh.mesh.flatten()[0])  # mesh coordinate 0 holds the first rows
-    corner = torch.empty(4, min(8, weight.shape[1]), dtype=local.dtype, device=local.device)
+    corner = torch.empty(4, min(8, weight.shape[1]), dtype=local.dtype, device=_collective_device())
     if torch.distributed.get_rank() == source:
         corner.copy_(local[:4, : corner.shape[1]])
     torch.distributed.broadcast(corner, src=source)
     return corner
+
+
+def _collective_device() -> torch.device:
+    # Where a collective's tensors must be: the current GPU for NCCL, the CPU otherwise (gloo),
+    # whatever device an offloaded shard sits on.
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _partitioned(weight: torch.Tensor) -> bool:
@@ -194,7 +202,7 @@ def _load(param: torch.Tensor, value: torch.Tensor) -> None:
     if _partitioned(param):
         import deepspeed
 
-        value = value.to(device=param.ds_tensor.device, dtype=torch.float32)
+        value = value.to(device=_collective_device(), dtype=torch.float32, copy=True)  # the caller's stays
         torch.distributed.broadcast(value, src=0)
         with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
             param.copy_(value)
