@@ -19,6 +19,8 @@ Order at the end of a task, and why:
    the adapter when asked, refresh the report.
 
 Only the first process writes files. The others wait at a barrier until the snapshot is complete.
+When the weights are sharded (FSDP2, DeepSpeed ZeRO-3), every process also reads and writes the
+LoRA (each factor is gathered, then scattered back) and runs the evaluation's forward passes.
 
 This module imports no transformers, PEFT, TRL or Axolotl at module level (a layering test
 checks it): what it needs from PEFT models comes from :mod:`mergeforget_plugin.peft_bridge`,
@@ -169,7 +171,7 @@ class ContinualTask:
         self._started_at = 0.0
         self._progress_written_at = float("-inf")
         self._finished = False
-        self._collective = False  # set in begin(): the LoRA is sharded, every process runs the model
+        self._collective = False  # set in begin(): weights are sharded, every process runs the model
         self._rows_pending = False
 
     def begin(
@@ -208,7 +210,7 @@ class ContinualTask:
                     f"of {where}). Give the new task another name, or use a new state directory to start over."
                 )
         self.state, self.index = state, state.next_task_index
-        # A sharded LoRA (FSDP2) runs forward passes with every process (each all-gathers the
+        # Sharded weights (FSDP2, ZeRO-3) run forward passes with every process (each gathers the
         # shards), so every process scores and the first writes; otherwise the first scores alone.
         self._collective = is_sharded(model)
         self._rows_pending = bool(self.eval_sets) and not score_rows
