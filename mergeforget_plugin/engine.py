@@ -214,7 +214,7 @@ class ContinualTask:
         # shards), so every process scores and the first writes; otherwise the first scores alone.
         self._collective = is_sharded(model)
         self._rows_pending = bool(self.eval_sets) and not score_rows
-        if self.eval_sets and score_rows and (self._collective or is_main_process()):
+        if self.eval_sets and score_rows and self._scores_here():
             self._score_missing_rows(model, keep_lora=not apply_init)
         if apply_init and self.index >= 2:
             from .peft_bridge import write_lora
@@ -228,7 +228,7 @@ class ContinualTask:
         has wrapped it); the LoRA keeps this task's start."""
         if self._rows_pending:
             self._rows_pending = False
-            if self._collective or is_main_process():
+            if self._scores_here():
                 self._score_missing_rows(model, keep_lora=True)
 
     def end(
@@ -267,7 +267,7 @@ class ContinualTask:
             history=[*previous.history, record],
         )
         write_lora(model, merged, self.adapter_name)
-        if self.eval_sets and (self._collective or is_main_process()):
+        if self.eval_sets and self._scores_here():
             self.accuracy = self._score(model, self.eval_sets)
         if is_main_process():
             if self.eval_sets:
@@ -303,6 +303,10 @@ class ContinualTask:
             self._progress_written_at = now
         if global_step == _PAUSE_STEP:
             pause_point("training-step", self.index)
+
+    def _scores_here(self) -> bool:
+        # Sharded weights need every process in each forward pass; otherwise the first scores alone.
+        return self._collective or is_main_process()
 
     def _score(self, model: torch.nn.Module, eval_sets: Sequence[EvalSet]) -> dict[str, float]:
         if self._tokenizer is None:

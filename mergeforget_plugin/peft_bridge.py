@@ -127,11 +127,7 @@ def _first_rows(weight: torch.Tensor) -> torch.Tensor | None:
         local = weight.ds_tensor
         if local.numel() < 4 * columns:
             return None
-        corner = torch.empty(4, min(8, columns), dtype=local.dtype, device=_collective_device())
-        if torch.distributed.get_rank() == 0:
-            corner.copy_(local.detach()[: 4 * columns].view(4, columns)[:, : corner.shape[1]])
-        torch.distributed.broadcast(corner, src=0)
-        return corner
+        return _sent_corner(lambda: local.detach()[: 4 * columns].view(4, columns), columns, local.dtype, source=0)
     if not isinstance(weight, DTensor):
         return weight[:4, :8]
     if not all(p.is_replicate() or (isinstance(p, Shard) and p.dim == 0) for p in weight.placements):
@@ -143,9 +139,15 @@ def _first_rows(weight: torch.Tensor) -> torch.Tensor | None:
     if weight.shape[0] < 4 * weight.device_mesh.size():
         return None
     source = int(weight.device_mesh.mesh.flatten()[0])  # mesh coordinate 0 holds the first rows
-    corner = torch.empty(4, min(8, weight.shape[1]), dtype=local.dtype, device=_collective_device())
+    return _sent_corner(lambda: local[:4], weight.shape[1], local.dtype, source=source)
+
+
+def _sent_corner(first_rows, columns: int, dtype: torch.dtype, *, source: int) -> torch.Tensor:
+    """The 4x8 corner, taken by process ``source`` from ``first_rows()`` (its 4 first rows) and
+    broadcast to every process."""
+    corner = torch.empty(4, min(8, columns), dtype=dtype, device=_collective_device())
     if torch.distributed.get_rank() == source:
-        corner.copy_(local[:4, : corner.shape[1]])
+        corner.copy_(first_rows()[:, : corner.shape[1]])
     torch.distributed.broadcast(corner, src=source)
     return corner
 

@@ -100,8 +100,14 @@ def tiny_recipe(
     return path
 
 
-def mergeforget(*args, cwd, timeout=900):
-    env = {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+def mergeforget(*args, cwd, timeout=900, extra_env=None):
+    env = {
+        **os.environ,
+        "AXOLOTL_DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        **(extra_env or {}),
+    }
     return subprocess.run(
         [sys.executable, "-m", "mergeforget_plugin.cli", *args],
         cwd=cwd,

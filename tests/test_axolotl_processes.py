@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from importlib.metadata import version
 
 import pytest
@@ -36,7 +34,7 @@ from mergeforget_plugin.slao import task_start_weights  # noqa: E402
 from mergeforget_plugin.state import load_snapshot, load_state  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
-from .test_axolotl import tiny_recipe  # noqa: E402
+from .test_axolotl import mergeforget, tiny_recipe  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     Version(version("axolotl")) < Version("0.21"),
@@ -45,23 +43,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def train(recipe, cwd, *extra):
-    env = {
-        **os.environ,
-        "AXOLOTL_DO_NOT_TRACK": "1",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "DS_ACCELERATOR": "cpu",
-        "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "axolotl_cpu_shim"), os.environ.get("PYTHONPATH", "")]),
-    }
-    completed = subprocess.run(
-        [sys.executable, "-m", "mergeforget_plugin.cli", "train", str(recipe), *extra],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    shim = os.pathsep.join([str(REPO / "tests" / "axolotl_cpu_shim"), os.environ.get("PYTHONPATH", "")])
+    extra_env = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": shim}
+    completed = mergeforget("train", str(recipe), *extra, cwd=cwd, timeout=1200, extra_env=extra_env)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
 
 
