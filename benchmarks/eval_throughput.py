@@ -1,15 +1,19 @@
-"""Scored examples per second of `choice` evaluation: the 0.1.0 scorer against the current one.
+"""Examples per second of the evaluation: `choice` scoring (the 0.1.0 scorer against the current one)
+and greedy generation for `rouge_l` / `exact_match` (`model.generate` one prompt at a time against
+the batched generation).
 
 Run:    python benchmarks/eval_throughput.py                 # SmolLM2-135M-Instruct, CPU (and CUDA if present)
 Smoke:  python benchmarks/eval_throughput.py --smoke         # tiny random model, seconds (CI runs this)
 
-Both scorers run on the same evaluation sets in the same process, one after the other, each
-repeated; the table gives the median examples/s, the speed-up, and whether both predicted the
-same option for every example (they must: the scores are the same log-likelihoods).
+Both sides run on the same evaluation sets in the same process, one after the other, each
+repeated; the tables give the median examples/s, the speed-up, and on how many examples both
+gave the same answer (they must: the same log-likelihoods; the same greedy tokens).
 
-Sets: the five real-text classification tasks of continual_benchmark.py (cl_tasks.py: 2-5 labels,
-one or several tokens each) and the shipped demo tasks (antonyms, plurals, capitals: 20-40
-multi-token options each).
+Choice sets: the five real-text classification tasks of continual_benchmark.py (cl_tasks.py: 2-5
+labels, one or several tokens each) and the shipped demo tasks (antonyms, plurals, capitals:
+20-40 multi-token options each). Generation sets: the generative demo tasks (headline, reply:
+24 held-out rows each, at most 24 new tokens, stopping at a newline; headline once more with no
+stop string, so every row runs to the limit) and capitals (at most 8 new tokens).
 """
 
 from __future__ import annotations
@@ -80,6 +84,24 @@ def eval_sets(test_size: int):
     return sets
 
 
+def generation_sets():
+    from mergeforget_plugin.evaluation import eval_set_from_rows, read_rows
+
+    generative = REPO / "recipes" / "data" / "generative"
+    sets = []
+    for name, stop, new_tokens, label in (
+        ("headline", ["\n"], 24, "headline"),
+        ("reply", ["\n"], 24, "reply"),
+        ("headline", [], 24, "headline-no-stop"),
+    ):
+        rows = read_rows(generative / f"{name}.test.jsonl")
+        sets.append(eval_set_from_rows(label, rows, metric="rouge_l", max_new_tokens=new_tokens, stop=stop))
+    sets.append(
+        eval_set_from_rows("capitals", read_rows(DEMO / "capitals.test.jsonl"), metric="exact_match", max_new_tokens=8)
+    )
+    return sets
+
+
 def timed(function, *arguments, repeats: int) -> tuple[float, object]:
     durations, result = [], None
     for _ in range(repeats):
@@ -100,24 +122,32 @@ def main() -> None:
     parser.add_argument("--test-size", type=int, default=96, help="held-out rows per classification task")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per scorer (median is reported)")
     parser.add_argument("--output-dir", default="outputs/benchmark")
+    parser.add_argument(
+        "--parts", nargs="+", default=["choice", "generation"], choices=["choice", "generation"], help="what to time"
+    )
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mergeforget_plugin.evaluation import choice_predictions
+    from mergeforget_plugin.evaluation import choice_predictions, generate_greedy, generate_one_at_a_time
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if args.smoke:
         args.test_size, args.repeats = 10, 1  # 2 rows per label of a 5-label task; 8 are kept
-    sets = eval_sets(args.test_size)
+    sets = eval_sets(args.test_size) if "choice" in args.parts else []
+    generating = generation_sets() if "generation" in args.parts else []
     if args.smoke:
         from mergeforget_plugin import build_tiny_llama
 
         sets = [s for s in sets if s.task in ("language_a", "plurals")]
-        for eval_set in sets:
+        generating = [s for s in generating if s.task in ("headline", "capitals")]
+        for eval_set in [*sets, *generating]:
             eval_set.prompts, eval_set.answers = eval_set.prompts[:8], eval_set.answers[:8]
-        model_dir = build_tiny_llama(out / "tiny-model", [p for s in sets for p in s.prompts + s.options])
+        corpus = [p for s in sets for p in s.prompts + s.options] + [
+            p + a for s in generating for p, a in zip(s.prompts, s.answers, strict=True)
+        ]
+        model_dir = build_tiny_llama(out / "tiny-model", corpus)
     else:
         from mergeforget_plugin.models import default_model_dir
 
@@ -132,6 +162,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "rows": [],
+        "generation_rows": [],
     }
     print("| device | task | examples | options | 0.1.0 ex/s | current ex/s | speed-up | same predictions |")
     print("|---|---|---|---|---|---|---|---|")
@@ -158,14 +189,54 @@ def main() -> None:
                 f"{row['new_examples_per_s']:.1f} | {row['speedup']:.2f}x | {row['same_predictions']}/{examples} |",
                 flush=True,
             )
+        rows = [r for r in results["rows"] if r["device"] == device]
         for name, key in (("0.1.0", "old_examples_per_s"), ("current", "new_examples_per_s")):
-            rows = [r for r in results["rows"] if r["device"] == device]
-            total = sum(r["examples"] for r in rows) / sum(r["examples"] / r[key] for r in rows)
-            results[f"{device}_{name}_examples_per_s_all_sets"] = total
+            if rows:
+                total = sum(r["examples"] for r in rows) / sum(r["examples"] / r[key] for r in rows)
+                results[f"{device}_{name}_examples_per_s_all_sets"] = total
+        if rows:
+            print(
+                f"\n{device}: all sets {results[f'{device}_0.1.0_examples_per_s_all_sets']:.1f} -> "
+                f"{results[f'{device}_current_examples_per_s_all_sets']:.1f} examples/s\n"
+            )
         print(
-            f"\n{device}: all sets {results[f'{device}_0.1.0_examples_per_s_all_sets']:.1f} -> "
-            f"{results[f'{device}_current_examples_per_s_all_sets']:.1f} examples/s"
+            "| device | generation set | examples | max new tokens | stop | one at a time ex/s | batched ex/s "
+            "| speed-up | same answers |"
         )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for eval_set in generating:
+            old_seconds, old = timed(generate_one_at_a_time, model, tokenizer, eval_set, repeats=args.repeats)
+            new_seconds, new = timed(generate_greedy, model, tokenizer, eval_set, repeats=args.repeats)
+            examples = len(eval_set.prompts)
+            row = {
+                "device": device,
+                "task": eval_set.task,
+                "examples": examples,
+                "max_new_tokens": eval_set.max_new_tokens,
+                "stop": eval_set.stop,
+                "one_at_a_time_examples_per_s": examples / old_seconds,
+                "batched_examples_per_s": examples / new_seconds,
+                "speedup": old_seconds / new_seconds,
+                "same_answers": sum(a == b for a, b in zip(old, new, strict=True)),
+                "example_answer": new[0],
+            }
+            results["generation_rows"].append(row)
+            print(
+                f"| {device} | {row['task']} | {examples} | {row['max_new_tokens']} | {json.dumps(row['stop'])} | "
+                f"{row['one_at_a_time_examples_per_s']:.2f} | {row['batched_examples_per_s']:.2f} | "
+                f"{row['speedup']:.2f}x | {row['same_answers']}/{examples} |",
+                flush=True,
+            )
+        rows = [r for r in results["generation_rows"] if r["device"] == device]
+        if not rows:
+            continue
+        for name, key in (("one_at_a_time", "one_at_a_time_examples_per_s"), ("batched", "batched_examples_per_s")):
+            total = sum(r["examples"] for r in rows) / sum(r["examples"] / r[key] for r in rows)
+            results[f"{device}_generation_{name}_examples_per_s_all_sets"] = total
+        one, batched = (
+            results[f"{device}_generation_{name}_examples_per_s_all_sets"] for name in ("one_at_a_time", "batched")
+        )
+        print(f"\n{device}: generation, all sets {one:.2f} -> {batched:.2f} examples/s\n")
     (out / "eval_throughput.json").write_text(json.dumps(results, indent=2))
     print(f"Wrote {out / 'eval_throughput.json'}")
 

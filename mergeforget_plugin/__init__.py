@@ -14,6 +14,7 @@ from importlib import import_module
 from typing import Any
 
 from .errors import (
+    EvaluationError,
     MergeForgetError,
     RecipeError,
     RunError,
@@ -42,6 +43,9 @@ _LAZY = {
     "SequenceResult": "trl_sequence",
     "train_sequence": "trl_sequence",
     "export_adapter": "export",
+    "EvalSet": "evaluation",
+    "eval_set_from_rows": "evaluation",
+    "LMEvalProbe": "lm_eval_probe",
     "read_lora": "peft_bridge",
     "write_lora": "peft_bridge",
     "build_tiny_llama": "tiny_model",
@@ -59,6 +63,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ContinualState",
+    "EvaluationError",
     "LoRAPair",
     "MergeForgetConfig",
     "MergeForgetError",

@@ -16,6 +16,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from .engine import ContinualTask, training_summary
 from .evaluation import EvalSet
 from .layout import RunLayout
+from .schedule import DEFAULT_SCHEDULE
 from .slao import MergeForgetConfig
 from .state import ContinualState
 from .trackers import requested
@@ -49,8 +50,17 @@ class MergeForgetCallback(TrainerCallback):
         adapter_name (`str`, defaults to `"default"`):
             The PEFT adapter to carry.
         eval_sets (`list[EvalSet]`, *optional*):
-            Held-out sets of every task; when given, the merged LoRA is scored on all of them after
-            the task (and the base model before the first), with the trainer's ``processing_class``.
+            Held-out sets of every task; when given, the merged LoRA is scored on them after the
+            task (and the base model before the first), with the trainer's ``processing_class``,
+            with each set's metrics (``choice``, ``loss``, ``rouge_l``, ``exact_match``).
+        probes (`list`, *optional*):
+            Evaluation-only sets never trained on ([`EvalSet`] or [`LMEvalProbe`]), scored in the
+            same rows: the report shows their change from the base model ("general ability kept").
+        eval_schedule (`str`, defaults to `"needed"`):
+            `"needed"` scores what AA, BWT, FWT and the final row read (after task t: tasks 1..t+1;
+            after the last task: every task and probe); `"all"` scores every set after every task.
+        sequence (`list[str]`, *optional*):
+            Every task name of the sequence in order, for `"needed"` (default: the eval sets' tasks).
 
     Example:
 
@@ -75,6 +85,9 @@ class MergeForgetCallback(TrainerCallback):
         export_dir: str | os.PathLike[str] | None = None,
         adapter_name: str = "default",
         eval_sets: Sequence[EvalSet] = (),
+        probes: Sequence[Any] = (),
+        eval_schedule: str = DEFAULT_SCHEDULE,
+        sequence: Sequence[str] | None = None,
     ) -> None:
         self.task = ContinualTask(
             RunLayout.of_state_dir(state_dir),
@@ -83,6 +96,9 @@ class MergeForgetCallback(TrainerCallback):
             eval_sets=eval_sets,
             export_dir=export_dir,
             adapter_name=adapter_name,
+            probes=probes,
+            eval_schedule=eval_schedule,
+            sequence=sequence,
         )
 
     @property

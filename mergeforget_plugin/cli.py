@@ -10,6 +10,7 @@ from pathlib import Path
 from .errors import MergeForgetError, StateError
 from .layout import RunLayout
 from .slao import allowed_values
+from .standard_cl import MAX_TEXT_CHARS, TEST_PER_TASK, TRAIN_PER_CLASS
 from .state import load_state
 
 
@@ -85,20 +86,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _comparison(run_dirs: Sequence[str | Path]) -> str:
-    from .report import build_report, compare_reports
+def _comparison(run_dirs: Sequence[str | Path], plot: str | Path | None = None) -> str:
+    from .report import compare_runs
 
-    reports = []
-    for run_dir in run_dirs:
-        layout = RunLayout(run_dir)
-        if not layout.evaluation_rows():
-            raise StateError(f"{run_dir} holds no evaluation rows: is it a run's output directory?")
-        reports.append(build_report(layout, load_state(layout.state)))
-    return compare_reports(reports)
+    return compare_runs(run_dirs, plot)
 
 
 def _compare(args: argparse.Namespace) -> int:
-    print(_comparison(args.output_dirs))
+    print(_comparison(args.output_dirs, plot=args.plot))
     return 0
 
 
@@ -120,18 +115,39 @@ def _hub_id(text: str) -> tuple[str, str]:
     return task, hub_id
 
 
-def _prepare_data(args: argparse.Namespace) -> int:
-    from .standard_cl import prepare
+BENCHMARKS = ("standard-cl", "superni")
 
+
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def _prepare_data(args: argparse.Namespace) -> int:
+    from .standard_cl import DataPrepError
+
+    if args.target in BENCHMARKS:
+        benchmark, output_dir = args.target, args.output_dir or f"recipes/data/{args.target.replace('-', '_')}"
+    elif args.output_dir is not None:
+        raise DataPrepError(f"Unknown benchmark {args.target!r}; choose from {', '.join(BENCHMARKS)}.")
+    else:  # `prepare-data OUT`: the Standard CL sets, as before benchmarks were named
+        benchmark, output_dir = "standard-cl", args.target
+    if benchmark == "superni":
+        return _prepare_superni(args, output_dir)
+    from .standard_cl import MAX_TEXT_CHARS, SOURCES, prepare
+
+    unknown = [task for task in args.tasks or [] if task not in SOURCES]
+    if unknown:
+        raise DataPrepError(f"--tasks: unknown Standard CL task(s) {unknown}; choose from {sorted(SOURCES)}.")
+    args.output_dir = output_dir
     manifest = prepare(
         args.output_dir,
-        args.tasks,
+        args.tasks or list(SOURCES),
         local=args.source,
         hub_ids=dict(args.hub_id),
-        train_per_class=args.train_per_class,
-        test_per_task=args.test_per_task,
+        train_per_class=_given(args.train_per_class, TRAIN_PER_CLASS),
+        test_per_task=_given(args.test_per_task, TEST_PER_TASK),
         seed=args.seed,
-        max_text_chars=args.max_text_chars,
+        max_text_chars=_given(args.max_text_chars, MAX_TEXT_CHARS),
     )
     print(f"{'task':<9} {'split':<6} {'rows':>6}  per class")
     for task, splits in manifest["tasks"].items():
@@ -142,6 +158,33 @@ def _prepare_data(args: argparse.Namespace) -> int:
             line = f"{task:<9} {split:<6} {counts['rows']:>6}  {min(counts['per_class'])}-{max(counts['per_class'])}"
             print(line + (f"  (the source has fewer rows for {'; '.join(short)})" if short else ""))
     print(f"Wrote {Path(args.output_dir) / '<task>' / '{train,test}.jsonl'} and manifest.json (seed {args.seed}).")
+    return 0
+
+
+def _prepare_superni(args: argparse.Namespace, output_dir: str) -> int:
+    from .standard_cl import DataPrepError
+    from .superni import MAX_INPUT_CHARS, ORDER_1, TEST_PER_TASK, TRAIN_PER_TASK, prepare_superni
+
+    if args.source is None:
+        raise DataPrepError(
+            "superni needs --from DIR: a checkout of the natural-instructions release (github.com/allenai/"
+            "natural-instructions; DIR/tasks/<task>.json)."
+        )
+    if args.hub_id:
+        raise DataPrepError("--hub-id is for the Standard CL sets; superni reads --from DIR only.")
+    manifest = prepare_superni(
+        output_dir,
+        args.source,
+        args.tasks or ORDER_1,
+        train_per_task=_given(args.train_per_class, TRAIN_PER_TASK),
+        test_per_task=_given(args.test_per_task, TEST_PER_TASK),
+        seed=args.seed,
+        max_input_chars=_given(args.max_text_chars, MAX_INPUT_CHARS),
+    )
+    print(f"{'task':<48} {'instances':>9} {'train':>6} {'test':>5}")
+    for task, counts in manifest["tasks"].items():
+        print(f"{task:<48} {counts['instances']:>9} {counts['train']:>6} {counts['test']:>5}")
+    print(f"Wrote {Path(output_dir) / '<task>' / '{train,test}.jsonl'} and manifest.json (seed {args.seed}).")
     return 0
 
 
@@ -192,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="print runs of the same tasks side by side: AA, BWT, FWT and what each task kept",
     )
     compare.add_argument("output_dirs", nargs="+", help="run output directories (each holds evaluations/)")
+    compare.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="where to write the forgetting curves (one panel per task, one line per run; default: "
+        "FIRST_RUN/comparison.png)",
+    )
     compare.set_defaults(handler=_compare)
 
     status = commands.add_parser("status", help="show the finished tasks and per-task merge history of a state")
@@ -209,33 +258,45 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("output_dir", help="a run's output directory (holds state/ and evaluations/)")
     report.set_defaults(handler=_report)
 
-    from .standard_cl import MAX_TEXT_CHARS, SOURCES, TEST_PER_TASK, TRAIN_PER_CLASS
-
     data = commands.add_parser(
         "prepare-data",
-        help="write the Standard CL Benchmark splits (AG News, Amazon, Yelp, DBpedia, Yahoo) as JSONL",
+        help="write a benchmark's splits as JSONL: the Standard CL sets (AG News, Amazon, Yelp, DBpedia, Yahoo) "
+        "or SuperNI's 15 tasks",
         description=(
-            "Sample the five text-classification sets of the Standard CL Benchmark into "
-            "OUTPUT_DIR/<task>/train.jsonl and test.jsonl, the rows recipes/standard-cl-order*.yaml "
-            "read (give recipes/data/standard_cl for them). The defaults are the O-LoRA / SLAO "
-            "protocol's sizes. Rows come from the Hugging Face Hub, or with --from from local copies "
-            "in the published formats."
+            "`prepare-data [standard-cl] OUTPUT_DIR`: sample the five text-classification sets of the Standard CL "
+            "Benchmark into OUTPUT_DIR/<task>/train.jsonl and test.jsonl, the rows "
+            "recipes/standard-cl-order*.yaml read (give recipes/data/standard_cl for them), in the O-LoRA / SLAO "
+            "protocol's sizes (1,000 training rows per class, 7,600 test rows per task), from the Hugging Face Hub "
+            "or with --from from local copies in the published formats. `prepare-data superni [OUTPUT_DIR] --from "
+            "DIR`: the 15 Super-NaturalInstructions tasks of the SuperNI continual benchmark (up to 1,000 training "
+            "and 100 test rows per task) from a natural-instructions checkout, the rows "
+            "recipes/superni-order*.yaml read (default OUTPUT_DIR: recipes/data/superni)."
         ),
     )
-    data.add_argument("output_dir", help="where to write <task>/train.jsonl, <task>/test.jsonl and manifest.json")
+    data.add_argument("target", metavar="BENCHMARK_OR_OUTPUT_DIR", help="standard-cl, superni, or OUTPUT_DIR")
+    data.add_argument(
+        "output_dir", nargs="?", help="where to write <task>/train.jsonl, <task>/test.jsonl and manifest.json"
+    )
     data.add_argument(
         "--from",
         dest="source",
         metavar="DIR",
-        help="read local copies instead of the Hub: DIR holds ag_news_csv, dbpedia_csv, yelp_review_full_csv, "
-        "amazon_review_full_csv, yahoo_answers_csv (folders with train.csv/test.csv, or their .tgz)",
+        help="read local copies: for standard-cl, DIR holds ag_news_csv, dbpedia_csv, yelp_review_full_csv, "
+        "amazon_review_full_csv, yahoo_answers_csv (folders with train.csv/test.csv, or their .tgz; without "
+        "--from, the Hub); for superni, a natural-instructions checkout (DIR/tasks/<task>.json)",
     )
-    data.add_argument("--tasks", nargs="+", choices=list(SOURCES), default=list(SOURCES), help="which sets")
-    data.add_argument("--train-per-class", type=int, default=TRAIN_PER_CLASS, help="training rows per class")
-    data.add_argument("--test-per-task", type=int, default=TEST_PER_TASK, help="test rows per task, balanced")
+    data.add_argument("--tasks", nargs="+", help="which sets (default: all of the benchmark's, in order 1)")
+    data.add_argument(
+        "--train-per-class",
+        type=int,
+        help=f"training rows per class (standard-cl, default {TRAIN_PER_CLASS}) or per task (superni, default 1000)",
+    )
+    data.add_argument("--test-per-task", type=int, help=f"test rows per task (default {TEST_PER_TASK}; superni: 100)")
     data.add_argument("--seed", type=int, default=0, help="sampling seed")
     data.add_argument(
-        "--max-text-chars", type=int, default=MAX_TEXT_CHARS, help="cut each row's text after this many characters"
+        "--max-text-chars",
+        type=int,
+        help=f"cut each row's text after this many characters (default {MAX_TEXT_CHARS}; superni: 4000)",
     )
     data.add_argument(
         "--hub-id",

@@ -39,12 +39,13 @@ from typing import Any
 import torch
 
 from .atomic import write_atomic
-from .errors import RunError, StateError
-from .evaluation import EvalSet, evaluate_all
+from .errors import EvaluationError, RunError, StateError
+from .evaluation import EvalSet, score_all
 from .export import export_adapter
 from .faults import pause_point
 from .layout import RunLayout
-from .report import build_report, load_evaluations, save_evaluation, write_report
+from .report import build_report, evaluation_record, load_evaluations, merge_records, save_row, write_report
+from .schedule import DEFAULT_SCHEDULE, check_schedule, row_plan
 from .slao import LoRAPair, MergeForgetConfig, merge_coefficient, merge_task, task_start_weights
 from .state import BaseModelFingerprint, ContinualState, LoRASignature, check_writable, load_state, save_state
 
@@ -137,6 +138,12 @@ class ContinualTask:
         config: Strategy and ablations; must match the state's. Defaults to the paper's SLAO.
         eval_sets: Held-out sets of every task of the sequence. When given, the base model's
             row, this task's row and any row a kill interrupted are scored.
+        probes: Evaluation-only sets (:class:`EvalSet`, or an lm-evaluation-harness probe), never
+            trained on, scored in the same rows as the tasks.
+        eval_schedule: ``"needed"`` or ``"all"``: which tasks and probes each row scores (see
+            :mod:`mergeforget_plugin.schedule`).
+        sequence: The names of every task of the sequence, in order (default: the tasks of
+            ``eval_sets``); ``"needed"`` reads it to know the next task and the last.
         export_dir: Also write the merged LoRA there as a PEFT adapter after the task.
         adapter_name: The PEFT adapter to carry.
         trackers: Where the report also goes after the task's row is scored ("tensorboard",
@@ -154,6 +161,9 @@ class ContinualTask:
         export_dir: str | os.PathLike[str] | None = None,
         adapter_name: str = "default",
         trackers: Sequence[str] = (),
+        probes: Sequence[Any] = (),
+        eval_schedule: str = DEFAULT_SCHEDULE,
+        sequence: Sequence[str] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValueError("task_name must be a non-empty string naming the task this trainer trains.")
@@ -161,12 +171,19 @@ class ContinualTask:
         self.name = name
         self.config = config if config is not None else MergeForgetConfig()
         self.eval_sets = list(eval_sets)
+        self.probes = list(probes)
+        clash = sorted({s.task for s in self.eval_sets} & {p.task for p in self.probes})
+        if clash:
+            raise EvaluationError(f"Probe names must differ from task names; both use {clash}. Rename the probe.")
+        self.eval_schedule = check_schedule(eval_schedule)
+        self.sequence = list(sequence) if sequence is not None else [s.task for s in self.eval_sets]
         self.export_dir = Path(export_dir) if export_dir is not None else None
         self.adapter_name = adapter_name
         self.trackers = list(trackers)
         self.state: ContinualState | None = None
         self.index: int | None = None
-        self.accuracy: dict[str, float] | None = None  # this task's row, once scored
+        self.accuracy: dict[str, float] | None = None  # this task's row (primary metrics), once scored
+        self.scores: dict[str, Any] | None = None  # this task's whole row record, once scored
         self._tokenizer: Any = None
         self._started_at = 0.0
         self._progress_written_at = float("-inf")
@@ -213,8 +230,8 @@ class ContinualTask:
         # Sharded weights (FSDP2, ZeRO-3) run forward passes with every process (each gathers the
         # shards), so every process scores and the first writes; otherwise the first scores alone.
         self._collective = is_sharded(model)
-        self._rows_pending = bool(self.eval_sets) and not score_rows
-        if self.eval_sets and score_rows and self._scores_here():
+        self._rows_pending = self._evaluates and not score_rows
+        if self._evaluates and score_rows and self._scores_here():
             self._score_missing_rows(model, keep_lora=not apply_init)
         if apply_init and self.index >= 2:
             from .peft_bridge import write_lora
@@ -267,15 +284,16 @@ class ContinualTask:
             history=[*previous.history, record],
         )
         write_lora(model, merged, self.adapter_name)
-        if self.eval_sets and self._scores_here():
-            self.accuracy = self._score(model, self.eval_sets)
+        if self._evaluates and self._scores_here():
+            self.scores = self._score_row(model, self.index, state.finished_tasks)
+            self.accuracy = self.scores["accuracy"]
         if is_main_process():
-            if self.eval_sets:
-                save_evaluation(self.layout, self.index, self.name, self.accuracy)
+            if self.scores is not None:
+                save_row(self.layout, self.scores)
             save_state(state, self.layout.state)
             if self.export_dir is not None:
                 export_adapter(state, self.export_dir)
-            if self.eval_sets:
+            if self._evaluates:
                 write_report(self.layout, state)
                 if self.trackers:
                     from .trackers import log_task
@@ -304,17 +322,45 @@ class ContinualTask:
         if global_step == _PAUSE_STEP:
             pause_point("training-step", self.index)
 
+    @property
+    def _evaluates(self) -> bool:
+        return bool(self.eval_sets or self.probes)
+
     def _scores_here(self) -> bool:
         # Sharded weights need every process in each forward pass; otherwise the first scores alone.
         return self._collective or is_main_process()
 
-    def _score(self, model: torch.nn.Module, eval_sets: Sequence[EvalSet]) -> dict[str, float]:
+    def _score(self, model: torch.nn.Module, eval_sets: Sequence[Any]) -> dict[str, dict[str, float]]:
         if self._tokenizer is None:
             raise StateError(
                 f"Task {self.name!r} has evaluation sets but no tokenizer to score them with: pass the tokenizer "
                 "(the trainer's processing_class) or leave the evaluation out."
             )
-        return evaluate_all(model, self._tokenizer, eval_sets)
+        return score_all(model, self._tokenizer, eval_sets) if eval_sets else {}
+
+    def _score_row(
+        self,
+        model: torch.nn.Module,
+        tasks_trained: int,
+        trained: Sequence[str],
+        *,
+        skip: Any = None,
+    ) -> dict[str, Any]:
+        """The row after ``trained`` as the schedule plans it (``skip``: a stored row whose tasks
+        and probes are not scored again), as an evaluation record."""
+        tasks, probes = row_plan(self.eval_schedule, self.sequence, trained, [p.task for p in self.probes])
+        done = skip or {}
+        task_sets = [s for s in self.eval_sets if s.task in tasks and s.task not in done.get("scores", {})]
+        probe_sets = [p for p in self.probes if p.task in probes and p.task not in done.get("probes", {})]
+        scores, probe_scores = self._score(model, task_sets), self._score(model, probe_sets)
+        return evaluation_record(
+            tasks_trained,
+            trained[-1] if trained else None,
+            scores,
+            {s.task: s.metric for s in task_sets},
+            probe_scores,
+            {p.task: p.metric for p in probe_sets},
+        )
 
     def _score_missing_rows(self, model: torch.nn.Module, *, keep_lora: bool) -> None:
         """The base model's row for tasks it was not scored on, and the previous task's row if a kill
@@ -322,27 +368,27 @@ class ContinualTask:
         records = {record["task_index"]: record for record in load_evaluations(self.layout)}
         if self._collective:
             wait_for_everyone()  # every process has read the rows before the first writes new ones
-        zero_shot = records.get(0, {}).get("accuracy", {})
-        unscored = [eval_set for eval_set in self.eval_sets if eval_set.task not in zero_shot]
-        if unscored:
+        base = records.get(0)
+        scored = set((base or {}).get("scores", {})) | set((base or {}).get("probes", {}))
+        if any(s.task not in scored for s in (*self.eval_sets, *self.probes)):
             disable_adapter = getattr(model, "disable_adapter", None)
             if disable_adapter is None:
                 raise StateError(
                     "Scoring the base model needs a PeftModel (its disable_adapter()); wrap the model first."
                 )
             with disable_adapter():  # b_j: the base model itself, whatever the LoRA holds now
-                zero_shot = {**zero_shot, **self._score(model, unscored)}
+                row = self._score_row(model, 0, [], skip=base)
             if is_main_process():
-                save_evaluation(self.layout, 0, None, zero_shot)
+                save_row(self.layout, merge_records(base, row))
         previous = self.index - 1
         if previous >= 1 and previous not in records:
             from .peft_bridge import read_lora, write_lora
 
             kept = read_lora(model, self.adapter_name) if keep_lora else None
             write_lora(model, self.state.merged, self.adapter_name)
-            accuracy = self._score(model, self.eval_sets)
+            row = self._score_row(model, previous, self.state.finished_tasks)
             if is_main_process():
-                save_evaluation(self.layout, previous, self.state.finished_tasks[-1], accuracy)
+                save_row(self.layout, row)
             if kept is not None:
                 write_lora(model, kept, self.adapter_name)
 

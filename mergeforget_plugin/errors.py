@@ -36,3 +36,7 @@ class RecipeError(MergeForgetError, ValueError):
 
 class RunError(MergeForgetError):
     """A sequence run that cannot start or continue, with what to do about it."""
+
+
+class EvaluationError(MergeForgetError, ValueError):
+    """Held-out data or evaluation settings that cannot be scored: names the task, file, line or field."""

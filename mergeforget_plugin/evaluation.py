@@ -1,71 +1,212 @@
-"""Scoring a model on held-out tasks: label ranking by log-likelihood, or exact match.
+"""Scoring a model on held-out tasks: one scorer for every metric a task can declare.
 
-`choice` (classification-style): every candidate answer is scored by the sum of its tokens'
-log-probabilities after the prompt; the prediction is the best-scoring candidate. Each prompt
-runs through the model once, whatever the number of candidates (see :func:`choice_scores`).
+- ``choice`` (answers from a small label set): every candidate answer is scored by the sum of
+  its tokens' log-probabilities after the prompt; the prediction is the best-scoring candidate.
+  Each prompt runs through the model once, whatever the number of candidates
+  (:func:`choice_scores`).
+- ``loss`` (any data): mean negative log-likelihood per answer token given the prompt, over all
+  held-out rows (the answer's tokens and the end-of-sequence token, as supervised fine-tuning
+  trains them); ``perplexity`` = exp(loss) comes with it (:func:`completion_losses`).
+- ``rouge_l`` and ``exact_match`` (generative): greedy decoding of at most ``max_new_tokens``,
+  cut at the first stop string once the answer has begun, stripped (:func:`generate_greedy`).
+  ``rouge_l`` is the ROUGE-L F1 against the reference, computed by the ``rouge-score`` package
+  with the settings Super-NaturalInstructions' evaluation uses (``RougeScorer(["rougeL"],
+  use_stemmer=True)``, its default tokenizer); ``exact_match`` counts answers equal to the
+  stripped reference. Both share one generation.
 
-`exact_match` (generative): greedy decoding of at most `max_new_tokens`; the prediction counts
-when its first line, stripped, equals the stripped answer.
+Which metric is a task's primary one (the one AA, BWT, FWT and the heatmap use) when it declares
+none: ``choice`` when the answers form a small label set (options are given, or the held-out and
+training answers have at most :data:`LABEL_SET_MAX` distinct values of at most
+:data:`LABEL_MAX_WORDS` words each), otherwise ``loss``, which needs nothing but the data.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-Metric = Literal["choice", "exact_match"]
+from .errors import EvaluationError
+from .metrics import SCORABLE
+
 # Tokens per forward pass (batch x padded length, options included): bounds activation memory.
 _CPU_TOKEN_BUDGET = 4096
 _GPU_TOKEN_BUDGET = 65536
+# Logits kept per forward pass of the loss (rows x kept positions): a 49k-token vocabulary in
+# float32 is 200 KB per position, so 1024 positions stay near 200 MB on a CPU.
+_CPU_LOGIT_BUDGET = 1024
+_GPU_LOGIT_BUDGET = 16384
 # A batch stops growing once padding would exceed this share of its real prompt tokens. Sorted by
 # length, one budget-sized batch otherwise pads every prompt to the set's longest: on one CPU
 # thread, the benchmark's 48 language_b chat lines (15 tokens on average) scored in 4.8 s as one
 # batch and in 2.7 s with this bound (benchmarks/eval_throughput.py measures the scorer).
 _PADDING_SLACK = 0.1
+# Generation pads more before it splits a batch: each decode step reads the weights once for
+# every row of the batch, so fewer, fuller batches save steps, and padding costs only the
+# prompt's one forward pass and a longer cache.
+_GENERATION_PADDING_SLACK = 1.0
+# Generation asks the host whether every row of a batch has stopped once every this many tokens,
+# not after each one: the check waits for the device.
+_STOP_CHECK_EVERY = 8
+
+LABEL_SET_MAX = 64
+LABEL_MAX_WORDS = 5
+DEFAULT_MAX_NEW_TOKENS = 32
+DEFAULT_STOP = ("\n",)
+_GENERATIVE = ("rouge_l", "exact_match")
+
+
+def default_metric(answers: Iterable[str], options: Sequence[str] = ()) -> str:
+    """The primary metric of a task that names none (see the module docstring for the rule)."""
+    if options:
+        return "choice"
+    distinct = {str(answer).strip() for answer in answers}
+    if len(distinct) <= LABEL_SET_MAX and all(len(answer.split()) <= LABEL_MAX_WORDS for answer in distinct):
+        return "choice"
+    return "loss"
 
 
 @dataclass
 class EvalSet:
-    """The held-out examples of one task and how to score them."""
+    """The held-out examples of one task (or probe) and how to score them.
+
+    ``metric`` is the primary metric; ``metrics`` every metric scored (the primary first). Give
+    either, both or neither (then :func:`default_metric` chooses). ``max_new_tokens`` and
+    ``stop`` shape the generation of ``rouge_l`` and ``exact_match``.
+    """
 
     task: str
     prompts: list[str]
     answers: list[str]
-    metric: Metric = "choice"
+    metric: str | None = None
     options: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    stop: list[str] = field(default_factory=lambda: list(DEFAULT_STOP))
     # Token ids per tokenizer, filled on first use: the engine scores every set after every task.
     _encoded: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        where = f"Task {self.task!r}"
         if len(self.prompts) != len(self.answers) or not self.prompts:
-            raise ValueError(f"Task {self.task!r}: evaluation needs as many answers as prompts, and at least one.")
-        if self.metric == "choice":
+            raise EvaluationError(f"{where}: evaluation needs as many answers as prompts, and at least one.")
+        metrics = list(dict.fromkeys(self.metrics))
+        if self.metric is None:
+            self.metric = metrics[0] if metrics else default_metric(self.answers, self.options)
+        self.metrics = [self.metric, *(name for name in metrics if name != self.metric)]
+        unknown = [name for name in self.metrics if name not in SCORABLE]
+        if unknown:
+            raise EvaluationError(f"{where}: unknown metric {unknown[0]!r}; choose from {', '.join(SCORABLE)}.")
+        if "choice" in self.metrics:
             if not self.options:
                 self.options = sorted(set(self.answers))
             missing = sorted(set(self.answers) - set(self.options))
             if missing:
-                raise ValueError(
-                    f"Task {self.task!r}: answers {missing[:3]} are not among the options {self.options[:5]}."
-                )
+                raise EvaluationError(f"{where}: answers {missing[:3]} are not among the options {self.options[:5]}.")
             if len(self.options) < 2:
-                raise ValueError(
-                    f"Task {self.task!r}: `choice` scoring needs at least two options, got {self.options}."
+                raise EvaluationError(f"{where}: `choice` scoring needs at least two options, got {self.options}.")
+        if any(name in _GENERATIVE for name in self.metrics):
+            if (
+                isinstance(self.max_new_tokens, bool)
+                or not isinstance(self.max_new_tokens, int)
+                or (self.max_new_tokens < 1)
+            ):
+                raise EvaluationError(
+                    f"{where}: max_new_tokens must be a positive whole number, got {self.max_new_tokens!r}."
                 )
+            if any(not isinstance(stop, str) or not stop for stop in self.stop):
+                raise EvaluationError(f"{where}: every stop string must be non-empty text, got {self.stop!r}.")
+        if "rouge_l" in self.metrics:
+            empty = [number for number, answer in enumerate(self.answers) if not str(answer).strip()]
+            if empty:
+                raise EvaluationError(
+                    f"{where}: rouge_l compares each generation with its reference, but row {empty[0]} has an "
+                    "empty answer. Give every held-out row its reference."
+                )
+
+
+def _parse_json_lines(text: str, path: Path) -> list[Any]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise EvaluationError(
+                f"{path}:{number}: not a JSON object ({error.msg} at column {error.colno}). Each line of a JSON "
+                'Lines file holds one row, e.g. {"prompt": ..., "completion": ...}.'
+            ) from None
+    return rows
 
 
 def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Rows of a JSON Lines or JSON (list of objects) file."""
-    text = Path(path).read_text()
-    if str(path).endswith(".jsonl"):
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
-    return data if isinstance(data, list) else list(data.get("data", []))
+    """Rows of a JSON Lines file or a JSON file (a list of objects, or ``{"data": [...]}``), read as
+    ``datasets``' JSON loader reads either whatever the file is called. A malformed line, a row
+    that is not an object, a missing or empty file: refused naming the file (and line)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise EvaluationError(f"{path} does not exist.") from None
+    except UnicodeDecodeError as error:
+        raise EvaluationError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}).") from None
+    stripped = text.lstrip()
+    if not stripped:
+        raise EvaluationError(f"{path} is empty: give at least one row.")
+    rows: list[Any]
+    if stripped.startswith("[") or (stripped.startswith("{") and "\n" not in stripped.rstrip()):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise EvaluationError(
+                f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})."
+            ) from None
+        rows = data if isinstance(data, list) else list(data.get("data", [data])) if isinstance(data, dict) else [data]
+    else:
+        rows = _parse_json_lines(text, path)
+    for number, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise EvaluationError(f"{path}: row {number + 1} is {type(row).__name__}, not an object of named fields.")
+    if not rows:
+        raise EvaluationError(f"{path} holds no rows.")
+    return rows
+
+
+def check_rows(path: str | os.PathLike[str]) -> int:
+    """What :func:`read_rows` would refuse in ``path``, found line by line without keeping the rows
+    (a training file may be large); returns the number of rows."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        start = handle.read(4096).lstrip()
+    if not start or start.startswith(b"["):
+        return len(read_rows(path))  # one JSON document (or nothing): read as a whole
+    count = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                raise EvaluationError(f"{path}:{number}: not UTF-8 text ({error.reason}).") from None
+            except json.JSONDecodeError as error:
+                raise EvaluationError(
+                    f"{path}:{number}: not a JSON object ({error.msg} at column {error.colno}). Each line of a JSON "
+                    "Lines file holds one row."
+                ) from None
+            if not isinstance(row, dict):
+                raise EvaluationError(f"{path}:{number}: {type(row).__name__}, not an object of named fields.")
+            count += 1
+    if not count:
+        raise EvaluationError(f"{path} holds no rows.")
+    return count
 
 
 def eval_set_from_rows(
@@ -75,77 +216,74 @@ def eval_set_from_rows(
     prompt_field: str = "prompt",
     answer_field: str = "completion",
     prompt_format: str = "{prompt}",
-    metric: Metric = "choice",
+    metric: str | None = None,
+    metrics: Sequence[str] = (),
     options: Sequence[str] | None = None,
     option_rows: Iterable[dict[str, Any]] = (),
     max_examples: int | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    stop: Sequence[str] = DEFAULT_STOP,
+    source: str | None = None,
 ) -> EvalSet:
     """Build an :class:`EvalSet`; for `choice`, the options default to every answer seen in
-    ``rows`` and ``option_rows`` (e.g. the training split)."""
+    ``rows`` and ``option_rows`` (e.g. the training split). ``source`` names the file in messages."""
     rows = list(rows)
     if max_examples is not None:
         rows = rows[:max_examples]
+    where = f"Task {task!r}" + (f" ({source})" if source else "")
     for number, row in enumerate(rows):
         for name in (prompt_field, answer_field):
             if name not in row:
-                raise ValueError(
-                    f"Task {task!r}: evaluation row {number} has no field {name!r} (fields: {sorted(row)}). "
+                raise EvaluationError(
+                    f"{where}: evaluation row {number} has no field {name!r} (fields: {sorted(row)}). "
                     "Set prompt_field/answer_field to the names your data uses."
                 )
     # `{prompt}`, `{instruction}` (Axolotl's custom-format name) and the field's own name all
     # stand for the prompt field, so the training template can be reused as is.
-    prompts = [
-        prompt_format.format(
-            **{"prompt": row[prompt_field], "instruction": row[prompt_field], prompt_field: row[prompt_field]}
-        )
-        for row in rows
-    ]
+    try:
+        prompts = [
+            prompt_format.format(
+                **{"prompt": row[prompt_field], "instruction": row[prompt_field], prompt_field: row[prompt_field]}
+            )
+            for row in rows
+        ]
+    except (KeyError, IndexError, ValueError) as error:
+        raise EvaluationError(
+            f"{where}: the prompt format {prompt_format!r} cannot be filled from field {prompt_field!r} ({error})."
+        ) from None
     answers = [str(row[answer_field]) for row in rows]
-    if metric == "choice" and not options:
-        options = sorted({*answers, *(str(r[answer_field]) for r in option_rows if answer_field in r)})
-    return EvalSet(task, prompts, answers, metric, list(options or []))
-
-
-def eval_set_from_spec(spec: Any) -> EvalSet:
-    """An :class:`EvalSet` from a recipe's :class:`~mergeforget_plugin.recipe.EvalSpec`."""
-    option_rows = [row for path in spec.option_paths for row in read_rows(path)]
-    return eval_set_from_rows(
-        spec.task,
-        read_rows(spec.path),
-        prompt_field=spec.prompt_field or "prompt",
-        answer_field=spec.answer_field or "completion",
-        prompt_format=spec.prompt_format,
-        metric=spec.metric,
-        options=spec.options,
-        option_rows=option_rows,
-        max_examples=spec.max_examples,
-    )
+    option_answers = [str(r[answer_field]) for r in option_rows if answer_field in r]
+    if metric is None and not metrics and not options:
+        metric = default_metric([*answers, *option_answers])
+    if "choice" in (metric, *metrics) and not options:
+        options = sorted({*answers, *option_answers})
+    return EvalSet(task, prompts, answers, metric, list(options or []), list(metrics), max_new_tokens, list(stop))
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
     return next(p.device for p in model.parameters())
 
 
-@dataclass(frozen=True)
-class _Encoded:
-    """An evaluation set as token ids, made once per tokenizer (the engine scores it after every task)."""
-
-    prompts: list[list[int]]
-    options: list[list[int]]
+def _tokenizer_key(tokenizer: Any) -> tuple[Any, ...]:
+    return (id(tokenizer), getattr(tokenizer, "name_or_path", None), len(tokenizer))
 
 
-def _encode(eval_set: EvalSet, tokenizer: Any) -> _Encoded:
-    key = (id(tokenizer), getattr(tokenizer, "name_or_path", None), len(tokenizer))
+def _encoded(eval_set: EvalSet, tokenizer: Any, what: str) -> list[list[int]]:
+    """Token ids of the set's ``prompts``, ``options`` or ``answers``, made once per tokenizer."""
+    key = (*_tokenizer_key(tokenizer), what)
     cached = eval_set._encoded.get(key)
     if cached is None:
-        prompts = tokenizer(list(eval_set.prompts))["input_ids"]
-        options = tokenizer(list(eval_set.options), add_special_tokens=False)["input_ids"]
-        empty = [option for option, ids in zip(eval_set.options, options, strict=True) if not ids]
-        if empty:
-            raise ValueError(
-                f"Task {eval_set.task!r}: options {empty[:3]} encode to no token, so they cannot be scored."
-            )
-        cached = eval_set._encoded[key] = _Encoded([list(p) for p in prompts], [list(o) for o in options])
+        if what == "prompts":
+            cached = [list(ids) for ids in tokenizer(list(eval_set.prompts))["input_ids"]]
+        else:
+            texts = list(eval_set.options if what == "options" else eval_set.answers)
+            cached = [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            empty = [text for text, ids in zip(texts, cached, strict=True) if not ids]
+            if empty:
+                raise EvaluationError(
+                    f"Task {eval_set.task!r}: {what} {empty[:3]} encode to no token, so they cannot be scored."
+                )
+        eval_set._encoded[key] = cached
     return cached
 
 
@@ -153,16 +291,46 @@ def _pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
 
-def _right_padded(
-    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
+def _padded(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device, *, left: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-        mask[row, : len(sequence)] = 1
+        span = slice(width - len(sequence), width) if left else slice(0, len(sequence))
+        ids[row, span] = torch.tensor(sequence, dtype=torch.long)
+        mask[row, span] = 1
     return ids.to(device), mask.to(device)
+
+
+def _right_padded(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _padded(sequences, pad_id, device)
+
+
+def _length_batches(
+    lengths: Sequence[int], fits: Callable[[int, int], bool], slack: float = _PADDING_SLACK
+) -> list[list[int]]:
+    """Indices into ``lengths``, sorted by length and cut into batches: a batch grows while
+    ``fits(rows, width)`` holds and its padding stays within ``slack`` of its real tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, start = [], 0
+    while start < len(order):
+        # Sorted by length, a batch's last row is its longest.
+        end, real = start + 1, lengths[order[start]]
+        while end < len(order):
+            width, rows = lengths[order[end]], end + 1 - start
+            if not fits(rows, width):
+                break
+            real += width
+            if rows * width > (1 + slack) * real:
+                break
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches
 
 
 def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -191,6 +359,10 @@ def _prompt_forward(
     return output, output.logits[torch.arange(len(ids), device=ids.device), column]
 
 
+def _budget(model_device: torch.device, token_budget: int | None) -> int:
+    return token_budget or (_GPU_TOKEN_BUDGET if model_device.type == "cuda" else _CPU_TOKEN_BUDGET)
+
+
 @torch.no_grad()
 def choice_scores(
     model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet, *, token_budget: int | None = None
@@ -204,11 +376,11 @@ def choice_scores(
     and batched up to ``token_budget`` tokens (a larger default on a GPU), and scores stay on the
     device until the set is done.
     """
-    encoded = _encode(eval_set, tokenizer)
+    prompts = _encoded(eval_set, tokenizer, "prompts")
+    options = _encoded(eval_set, tokenizer, "options")
     device = _device_of(model)
-    budget = token_budget or (_GPU_TOKEN_BUDGET if device.type == "cuda" else _CPU_TOKEN_BUDGET)
+    budget = _budget(device, token_budget)
     pad_id = _pad_id(tokenizer)
-    options = encoded.options
     count = len(options)
     first_tokens = torch.tensor([option[0] for option in options], device=device)
     longest_option = max(len(option) for option in options)
@@ -220,23 +392,12 @@ def choice_scores(
         rest_targets, rest_keep = option_ids[:, 1:], option_mask[:, 1:].bool()
     # Forward rows per prompt: the prompt itself, plus one row per option when options continue.
     rows_per_prompt = count if longest_option > 1 else 1
-    order = sorted(range(len(encoded.prompts)), key=lambda i: len(encoded.prompts[i]))
-    scores = torch.empty((len(order), count), dtype=torch.float32, device=device)
-    start = 0
-    while start < len(order):
-        # Sorted by length, a batch's last prompt is its longest: grow the batch while it fits the
-        # budget and its padding stays small.
-        end, real = start + 1, len(encoded.prompts[order[start]])
-        while end < len(order):
-            width, rows = len(encoded.prompts[order[end]]), end + 1 - start
-            if rows * rows_per_prompt * (width + longest_option) > budget:
-                break
-            real += width
-            if rows * width > (1 + _PADDING_SLACK) * real:
-                break
-            end += 1
-        rows = order[start:end]
-        ids, mask = _right_padded([encoded.prompts[i] for i in rows], pad_id, device)
+    scores = torch.empty((len(prompts), count), dtype=torch.float32, device=device)
+    batches = _length_batches(
+        [len(p) for p in prompts], lambda rows, width: rows * rows_per_prompt * (width + longest_option) <= budget
+    )
+    for rows in batches:
+        ids, mask = _right_padded([prompts[i] for i in rows], pad_id, device)
         lengths = mask.sum(1)
         output, last = _prompt_forward(model, ids, mask, lengths, use_cache=longest_option > 1)
         batch_scores = torch.log_softmax(last.float(), dim=-1)[:, first_tokens]  # every option's first token
@@ -257,7 +418,6 @@ def choice_scores(
             rest = (_token_logprobs(continued, targets) * rest_keep.repeat(len(rows), 1)).sum(1)
             batch_scores = batch_scores + rest.view(len(rows), count)
         scores[torch.tensor(rows, device=device)] = batch_scores
-        start = end
     return scores.cpu()
 
 
@@ -270,46 +430,267 @@ def choice_predictions(
     return [eval_set.options[int(i)] for i in best]
 
 
+def _answer_ids(eval_set: EvalSet, tokenizer: Any) -> list[list[int]]:
+    """Each answer's tokens as fine-tuning trains them: the answer, then end-of-sequence."""
+    eos = tokenizer.eos_token_id
+    return [ids + ([eos] if eos is not None else []) for ids in _encoded(eval_set, tokenizer, "answers")]
+
+
 @torch.no_grad()
-def generated_answers(model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet, max_new_tokens: int = 16) -> list[str]:
-    """Greedy completions, one prompt at a time (no padding effects), first line only."""
+def completion_losses(
+    model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet, *, token_budget: int | None = None
+) -> torch.Tensor:
+    """Summed negative log-likelihood of each answer given its prompt and the answer's token count,
+    shape (rows, 2), on the CPU.
+
+    Prompt and answer run through the model once, right-padded and batched by length. Only the
+    positions from the batch's shortest prompt on reach the LM head (``logits_to_keep``), so the
+    logits of long prompts are never materialized.
+    """
+    prompts = _encoded(eval_set, tokenizer, "prompts")
+    answers = _answer_ids(eval_set, tokenizer)
+    sequences = [p + a for p, a in zip(prompts, answers, strict=True)]
     device = _device_of(model)
-    outputs = []
+    budget = _budget(device, token_budget)
+    logit_budget = _GPU_LOGIT_BUDGET if device.type == "cuda" else _CPU_LOGIT_BUDGET
+    longest_answer = max(len(a) for a in answers)
+    pad_id = _pad_id(tokenizer)
+    result = torch.zeros((len(sequences), 2), dtype=torch.float64, device=device)
+    batches = _length_batches(
+        [len(s) for s in sequences],
+        lambda rows, width: rows * width <= budget and rows * (longest_answer + 1) <= logit_budget,
+    )
+    for rows in batches:
+        ids, mask = _right_padded([sequences[i] for i in rows], pad_id, device)
+        width = ids.shape[1]
+        starts = torch.tensor([len(prompts[i]) for i in rows], device=device)  # first answer token's position
+        ends = starts + torch.tensor([len(answers[i]) for i in rows], device=device)
+        first_kept = max(int(starts.min()) - 1, 0)  # the position that predicts the earliest answer token
+        kept = width - first_kept
+        try:
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=kept).logits
+        except TypeError:
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = logits[:, -kept:]  # position first_kept + c predicts token first_kept + c + 1
+        targets_at = torch.arange(first_kept + 1, width + 1, device=device).clamp(max=width - 1)
+        targets = ids[:, targets_at]
+        target_position = targets_at.unsqueeze(0)
+        keep = (target_position >= starts.unsqueeze(1)) & (target_position < ends.unsqueeze(1))
+        keep[:, -1] = False  # the last position predicts nothing
+        nll = -(_token_logprobs(logits, targets) * keep).sum(1)
+        result[torch.tensor(rows, device=device)] = torch.stack([nll.double(), keep.sum(1).double()], 1)
+    return result.cpu()
+
+
+@dataclass(frozen=True)
+class _StopTable:
+    """Per vocabulary entry: is it an end-of-sequence token, does its text hold a stop string, does
+    it hold one after its first visible character, is it whitespace only. Built once per tokenizer,
+    stop strings and vocabulary width."""
+
+    eos: torch.Tensor
+    stop_anywhere: torch.Tensor
+    stop_after_text: torch.Tensor
+    blank: torch.Tensor
+
+
+def _stop_table(
+    tokenizer: Any, model: torch.nn.Module, stop: tuple[str, ...], width: int, device: torch.device
+) -> _StopTable:
+    cache = _STOP_TABLES.setdefault(_tokenizer_key(tokenizer), {})
+    key = (stop, width, str(device))
+    if key not in cache:
+        texts = tokenizer.batch_decode([[i] for i in range(min(width, len(tokenizer)))], skip_special_tokens=True)
+        texts += [""] * (width - len(texts))
+        anywhere = [any(s in text for s in stop) for text in texts]
+        after_text = [any(s in text[len(text) - len(text.lstrip()) :] for s in stop) for text in texts]
+        eos = torch.zeros(width, dtype=torch.bool)
+        eos[[i for i in _eos_ids(tokenizer, model) if i < width]] = True
+        cache[key] = _StopTable(
+            eos.to(device),
+            torch.tensor(anywhere, device=device),
+            torch.tensor(after_text, device=device),
+            torch.tensor([not text.strip() for text in texts], device=device),
+        )
+    return cache[key]
+
+
+_STOP_TABLES: dict[Any, dict[Any, _StopTable]] = {}
+
+
+def _eos_ids(tokenizer: Any, model: torch.nn.Module) -> list[int]:
+    """The ids that end a generation: the model's generation config's, as ``model.generate`` uses."""
+    config = getattr(model, "generation_config", None)
+    ids = getattr(config, "eos_token_id", None) if config is not None else None
+    if ids is None:
+        ids = tokenizer.eos_token_id
+    return [] if ids is None else [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
+
+
+def finish_answer(text: str, stop: Sequence[str]) -> str:
+    """A generated text as an answer: leading whitespace dropped, cut at the first stop string, stripped."""
+    text = text.lstrip()
+    cut = min((index for index in (text.find(s) for s in stop) if index >= 0), default=len(text))
+    return text[:cut].strip()
+
+
+@torch.no_grad()
+def generate_greedy(
+    model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet, *, token_budget: int | None = None
+) -> list[str]:
+    """Greedy answers to every prompt (see :func:`finish_answer`), batched.
+
+    Prompts are sorted by length, left-padded and batched up to ``token_budget`` tokens (prompt
+    and ``max_new_tokens``); each step feeds one token per row over the key/value cache. A row
+    stops at an end-of-sequence token or at a token that completes a stop string once its answer
+    has begun (decided on the device from a table of the vocabulary); the batch ends when every
+    row has stopped (checked every ``_STOP_CHECK_EVERY`` tokens) or after ``max_new_tokens``. The
+    answers equal those of ``model.generate`` one prompt at a time (tests assert it).
+    """
+    prompts = _encoded(eval_set, tokenizer, "prompts")
+    device = _device_of(model)
+    budget = _budget(device, token_budget)
+    new_tokens = eval_set.max_new_tokens
+    pad_id = _pad_id(tokenizer)
+    tokens_out: list[list[int]] = [[] for _ in prompts]
+    batches = _length_batches(
+        [len(p) for p in prompts],
+        lambda rows, width: rows * (width + new_tokens) <= budget,
+        _GENERATION_PADDING_SLACK,
+    )
+    for rows in batches:
+        ids, mask = _padded([prompts[i] for i in rows], pad_id, device, left=True)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        try:
+            output = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        except TypeError:
+            output = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        logits = output.logits[:, -1]
+        table = _stop_table(tokenizer, model, tuple(eval_set.stop), logits.shape[-1], device)
+        generated = torch.full((len(rows), new_tokens), pad_id, dtype=torch.long, device=device)
+        stopped = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        begun = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        position = positions[:, -1:]
+        steps = new_tokens
+        for step in range(new_tokens):
+            token = logits.argmax(-1)
+            generated[:, step] = token
+            stopped |= table.eos[token] | table.stop_after_text[token] | (begun & table.stop_anywhere[token])
+            begun |= ~table.blank[token]
+            if step + 1 == new_tokens or ((step + 1) % _STOP_CHECK_EVERY == 0 and bool(stopped.all())):
+                steps = step + 1
+                break
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+            position = position + 1
+            output = model(
+                input_ids=token.unsqueeze(1),
+                attention_mask=mask,
+                position_ids=position,
+                past_key_values=output.past_key_values,
+                use_cache=True,
+            )
+            logits = output.logits[:, -1]
+        eos = set(_eos_ids(tokenizer, model))
+        for row, sequence in zip(rows, generated[:, :steps].tolist(), strict=True):
+            end = next((i for i, t in enumerate(sequence) if t in eos), len(sequence))
+            tokens_out[row] = sequence[:end]
+    texts = tokenizer.batch_decode(tokens_out, skip_special_tokens=True)
+    return [finish_answer(text, eval_set.stop) for text in texts]
+
+
+@torch.no_grad()
+def generate_one_at_a_time(model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet) -> list[str]:
+    """The reference for :func:`generate_greedy`: ``model.generate`` on one unpadded prompt at a
+    time, every answer finished the same way. Slow; tests and the throughput benchmark use it."""
+    device = _device_of(model)
+    answers = []
     for prompt in eval_set.prompts:
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
         generated = model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=eval_set.max_new_tokens,
             do_sample=False,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            pad_token_id=_pad_id(tokenizer),
         )
         text = tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)
-        outputs.append(text.strip().split("\n")[0].strip())
-    return outputs
+        answers.append(finish_answer(text, eval_set.stop))
+    return answers
+
+
+def generated_answers(model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet) -> list[str]:
+    """Greedy answers of every prompt (:func:`generate_greedy`)."""
+    return generate_greedy(model, tokenizer, eval_set)
+
+
+_ROUGE: list[Any] = []
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """ROUGE-L F1 of each prediction against its reference, as Super-NaturalInstructions scores it."""
+    if not _ROUGE:
+        from rouge_score import rouge_scorer
+
+        _ROUGE.append(rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True))
+    scorer = _ROUGE[0]
+    return [
+        scorer.score(target=reference, prediction=prediction)["rougeL"].fmeasure
+        for prediction, reference in zip(predictions, references, strict=True)
+    ]
+
+
+def score(
+    model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet, metrics: Sequence[str] | None = None
+) -> dict[str, float]:
+    """The metrics of ``eval_set`` (or only ``metrics`` of them), ``{metric: value}``: ``loss``
+    adds ``perplexity``; one generation serves ``rouge_l`` and ``exact_match``. Leaves the model's
+    mode as found."""
+    wanted = list(eval_set.metrics if metrics is None else metrics)
+    was_training = model.training
+    model.eval()
+    values: dict[str, float] = {}
+    try:
+        if "choice" in wanted:
+            predictions = choice_predictions(model, tokenizer, eval_set)
+            values["choice"] = _mean([p == a for p, a in zip(predictions, eval_set.answers, strict=True)])
+        if "loss" in wanted:
+            totals = completion_losses(model, tokenizer, eval_set).sum(0)
+            values["loss"] = float(totals[0] / totals[1])
+            values["perplexity"] = math.exp(min(values["loss"], 700.0))
+        if any(name in _GENERATIVE for name in wanted):
+            generated = generate_greedy(model, tokenizer, eval_set)
+            if "exact_match" in wanted:
+                values["exact_match"] = _mean(
+                    [p == a.strip() for p, a in zip(generated, eval_set.answers, strict=True)]
+                )
+            if "rouge_l" in wanted:
+                values["rouge_l"] = _mean(rouge_l(generated, [a.strip() for a in eval_set.answers]))
+    finally:
+        model.train(was_training)
+    return values
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values)) / len(values)
 
 
 def accuracy(model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet) -> float:
-    """Fraction of examples answered correctly, with the set's metric. Leaves the model's mode as found."""
-    was_training = model.training
-    model.eval()
-    try:
-        if eval_set.metric == "choice":
-            predictions = choice_predictions(model, tokenizer, eval_set)
-            correct = [p == a for p, a in zip(predictions, eval_set.answers, strict=True)]
-        else:
-            predictions = generated_answers(model, tokenizer, eval_set)
-            correct = [p == a.strip() for p, a in zip(predictions, eval_set.answers, strict=True)]
-    finally:
-        model.train(was_training)
-    return sum(correct) / len(correct)
+    """The set's primary metric (the fraction answered correctly for ``choice``/``exact_match``)."""
+    return score(model, tokenizer, eval_set, [eval_set.metric])[eval_set.metric]
 
 
-def evaluate_all(model: torch.nn.Module, tokenizer: Any, eval_sets: Sequence[EvalSet]) -> dict[str, float]:
-    """Accuracy on every task's held-out set, in order."""
+def score_all(model: torch.nn.Module, tokenizer: Any, eval_sets: Sequence[Any]) -> dict[str, dict[str, float]]:
+    """Every metric of every set, ``{task: {metric: value}}``, in order. A set with its own
+    ``score(model, tokenizer)`` (an lm-evaluation-harness probe) scores itself."""
     from tqdm.auto import tqdm
 
     return {
-        s.task: accuracy(model, tokenizer, s)
+        s.task: (s.score(model, tokenizer) if hasattr(s, "score") else score(model, tokenizer, s))
         for s in tqdm(eval_sets, desc="evaluating tasks", leave=False, disable=None)
     }
+
+
+def evaluate_all(model: torch.nn.Module, tokenizer: Any, eval_sets: Sequence[EvalSet]) -> dict[str, float]:
+    """The primary metric on every task's held-out set, in order."""
+    scored = score_all(model, tokenizer, eval_sets)
+    return {s.task: scored[s.task][s.metric] for s in eval_sets}

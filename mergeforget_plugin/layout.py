@@ -6,9 +6,9 @@ of the same tasks leave the same tree and ``mergeforget status|report|export`` r
 
     OUTPUT/
       state/                     continual state: task-NNNN/ snapshots (see state.py)
-      evaluations/after-NN.json  one accuracy row per finished task; after-00 is the base model
+      evaluations/after-NN.json  one evaluation row per finished task; after-00 is the base model
       adapter/                   the merged LoRA as a standard PEFT adapter
-      report.json, report.md, accuracy_matrix.png
+      report.json, report.md, accuracy_matrix.png (the primary metric), matrix-METRIC.png (the others)
       configs/task-NN-NAME.yaml  per-task Axolotl configs (recipe runs)
       tasks/task-NN-NAME/        each task's trainer output (and train.log for recipe runs)
       prepared/                  Axolotl's tokenized datasets (recipe runs)
@@ -47,11 +47,11 @@ class RunLayout:
         return self.root / "evaluations"
 
     def evaluation_row(self, tasks_trained: int) -> Path:
-        """Accuracy row after ``tasks_trained`` tasks; 0 is the base model (zero-shot)."""
+        """Evaluation row after ``tasks_trained`` tasks; 0 is the base model (zero-shot)."""
         return self.evaluations / f"after-{tasks_trained:02d}.json"
 
     def evaluation_rows(self) -> list[Path]:
-        """Every stored accuracy row."""
+        """Every stored evaluation row."""
         return sorted(self.evaluations.glob("after-*.json")) if self.evaluations.is_dir() else []
 
     @property
@@ -69,6 +69,15 @@ class RunLayout:
     @property
     def accuracy_heatmap(self) -> Path:
         return self.root / "accuracy_matrix.png"
+
+    def metric_heatmap(self, metric: str) -> Path:
+        """The heatmap of a metric other than the primary one (``matrix-loss.png``)."""
+        return self.root / f"matrix-{metric}.png"
+
+    @property
+    def comparison_plot(self) -> Path:
+        """``mergeforget compare``'s forgetting curves, beside the first run it compares."""
+        return self.root / "comparison.png"
 
     @property
     def tensorboard(self) -> Path:

@@ -3,9 +3,12 @@
 When a task's row is scored, :func:`log_task` sends what the report holds at that point, with the
 task index as the step:
 
-- ``continual/accuracy/TASK``: each task's accuracy after this task (the row of the matrix);
+- ``continual/accuracy/TASK``: each task's primary metric after this task (the row of the matrix);
 - ``continual/average_accuracy``, ``continual/bwt``, ``continual/fwt`` over the tasks trained so far;
 - ``continual/forgetting/TASK``: how much each earlier task lost since right after its training;
+- ``continual/METRIC/TASK`` for every metric scored (``loss``, ``perplexity``, ``rouge_l``, ...);
+- ``continual/probe/PROBE/METRIC`` and ``continual/probe_change/PROBE`` (the probe's primary
+  metric minus the base model's);
 - ``continual/accuracy_matrix``: the report's heatmap, as an image.
 
 Which trackers is the trainer's own choice (``TrainingArguments.report_to``; Axolotl fills it from
@@ -48,6 +51,21 @@ def task_scalars(report: dict[str, Any]) -> dict[str, float]:
             values[f"continual/{key}"] = metrics[key]
     for task, forgetting in metrics.get("forgetting", {}).items():
         values[f"continual/forgetting/{task}"] = forgetting
+    from .report import extra_metrics
+
+    for metric in extra_metrics(report):  # the primary metric is continual/accuracy/TASK already
+        summary = report["metric_matrices"][metric]
+        if not summary["rows_after"] or summary["rows_after"][-1] != report["rows_after"][-1]:
+            continue  # not scored in the last row
+        for task, value in zip(summary["tasks"], summary["table"][-1], strict=True):
+            if value is not None:
+                values[f"continual/{metric}/{task}"] = value
+    last = len(report["accuracy_matrix"]) - 1
+    for name, probe in report.get("probes", {}).items():
+        if len(probe["rows"]) > last and probe["rows"][last] is not None:
+            values[f"continual/probe/{name}/{probe['metric']}"] = probe["rows"][last]
+            if probe["zero_shot"] is not None:
+                values[f"continual/probe_change/{name}"] = probe["rows"][last] - probe["zero_shot"]
     return values
 
 

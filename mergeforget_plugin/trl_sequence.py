@@ -17,9 +17,11 @@ import torch
 
 from .callback import MergeForgetCallback
 from .engine import check_sequence, finish_sequence
-from .errors import StateError
-from .evaluation import eval_set_from_rows
+from .errors import EvaluationError, StateError
+from .evaluation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP, EvalSet, eval_set_from_rows
 from .layout import RunLayout
+from .metrics import SCORABLE
+from .schedule import DEFAULT_SCHEDULE, check_schedule
 from .slao import MergeForgetConfig
 from .state import ContinualState
 
@@ -33,17 +35,57 @@ class Task:
         train_dataset: A dataset `SFTTrainer` accepts (e.g. `prompt`/`completion` or `text` rows).
         eval_dataset: Held-out rows, evaluated after every task to build the loss matrix.
         overrides: `SFTConfig` fields for this task only, e.g. `{"learning_rate": 1e-4}`.
-        metric: How `eval_dataset` rows (`prompt`/`completion`) are scored for the accuracy matrix:
-            `"choice"` ranks the candidate answers by log-likelihood, `"exact_match"` generates.
+        metric: The primary metric of `eval_dataset` rows (`prompt`/`completion`), which AA, BWT,
+            FWT and the heatmap use: `"choice"` ranks the candidate answers by log-likelihood,
+            `"loss"` is the answer's mean token negative log-likelihood, `"rouge_l"` and
+            `"exact_match"` score greedy generations. Default: `"choice"` when the answers form a
+            small label set, else `"loss"` (see `mergeforget_plugin.evaluation`).
+        metrics: More metrics to score (each gets its own matrix in the report).
         options: Candidate answers for `"choice"`; default: every completion in the task's data.
+        max_new_tokens: Longest generation for `"rouge_l"` and `"exact_match"`.
+        stop: Strings that end a generated answer once it has begun.
     """
 
     name: str
     train_dataset: Any
     eval_dataset: Any | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
-    metric: str = "choice"
+    metric: str | None = None
     options: list[str] | None = None
+    metrics: list[str] = field(default_factory=list)
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    stop: list[str] = field(default_factory=lambda: list(DEFAULT_STOP))
+
+    def __post_init__(self) -> None:
+        where = f"Task {self.name!r}"
+        for name in [*([self.metric] if self.metric is not None else []), *self.metrics]:
+            if name not in SCORABLE:
+                raise EvaluationError(f"{where}, metric: unknown metric {name!r}; choose from {', '.join(SCORABLE)}.")
+        declared = {self.metric, *self.metrics}
+        if self.eval_dataset is None and declared - {None}:
+            raise EvaluationError(
+                f"{where}, metrics: {', '.join(sorted(declared - {None}))} need held-out rows with references: "
+                "give eval_dataset, or leave the metrics out."
+            )
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise EvaluationError(
+                f"{where}, max_new_tokens: must be a positive whole number, got {self.max_new_tokens!r}."
+            )
+
+    def eval_set(self) -> EvalSet | None:
+        """The task's held-out rows as an :class:`EvalSet` (``None`` without ``eval_dataset``)."""
+        if self.eval_dataset is None:
+            return None
+        return eval_set_from_rows(
+            self.name,
+            self.eval_dataset,
+            metric=self.metric,
+            metrics=self.metrics,
+            options=self.options,
+            option_rows=self.train_dataset,
+            max_new_tokens=self.max_new_tokens,
+            stop=self.stop,
+        )
 
 
 @dataclass
@@ -75,6 +117,8 @@ def train_sequence(
     config: MergeForgetConfig | None = None,
     callbacks: list[Any] | None = None,
     loss_matrix: bool = True,
+    probes: list[Any] | None = None,
+    eval_schedule: str = DEFAULT_SCHEDULE,
 ) -> SequenceResult:
     """Train ``tasks`` in order with ``SFTTrainer`` and SLAO; export one standard PEFT adapter.
 
@@ -94,7 +138,11 @@ def train_sequence(
         callbacks: Extra `TrainerCallback`s for every task; they run after the SLAO callback.
         loss_matrix: After every task, also run `trainer.evaluate()` on every task's `eval_dataset` and
             return the losses as `SequenceResult.eval_loss`. Costs one more forward pass over every
-            evaluation set per task; the accuracy matrix and the report do not need it.
+            evaluation set per task; the report does not need it (a task's `"loss"` metric puts
+            the held-out loss in the report, the heatmaps and the trackers).
+        probes: Evaluation-only sets never trained on ([`EvalSet`], e.g. from `eval_set_from_rows`,
+            or [`LMEvalProbe`]), scored with the tasks; the report shows their change from the base.
+        eval_schedule: `"needed"` (default) or `"all"`; see `mergeforget_plugin.schedule`.
 
     Returns:
         A [`SequenceResult`] with the final state, the adapter folder and the loss matrix.
@@ -105,6 +153,10 @@ def train_sequence(
     config = config if config is not None else MergeForgetConfig()
     layout = RunLayout(output_dir if output_dir is not None else args.output_dir)
     state = check_sequence(layout, [task.name for task in tasks], config)
+    check_schedule(eval_schedule)
+    # Every held-out set is read and checked before anything trains.
+    eval_sets = [eval_set for eval_set in (task.eval_set() for task in tasks) if eval_set is not None]
+    probes = list(probes or [])
 
     if not isinstance(model, PeftModel):
         if peft_config is None:
@@ -120,14 +172,7 @@ def train_sequence(
         write_lora(model, state.merged)  # nothing left to train: the model holds the deployed LoRA
 
     eval_datasets = {task.name: task.eval_dataset for task in tasks if task.eval_dataset is not None}
-    eval_sets = [
-        eval_set_from_rows(
-            task.name, task.eval_dataset, metric=task.metric, options=task.options, option_rows=task.train_dataset
-        )
-        for task in tasks
-        if task.eval_dataset is not None
-    ]
-    if eval_sets and processing_class is None:
+    if (eval_sets or probes) and processing_class is None:
         from transformers import AutoTokenizer
 
         processing_class = AutoTokenizer.from_pretrained(model.config.name_or_path)
@@ -136,7 +181,15 @@ def train_sequence(
     for index, task in enumerate(tasks, start=1):
         if state is not None and task.name in state.finished_tasks:
             continue
-        callback = MergeForgetCallback(layout.state, task_name=task.name, config=config, eval_sets=eval_sets)
+        callback = MergeForgetCallback(
+            layout.state,
+            task_name=task.name,
+            config=config,
+            eval_sets=eval_sets,
+            probes=probes,
+            eval_schedule=eval_schedule,
+            sequence=[t.name for t in tasks],
+        )
         task_args = dataclasses.replace(args, output_dir=str(layout.task_dir(index, task.name)), **task.overrides)
         trainer = SFTTrainer(
             model=model,

@@ -17,7 +17,9 @@ pytest.importorskip("axolotl", reason="the Axolotl path needs the [axolotl] extr
 
 from mergeforget_plugin.state import load_state, snapshot_dirs  # noqa: E402
 
-from .conftest import DEMO_DATA, DEMO_TASKS  # noqa: E402
+from .conftest import DEMO_DATA, DEMO_TASKS, REPO  # noqa: E402
+
+HEADLINES = REPO / "recipes" / "data" / "generative" / "headline.test.jsonl"
 
 DATASET_TYPE = {
     "field_instruction": "prompt",
@@ -48,6 +50,8 @@ def tiny_recipe(
     long_task=None,
     tasks=DEMO_TASKS,
     tensorboard=False,
+    task_eval=None,
+    extra=None,
 ):
     axolotl = {
         "base_model": str(model_dir),
@@ -92,7 +96,10 @@ def tiny_recipe(
             for task in tasks
         ],
     }
+    recipe.update(extra or {})
     for task in recipe["tasks"]:
+        if task["name"] in (task_eval or {}):
+            task["eval"] = task_eval[task["name"]]
         if task["name"] == long_task:
             task["overrides"] = {"max_steps": 5000}  # long enough to be killed in the middle
     path = tmp_path / name
@@ -124,7 +131,19 @@ def test_recipe_runs_three_tasks_through_axolotl_train(tmp_path, tiny_model_dir,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    recipe = tiny_recipe(tmp_path, tiny_model_dir, quantized=quantized, tensorboard=not quantized)
+    # The LoRA run also scores capitals with held-out loss and ROUGE-L beside its labels, and a
+    # probe that no task trains on, inside the Axolotl processes.
+    generative = (
+        {}
+        if quantized
+        else {
+            "task_eval": {"capitals": {"metric": "choice", "metrics": ["loss", "rouge_l"], "max_new_tokens": 4}},
+            "extra": {
+                "probes": [{"name": "headline_probe", "path": str(HEADLINES), "metric": "loss", "max_examples": 6}]
+            },
+        }
+    )
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, quantized=quantized, tensorboard=not quantized, **generative)
     completed = mergeforget("train", str(recipe), cwd=tmp_path)
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
     out = tmp_path / "out"
@@ -152,6 +171,12 @@ def test_recipe_runs_three_tasks_through_axolotl_train(tmp_path, tiny_model_dir,
         assert [step for step, _ in logged] == [1, 2, 3]
         assert logged[-1][1] == pytest.approx(report["metrics"]["average_accuracy"], abs=1e-6)
         assert [e.step for e in events.Scalars("continual/forgetting/antonyms")] == [2, 3]
+        assert [e.step for e in events.Scalars("continual/probe_change/headline_probe")] == [3]
+        assert [e.step for e in events.Scalars("continual/loss/capitals")] == [2, 3]  # `needed`: from task 2 on
+        assert report["metric_matrices"]["rouge_l"]["tasks"] == ["capitals"]
+        probe = report["probes"]["headline_probe"]
+        assert probe["metric"] == "loss" and probe["change"] == pytest.approx(probe["final"] - probe["zero_shot"])
+        assert "## General ability kept (probes)" in (out / "report.md").read_text()
     sizes = [(d / "adapter_model.safetensors").stat().st_size for d in task_dirs]
     assert sizes == [sizes[0]] * 3 == [(out / "adapter" / "adapter_model.safetensors").stat().st_size] * 3
     # What Axolotl saved after the last task is the merged (deployed) LoRA, bit for bit.
@@ -350,8 +375,6 @@ def test_shipped_axolotl_example_runs_with_plain_axolotl_train(tmp_path):
     """The README's Axolotl config, unchanged, run from a copy of the repository layout."""
     import shutil
 
-    from .conftest import REPO
-
     (tmp_path / "recipes").symlink_to(REPO / "recipes")
     (tmp_path / "examples" / "axolotl").mkdir(parents=True)
     shutil.copy(REPO / "examples" / "axolotl" / "smollm2-slao.yaml", tmp_path / "examples" / "axolotl")
@@ -393,7 +416,7 @@ def test_trl_and_axolotl_runs_of_the_same_tasks_leave_the_same_layout(tmp_path, 
     from mergeforget_plugin.cli import main
 
     from .conftest import demo_rows
-    from .test_trl_sequence import peft_model, sft_config
+    from .helpers import peft_model, sft_config
 
     recipe = tiny_recipe(tmp_path, tiny_model_dir, max_steps=2)
     completed = mergeforget("train", str(recipe), cwd=tmp_path)

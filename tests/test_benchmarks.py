@@ -109,6 +109,11 @@ def test_eval_throughput_smoke_compares_both_scorers_on_the_same_sets(tmp_path):
     assert all(r["same_predictions"] == r["examples"] == 8 for r in rows)
     assert all(r["old_examples_per_s"] > 0 and r["new_examples_per_s"] > 0 for r in rows)
     assert "| cpu | plurals | 8 | 40 |" in completed.stdout
+    # Batched generation answers what model.generate answers one prompt at a time.
+    generated = json.loads((tmp_path / "eval_throughput.json").read_text())["generation_rows"]
+    assert [(r["task"], r["max_new_tokens"]) for r in generated] == [("headline", 24), ("capitals", 8)]
+    assert all(r["same_answers"] == r["examples"] == 8 for r in generated)
+    assert all(r["one_at_a_time_examples_per_s"] > 0 and r["batched_examples_per_s"] > 0 for r in generated)
 
 
 def test_score_row_scores_the_trained_tasks_and_the_next_one(tiny_model_dir):
@@ -144,3 +149,15 @@ def test_sharded_boundary_smoke_reports_every_process_and_task(tmp_path):
         ("FSDP2, 2 processes", 1, "plurals"),
     ]
     assert all(r["peak_during_mib"] >= r["rss_before_mib"] > 0 for r in results["rows"])
+
+
+def test_eval_schedule_smoke_needed_scores_fewer_entries_and_reports_the_same_metrics(tmp_path):
+    completed = run("eval_schedule.py", tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    runs = json.loads((tmp_path / "eval_schedule.json").read_text())["runs"]
+    # 4 tasks: all scores 4 x 5 = 20 task entries; needed leaves out (T - 1)(T - 2) / 2 = 3 of them
+    assert runs["all"]["task_evaluations"] == runs["all"]["predicted"][0] == 20
+    assert runs["needed"]["task_evaluations"] == runs["needed"]["predicted"][0] == 17
+    assert runs["all"]["probe_evaluations"] == 5 and runs["needed"]["probe_evaluations"] == 2
+    for key, value in runs["all"]["metrics"].items():
+        assert runs["needed"]["metrics"][key] == pytest.approx(value, abs=1e-9), key

@@ -18,7 +18,18 @@ PACKAGE = REPO / "mergeforget_plugin"
 # Every module, by layer: a module may import its own layer and the layers below it.
 LAYERS = [
     {"errors", "faults", "atomic"},
-    {"slao", "layout", "metrics", "evaluation", "models", "tiny_model", "standard_cl"},
+    {
+        "slao",
+        "layout",
+        "metrics",
+        "schedule",
+        "evaluation",
+        "lm_eval_probe",
+        "models",
+        "tiny_model",
+        "standard_cl",
+        "superni",
+    },
     {"state", "report"},
     {"export", "trackers"},
     {"peft_bridge"},
@@ -38,7 +49,21 @@ LAYERS = [
 ]
 LAYER_OF = {module: number for number, modules in enumerate(LAYERS) for module in modules}
 FRAMEWORKS = ("transformers", "peft", "trl", "axolotl")
-CORE = ("errors", "atomic", "faults", "slao", "layout", "metrics", "evaluation", "state", "report", "export", "engine")
+CORE = (
+    "errors",
+    "atomic",
+    "faults",
+    "slao",
+    "layout",
+    "metrics",
+    "schedule",
+    "evaluation",
+    "lm_eval_probe",
+    "state",
+    "report",
+    "export",
+    "engine",
+)
 
 
 def package_modules() -> dict[str, ast.Module]:

@@ -16,7 +16,7 @@ from mergeforget_plugin.errors import RecipeError
 from mergeforget_plugin.integrations.axolotl.recipe import load_recipe, parse_recipe
 from mergeforget_plugin.state import load_state, snapshot_dirs
 
-from .test_trl_sequence import demo_tasks, peft_model, sft_config
+from .helpers import demo_tasks, peft_model, sft_config
 
 
 def resident_megabytes() -> float:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from mergeforget_plugin.cli import main
-from mergeforget_plugin.evaluation import eval_set_from_spec, read_rows
+from mergeforget_plugin.evaluation import read_rows
 from mergeforget_plugin.integrations.axolotl.recipe import load_recipe
 from mergeforget_plugin.standard_cl import SOURCES, prepare
 
@@ -94,7 +94,7 @@ def test_prepare_data_writes_balanced_splits_the_recipes_read(published, tmp_pat
     specs = load_recipe(recipe).eval_specs()
     assert [spec.task for spec in specs] == ["dbpedia", "amazon", "yahoo", "agnews"]
     for spec in specs:
-        eval_set = eval_set_from_spec(spec)
+        eval_set = spec.to_eval_set()
         assert sorted(eval_set.options) == sorted(f" {label}" for label in SOURCES[spec.task].labels)
         assert eval_set.prompts[0].endswith("\nAnswer:")
 

@@ -13,7 +13,7 @@ from mergeforget_plugin import train_sequence
 from mergeforget_plugin.metrics import continual_metrics
 from mergeforget_plugin.trackers import requested, task_scalars
 
-from .test_trl_sequence import demo_tasks, peft_model, sft_config
+from .helpers import demo_tasks, peft_model, sft_config
 
 TASKS = ("antonyms", "plurals")
 

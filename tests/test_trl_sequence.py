@@ -14,14 +14,14 @@ from mergeforget_plugin import (
     MergeForgetConfig,
     StateError,
     StateMismatchError,
-    Task,
     train_sequence,
 )
 from mergeforget_plugin.peft_bridge import read_lora
 from mergeforget_plugin.slao import orthogonal_basis
 from mergeforget_plugin.state import load_snapshot, load_state, snapshot_dirs
 
-from .conftest import DEMO_TASKS, demo_rows
+from .conftest import DEMO_TASKS
+from .helpers import demo_tasks, peft_model, sft_config
 
 
 class RecordTaskStart(TrainerCallback):
@@ -32,48 +32,6 @@ class RecordTaskStart(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.starts.append(read_lora(model))
-
-
-def demo_tasks(names=DEMO_TASKS):
-    from datasets import Dataset
-
-    return [
-        Task(name, Dataset.from_list(demo_rows(name, "train")), Dataset.from_list(demo_rows(name, "test")))
-        for name in names
-    ]
-
-
-def sft_config(output_dir, **overrides):
-    from trl import SFTConfig
-
-    options = dict(
-        output_dir=str(output_dir),
-        max_steps=6,
-        per_device_train_batch_size=8,
-        learning_rate=5e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-        bf16=False,
-    )
-    return SFTConfig(**{**options, **overrides})
-
-
-def peft_model(model_dir, quantized=False, rank=4):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    kwargs = {}
-    if quantized:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
-        )
-    base = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    torch.manual_seed(0)  # the same LoRA init for every model built here
-    return get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj", "o_proj"]))
 
 
 @pytest.mark.parametrize("quantized", [False, True], ids=["lora", "qlora-nf4"])

@@ -15,6 +15,8 @@ from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from ...evaluation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP, EvalSet, eval_set_from_rows, read_rows
+from ...schedule import DEFAULT_SCHEDULE
 from ...slao import MergeForgetConfig
 from ...state import pickled_adapter_problem
 
@@ -52,18 +54,31 @@ StrategySettings = create_model(
 )
 
 
+MetricName = Literal["choice", "loss", "rouge_l", "exact_match"]
+
+
 class EvalSettings(BaseModel):
     """How a task's held-out split is scored (the ``eval:`` block of a recipe task)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    metric: Literal["choice", "exact_match"] = Field(
-        "choice", description="choice: rank the options by log-likelihood; exact_match: greedy generation"
+    metric: MetricName | None = Field(
+        None,
+        description="the primary metric (AA, BWT, FWT, heatmap): choice ranks the options by log-likelihood; loss "
+        "is the answer's mean token NLL; rouge_l and exact_match score greedy generations. Default: choice when "
+        "the answers form a small label set, else loss",
     )
+    metrics: list[MetricName] = Field(default_factory=list, description="more metrics, each with its own matrix")
     options: list[str] | None = Field(None, description="candidate answers for choice (default: every answer seen)")
     max_examples: int | None = Field(None, gt=0, description="score at most this many held-out rows")
     prompt_field: str | None = Field(None, description="row field with the prompt (default: from the dataset type)")
     answer_field: str | None = Field(None, description="row field with the answer (default: from the dataset type)")
+    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, gt=0, description="longest generation (rouge_l, exact_match)")
+    stop: list[str] = Field(list(DEFAULT_STOP), description="strings that end a generated answer once it has begun")
+
+    @property
+    def declares_metrics(self) -> bool:
+        return self.metric is not None or bool(self.metrics)
 
 
 class EvalSpec(EvalSettings):
@@ -73,6 +88,73 @@ class EvalSpec(EvalSettings):
     path: str = Field(description="held-out rows (JSON Lines or a JSON list)")
     option_paths: list[str] = Field(default_factory=list, description="files whose answers are options too")
     prompt_format: str = Field("{prompt}", description="template the prompt field is put in, as in training")
+
+    def to_eval_set(self) -> EvalSet:
+        """The rows, read and checked (a malformed line or a missing field names the file)."""
+        option_rows = [row for path in self.option_paths for row in read_rows(path)]
+        return eval_set_from_rows(
+            self.task,
+            read_rows(self.path),
+            prompt_field=self.prompt_field or "prompt",
+            answer_field=self.answer_field or "completion",
+            prompt_format=self.prompt_format,
+            metric=self.metric,
+            metrics=self.metrics,
+            options=self.options,
+            option_rows=option_rows,
+            max_examples=self.max_examples,
+            max_new_tokens=self.max_new_tokens,
+            stop=self.stop,
+            source=self.path,
+        )
+
+
+class LMEvalSettings(BaseModel):
+    """An lm-evaluation-harness task as a probe (see :class:`~mergeforget_plugin.lm_eval_probe.LMEvalProbe`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(min_length=1, description="the harness task name")
+    include_path: str | None = Field(None, description="a folder of task YAML files (relative to the recipe)")
+    metric: str = Field("acc", description="the harness metric that is the probe's primary one")
+    limit: int | None = Field(None, gt=0, description="score only the first documents")
+    num_fewshot: int | None = Field(None, ge=0, description="few-shot examples per document")
+    batch_size: int = Field(8, gt=0, description="the harness's batch size")
+
+
+class ProbeSpec(EvalSettings):
+    """An evaluation-only set never trained on: held-out rows (``path``) or an lm-evaluation-harness task."""
+
+    name: str = Field(description="the probe's name in the report; must differ from every task name")
+    path: str | None = Field(None, description="rows to score (JSON Lines or a JSON list)")
+    prompt_format: str = Field("{prompt}", description="template the prompt field is put in")
+    lm_eval: LMEvalSettings | None = Field(None, description="an lm-evaluation-harness task instead of rows")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ProbeSpec:
+        if (self.path is None) == (self.lm_eval is None):
+            raise ValueError("give either path (rows to score) or lm_eval (a harness task), not both or neither")
+        return self
+
+    def to_probe(self) -> Any:
+        """The probe, its rows read and checked (or, for lm_eval, the harness task found)."""
+        if self.lm_eval is not None:
+            from ...lm_eval_probe import LMEvalProbe
+
+            settings = self.lm_eval
+            return LMEvalProbe(
+                self.name,
+                settings.task,
+                settings.include_path,
+                settings.metric,
+                settings.limit,
+                settings.num_fewshot,
+                settings.batch_size,
+            )
+        return EvalSpec(
+            **{key: value for key, value in self.model_dump().items() if key in EvalSpec.model_fields},
+            task=self.name,
+        ).to_eval_set()
 
 
 class MergeForgetSettings(StrategySettings):  # type: ignore[misc, valid-type]
@@ -84,6 +166,15 @@ class MergeForgetSettings(StrategySettings):  # type: ignore[misc, valid-type]
     evaluation: list[EvalSpec] = Field(
         default_factory=list,
         description="held-out sets scored with the merged LoRA after this task (and zero-shot before task 1)",
+    )
+    probes: list[ProbeSpec] = Field(
+        default_factory=list, description="evaluation-only sets never trained on, scored with the tasks"
+    )
+    eval_schedule: Literal["needed", "all"] = Field(
+        DEFAULT_SCHEDULE, description="needed: what AA/BWT/FWT and the final row read; all: every set every time"
+    )
+    sequence: list[str] | None = Field(
+        None, description="every task name of the sequence in order (default: the tasks of `evaluation`)"
     )
 
 

@@ -14,7 +14,6 @@ from typing import Any
 from axolotl.integrations.base import BasePlugin
 
 from ...callback import MergeForgetCallback
-from ...evaluation import eval_set_from_spec
 from ...models import resolve_model_reference
 from .args import MergeForgetSettings
 
@@ -46,16 +45,20 @@ class MergeForgetPlugin(BasePlugin):
 
     def post_model_load(self, cfg: Any, model: Any) -> None:
         settings = MergeForgetSettings.model_validate(dict(cfg["mergeforget"]))
-        eval_sets = [eval_set_from_spec(spec) for spec in settings.evaluation]
+        eval_sets = [spec.to_eval_set() for spec in settings.evaluation]
+        probes = [spec.to_probe() for spec in settings.probes]
         self.callback = MergeForgetCallback(
             settings.state_dir,
             task_name=settings.task_name,
             config=settings.to_config(),
             export_dir=settings.export_dir,
             eval_sets=eval_sets,
+            probes=probes,
+            eval_schedule=settings.eval_schedule,
+            sequence=settings.sequence,
         )
         tokenizer = None
-        if eval_sets:
+        if eval_sets or probes:
             from axolotl.loaders import load_tokenizer
 
             tokenizer = load_tokenizer(cfg)

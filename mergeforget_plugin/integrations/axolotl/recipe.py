@@ -22,15 +22,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ...errors import RecipeError
+from ...errors import MergeForgetError, RecipeError
 from ...layout import RunLayout
+from ...schedule import DEFAULT_SCHEDULE
 from ...state import pickled_adapter_problem
-from .args import EvalSettings, EvalSpec, StrategySettings
+from .args import EvalSettings, EvalSpec, ProbeSpec, StrategySettings
 
 # Keys that define the one LoRA every task shares, or that the runner sets per task.
 SHARED_KEYS = frozenset(
@@ -103,6 +104,18 @@ class TaskSpec(BaseModel):
         return overrides
 
 
+class SequenceEvalSettings(BaseModel):
+    """The recipe's top-level ``eval:`` block: settings of the whole sequence's evaluation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schedule: Literal["needed", "all"] = Field(
+        DEFAULT_SCHEDULE,
+        description="needed: after task t score tasks 1..t+1, after the last every task and probe; all: every set "
+        "after every task",
+    )
+
+
 class Recipe(BaseModel):
     """A continual-learning sequence on top of one Axolotl config."""
 
@@ -115,6 +128,10 @@ class Recipe(BaseModel):
         default_factory=StrategySettings, description="the strategy: MergeForgetConfig's fields"
     )
     tasks: list[TaskSpec] = Field(min_length=1, description="the tasks, in training order")
+    probes: list[ProbeSpec] = Field(
+        default_factory=list, description="evaluation-only sets never trained on, scored after every task"
+    )
+    eval: SequenceEvalSettings = Field(default_factory=SequenceEvalSettings, description="the evaluation schedule")
 
     @model_validator(mode="after")
     def _unique_names(self) -> Recipe:
@@ -122,6 +139,19 @@ class Recipe(BaseModel):
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"task names must be unique; repeated: {repeated}")
+        probe_names = [probe.name for probe in self.probes]
+        clash = sorted({name for name in probe_names if probe_names.count(name) > 1 or name in names})
+        if clash:
+            raise ValueError(f"probe names must be unique and differ from task names; repeated: {clash}")
+        for index, task in enumerate(self.tasks):
+            if task.eval.declares_metrics and not task.test_datasets:
+                metrics = ", ".join(
+                    dict.fromkeys([*([task.eval.metric] if task.eval.metric else []), *task.eval.metrics])
+                )
+                raise ValueError(
+                    f"tasks[{index}] ({task.name!r}) eval: {metrics} score held-out rows with references, but the task "
+                    "has no test_datasets; add them or leave eval.metric(s) out"
+                )
         if not self.base_config and "base_model" not in self.axolotl:
             raise ValueError("give base_config (an Axolotl YAML) or at least axolotl.base_model")
         runner = sorted(RUNNER_KEYS & set(self.axolotl))
@@ -273,6 +303,20 @@ class LoadedRecipe:
             )
         return specs
 
+    def probe_specs(self) -> list[ProbeSpec]:
+        """The recipe's probes with their paths resolved."""
+        specs = []
+        for probe in self.recipe.probes:
+            update: dict[str, Any] = {}
+            if probe.path is not None:
+                update["path"] = str(self.resolve(probe.path))
+            if probe.lm_eval is not None and probe.lm_eval.include_path is not None:
+                update["lm_eval"] = probe.lm_eval.model_copy(
+                    update={"include_path": str(self.resolve(probe.lm_eval.include_path))}
+                )
+            specs.append(probe.model_copy(update=update))
+        return specs
+
     def missing_files(self) -> list[str]:
         """Every dataset file the recipe names that is not on disk, as 'task X, field: path'."""
         problems = []
@@ -282,6 +326,54 @@ class LoadedRecipe:
                     path = self.resolve(entry["path"])
                     if not path.exists():
                         problems.append(f"task {index} ({task.name!r}), {field}.{number}.path: {path} does not exist")
+        for number, probe in enumerate(self.probe_specs()):
+            if probe.path is not None and not Path(probe.path).exists():
+                problems.append(f"probes[{number}] ({probe.name!r}), path: {probe.path} does not exist")
+            elif (
+                probe.lm_eval is not None
+                and probe.lm_eval.include_path
+                and not Path(probe.lm_eval.include_path).is_dir()
+            ):
+                problems.append(
+                    f"probes[{number}] ({probe.name!r}), lm_eval.include_path: {probe.lm_eval.include_path} is not a "
+                    "directory"
+                )
+        return problems
+
+    def data_problems(self) -> list[str]:
+        """What reading the data would refuse, before any task trains: every local JSON or JSON
+        Lines dataset parsed (a bad line is named by file and line), and every held-out set and
+        probe built as the training processes will build it (fields, metrics, references)."""
+        from ...evaluation import check_rows
+
+        problems: list[str] = []
+        checked: set[Path] = set()
+        for index, task in enumerate(self.recipe.tasks, start=1):
+            for field in ("datasets", "test_datasets"):
+                for number, entry in enumerate(getattr(task, field)):
+                    path = self.resolve(entry["path"])
+                    if path in checked or not path.is_file() or path.suffix not in (".json", ".jsonl"):
+                        continue
+                    checked.add(path)
+                    try:
+                        check_rows(path)
+                    except MergeForgetError as error:
+                        problems.append(f"task {index} ({task.name!r}), {field}.{number}: {error}")
+        if problems:
+            return problems  # the sets below read the same files
+        for spec in self.eval_specs():
+            try:
+                spec.to_eval_set()
+            except MergeForgetError as error:
+                index = [task.name for task in self.recipe.tasks].index(spec.task) + 1
+                problems.append(f"task {index} ({spec.task!r}), test_datasets.0 / eval: {error}")
+        for number, spec in enumerate(self.probe_specs()):
+            try:
+                probe = spec.to_probe()
+                if hasattr(probe, "check_available"):
+                    probe.check_available()
+            except MergeForgetError as error:
+                problems.append(f"probes[{number}] ({spec.name!r}): {error}")
         return problems
 
 
@@ -297,6 +389,9 @@ def load_recipe(path: str | os.PathLike[str], *, check_files: bool = True) -> Lo
                 + "\n  - ".join(missing)
                 + "\nPoint each path at a local copy (relative paths are relative to the recipe file)."
             )
+        data = loaded.data_problems()
+        if data:
+            raise RecipeError(f"{recipe_path} names data that cannot be read or scored:\n  - " + "\n  - ".join(data))
         settings = loaded.setting_problems()
         if settings:
             raise RecipeError(f"{recipe_path} has settings no task can train with:\n  - " + "\n  - ".join(settings))
