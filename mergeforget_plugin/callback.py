@@ -16,7 +16,6 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from .engine import ContinualTask, training_summary
 from .evaluation import EvalSet
 from .layout import RunLayout
-from .schedule import DEFAULT_SCHEDULE
 from .slao import MergeForgetConfig
 from .state import ContinualState
 from .trackers import requested
@@ -56,11 +55,12 @@ class MergeForgetCallback(TrainerCallback):
         probes (`list`, *optional*):
             Evaluation-only sets never trained on ([`EvalSet`] or [`LMEvalProbe`]), scored in the
             same rows: the report shows their change from the base model ("general ability kept").
-        eval_schedule (`str`, defaults to `"needed"`):
+        eval_schedule (`str`, *optional*):
             `"needed"` scores what AA, BWT, FWT and the final row read (after task t: tasks 1..t+1;
             after the last task: every task and probe); `"all"` scores every set after every task.
+            Default: `"needed"` when `sequence` is given, else `"all"`.
         sequence (`list[str]`, *optional*):
-            Every task name of the sequence in order, for `"needed"` (default: the eval sets' tasks).
+            Every task name of the sequence in training order, which `"needed"` reads.
 
     Example:
 
@@ -86,7 +86,7 @@ class MergeForgetCallback(TrainerCallback):
         adapter_name: str = "default",
         eval_sets: Sequence[EvalSet] = (),
         probes: Sequence[Any] = (),
-        eval_schedule: str = DEFAULT_SCHEDULE,
+        eval_schedule: str | None = None,
         sequence: Sequence[str] | None = None,
     ) -> None:
         self.task = ContinualTask(

@@ -141,7 +141,8 @@ class ContinualTask:
         probes: Evaluation-only sets (:class:`EvalSet`, or an lm-evaluation-harness probe), never
             trained on, scored in the same rows as the tasks.
         eval_schedule: ``"needed"`` or ``"all"``: which tasks and probes each row scores (see
-            :mod:`mergeforget_plugin.schedule`).
+            :mod:`mergeforget_plugin.schedule`). Default: ``"needed"`` when ``sequence`` is given,
+            ``"all"`` otherwise.
         sequence: The names of every task of the sequence, in order (default: the tasks of
             ``eval_sets``); ``"needed"`` reads it to know the next task and the last.
         export_dir: Also write the merged LoRA there as a PEFT adapter after the task.
@@ -162,7 +163,7 @@ class ContinualTask:
         adapter_name: str = "default",
         trackers: Sequence[str] = (),
         probes: Sequence[Any] = (),
-        eval_schedule: str = DEFAULT_SCHEDULE,
+        eval_schedule: str | None = None,
         sequence: Sequence[str] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
@@ -172,9 +173,16 @@ class ContinualTask:
         self.config = config if config is not None else MergeForgetConfig()
         self.eval_sets = list(eval_sets)
         self.probes = list(probes)
-        clash = sorted({s.task for s in self.eval_sets} & {p.task for p in self.probes})
+        names = [s.task for s in self.eval_sets] + [p.task for p in self.probes]
+        clash = sorted({name for name in names if names.count(name) > 1})
         if clash:
-            raise EvaluationError(f"Probe names must differ from task names; both use {clash}. Rename the probe.")
+            raise EvaluationError(
+                f"Evaluation sets and probes need distinct names; {clash} is used twice. Rename the probe."
+            )
+        # `needed` reads the order of the sequence; without it (a callback used on its own) every
+        # row scores everything, as before the schedule existed.
+        if eval_schedule is None:
+            eval_schedule = DEFAULT_SCHEDULE if sequence is not None else "all"
         self.eval_schedule = check_schedule(eval_schedule)
         self.sequence = list(sequence) if sequence is not None else [s.task for s in self.eval_sets]
         self.export_dir = Path(export_dir) if export_dir is not None else None
@@ -350,8 +358,13 @@ class ContinualTask:
         and probes are not scored again), as an evaluation record."""
         tasks, probes = row_plan(self.eval_schedule, self.sequence, trained, [p.task for p in self.probes])
         done = skip or {}
-        task_sets = [s for s in self.eval_sets if s.task in tasks and s.task not in done.get("scores", {})]
-        probe_sets = [p for p in self.probes if p.task in probes and p.task not in done.get("probes", {})]
+
+        def missing(eval_set: Any, stored: dict[str, dict[str, float]]) -> bool:
+            # A set counts as scored when every metric it declares is (a metric added on resume is not).
+            return not all(metric in stored.get(eval_set.task, {}) for metric in eval_set.metrics)
+
+        task_sets = [s for s in self.eval_sets if s.task in tasks and missing(s, done.get("scores", {}))]
+        probe_sets = [p for p in self.probes if p.task in probes and missing(p, done.get("probes", {}))]
         scores, probe_scores = self._score(model, task_sets), self._score(model, probe_sets)
         return evaluation_record(
             tasks_trained,
@@ -369,8 +382,8 @@ class ContinualTask:
         if self._collective:
             wait_for_everyone()  # every process has read the rows before the first writes new ones
         base = records.get(0)
-        scored = set((base or {}).get("scores", {})) | set((base or {}).get("probes", {}))
-        if any(s.task not in scored for s in (*self.eval_sets, *self.probes)):
+        stored = {**(base or {}).get("scores", {}), **(base or {}).get("probes", {})}
+        if any(not all(m in stored.get(s.task, {}) for m in s.metrics) for s in (*self.eval_sets, *self.probes)):
             disable_adapter = getattr(model, "disable_adapter", None)
             if disable_adapter is None:
                 raise StateError(

@@ -28,12 +28,14 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from .errors import EvaluationError
 from .metrics import SCORABLE
+
+Metric = Literal["choice", "loss", "rouge_l", "exact_match"]
 
 # Tokens per forward pass (batch x padded length, options included): bounds activation memory.
 _CPU_TOKEN_BUDGET = 4096
@@ -53,7 +55,7 @@ _PADDING_SLACK = 0.1
 _GENERATION_PADDING_SLACK = 1.0
 # Generation asks the host whether every row of a batch has stopped once every this many tokens,
 # not after each one: the check waits for the device.
-_STOP_CHECK_EVERY = 8
+_STOP_CHECK_EVERY = 4
 
 LABEL_SET_MAX = 64
 LABEL_MAX_WORDS = 5
@@ -146,6 +148,20 @@ def _parse_json_lines(text: str, path: Path) -> list[Any]:
     return rows
 
 
+def _json_document(text: str, path: Path) -> Any:
+    """The file as one JSON document (a list, or an object that may span lines), or ``None`` when
+    it is JSON Lines (a second object follows the first)."""
+    stripped = text.lstrip()
+    if not stripped.startswith(("[", "{")):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        if stripped.startswith("{") and error.msg == "Extra data":
+            return None  # one object per line
+        raise EvaluationError(f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno}).") from None
+
+
 def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Rows of a JSON Lines file or a JSON file (a list of objects, or ``{"data": [...]}``), read as
     ``datasets``' JSON loader reads either whatever the file is called. A malformed line, a row
@@ -157,17 +173,15 @@ def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         raise EvaluationError(f"{path} does not exist.") from None
     except UnicodeDecodeError as error:
         raise EvaluationError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}).") from None
+    except OSError as error:
+        raise EvaluationError(f"{path} cannot be read: {error.strerror or error}.") from None
     stripped = text.lstrip()
     if not stripped:
         raise EvaluationError(f"{path} is empty: give at least one row.")
     rows: list[Any]
-    if stripped.startswith("[") or (stripped.startswith("{") and "\n" not in stripped.rstrip()):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise EvaluationError(
-                f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})."
-            ) from None
+    document = _json_document(text, path)
+    if document is not None:
+        data = document
         rows = data if isinstance(data, list) else list(data.get("data", [data])) if isinstance(data, dict) else [data]
     else:
         rows = _parse_json_lines(text, path)
@@ -183,9 +197,18 @@ def check_rows(path: str | os.PathLike[str]) -> int:
     """What :func:`read_rows` would refuse in ``path``, found line by line without keeping the rows
     (a training file may be large); returns the number of rows."""
     path = Path(path)
-    with open(path, "rb") as handle:
-        start = handle.read(4096).lstrip()
-    if not start or start.startswith(b"["):
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(4096).lstrip()
+            handle.seek(0)
+            first = handle.readline().strip()
+    except OSError:
+        return len(read_rows(path))  # read_rows names what is wrong
+    try:
+        one_line_object = first.startswith(b"{") and isinstance(json.loads(first), dict)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        one_line_object = False
+    if not start or start.startswith(b"[") or (start.startswith(b"{") and not one_line_object):
         return len(read_rows(path))  # one JSON document (or nothing): read as a whole
     count = 0
     with open(path, "rb") as handle:
@@ -251,6 +274,12 @@ def eval_set_from_rows(
         raise EvaluationError(
             f"{where}: the prompt format {prompt_format!r} cannot be filled from field {prompt_field!r} ({error})."
         ) from None
+    for number, row in enumerate(rows):
+        if row[answer_field] is None or isinstance(row[answer_field], (list, dict)):
+            raise EvaluationError(
+                f"{where}: evaluation row {number} has {type(row[answer_field]).__name__} in {answer_field!r}; "
+                "give the reference answer as text."
+            )
     answers = [str(row[answer_field]) for row in rows]
     option_answers = [str(r[answer_field]) for r in option_rows if answer_field in r]
     if metric is None and not metrics and not options:
@@ -279,7 +308,7 @@ def _encoded(eval_set: EvalSet, tokenizer: Any, what: str) -> list[list[int]]:
             texts = list(eval_set.options if what == "options" else eval_set.answers)
             cached = [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
             empty = [text for text, ids in zip(texts, cached, strict=True) if not ids]
-            if empty:
+            if empty and (what == "options" or tokenizer.eos_token_id is None):
                 raise EvaluationError(
                     f"Task {eval_set.task!r}: {what} {empty[:3]} encode to no token, so they cannot be scored."
                 )
@@ -436,6 +465,25 @@ def _answer_ids(eval_set: EvalSet, tokenizer: Any) -> list[list[int]]:
     return [ids + ([eos] if eos is not None else []) for ids in _encoded(eval_set, tokenizer, "answers")]
 
 
+def _within_logit_budget(
+    batches: list[list[int]], prompts: Sequence[Sequence[int]], sequences: Sequence[Sequence[int]], budget: int
+) -> list[list[int]]:
+    """Each batch cut so that rows x kept positions (from the shortest prompt's last token to the
+    longest sequence's end) stays within ``budget``."""
+    cut = []
+    for rows in batches:
+        while rows:
+            take = len(rows)
+            while take > 1:
+                kept = max(len(sequences[i]) for i in rows[:take]) - min(len(prompts[i]) for i in rows[:take]) + 1
+                if take * kept <= budget:
+                    break
+                take -= 1
+            cut.append(rows[:take])
+            rows = rows[take:]
+    return cut
+
+
 @torch.no_grad()
 def completion_losses(
     model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet, *, token_budget: int | None = None
@@ -460,7 +508,7 @@ def completion_losses(
         [len(s) for s in sequences],
         lambda rows, width: rows * width <= budget and rows * (longest_answer + 1) <= logit_budget,
     )
-    for rows in batches:
+    for rows in _within_logit_budget(batches, prompts, sequences, logit_budget):
         ids, mask = _right_padded([sequences[i] for i in rows], pad_id, device)
         width = ids.shape[1]
         starts = torch.tensor([len(prompts[i]) for i in rows], device=device)  # first answer token's position
@@ -552,6 +600,8 @@ def generate_greedy(
     budget = _budget(device, token_budget)
     new_tokens = eval_set.max_new_tokens
     pad_id = _pad_id(tokenizer)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    early_exit = not (distributed and torch.distributed.get_world_size() > 1)
     tokens_out: list[list[int]] = [[] for _ in prompts]
     batches = _length_batches(
         [len(p) for p in prompts],
@@ -577,7 +627,7 @@ def generate_greedy(
             generated[:, step] = token
             stopped |= table.eos[token] | table.stop_after_text[token] | (begun & table.stop_anywhere[token])
             begun |= ~table.blank[token]
-            if step + 1 == new_tokens or ((step + 1) % _STOP_CHECK_EVERY == 0 and bool(stopped.all())):
+            if step + 1 == new_tokens or (early_exit and (step + 1) % _STOP_CHECK_EVERY == 0 and bool(stopped.all())):
                 steps = step + 1
                 break
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
@@ -602,24 +652,33 @@ def generate_greedy(
 def generate_one_at_a_time(model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet) -> list[str]:
     """The reference for :func:`generate_greedy`: ``model.generate`` on one unpadded prompt at a
     time, every answer finished the same way. Slow; tests and the throughput benchmark use it."""
+    from transformers import GenerationConfig
+
     device = _device_of(model)
+    # Plain greedy decoding: a model's own generation config may add penalties the scorer does not apply.
+    config = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=eval_set.max_new_tokens,
+        eos_token_id=_eos_ids(tokenizer, model) or None,
+        pad_token_id=_pad_id(tokenizer),
+    )
     answers = []
     for prompt in eval_set.prompts:
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
-        generated = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=eval_set.max_new_tokens,
-            do_sample=False,
-            pad_token_id=_pad_id(tokenizer),
-        )
+        generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
         text = tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)
         answers.append(finish_answer(text, eval_set.stop))
     return answers
 
 
-def generated_answers(model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet) -> list[str]:
-    """Greedy answers of every prompt (:func:`generate_greedy`)."""
+def generated_answers(
+    model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet, max_new_tokens: int | None = None
+) -> list[str]:
+    """Greedy answers of every prompt (:func:`generate_greedy`); ``max_new_tokens`` replaces the set's own."""
+    if max_new_tokens is not None and max_new_tokens != eval_set.max_new_tokens:
+        from dataclasses import replace
+
+        eval_set = replace(eval_set, max_new_tokens=max_new_tokens)
     return generate_greedy(model, tokenizer, eval_set)
 
 

@@ -94,6 +94,10 @@ class LMEvalProbe:
                 num_fewshot=self.num_fewshot,
                 log_samples=False,
                 bootstrap_iters=0,
+                # The harness seeds the global generators by default; the trainer's must not move.
+                random_seed=None,
+                numpy_random_seed=None,
+                torch_random_seed=None,
             )
         finally:
             model.train(was_training)

@@ -268,11 +268,8 @@ def _table_lines(
 
 
 def _summary_lines(metrics: Mapping[str, Any], metric: str) -> list[str]:
-    aa = (
-        "AA, average accuracy after the last task"
-        if metric_info(metric).unit == "fraction"
-        else (f"AA, mean {metric} after the last task")
-    )
+    label = "average accuracy" if metric in _LABEL_METRICS else f"mean {metric}"
+    aa = f"AA, {label} after the last task"
     unit = "points" if metric_info(metric).unit == "fraction" else metric_info(metric).unit
     return [
         f"| metric | value ({unit}) |",

@@ -104,6 +104,8 @@ def read_task(path: Path) -> tuple[str, list[tuple[str, str]]]:
     instances = data.get("Instances")
     if not isinstance(instances, list) or not instances:
         raise DataPrepError(f"{path}: the task has no Instances, so it gives no rows.")
+    if len(instances) < 2:
+        raise DataPrepError(f"{path}: one instance cannot give both a training and a test row.")
     pairs = []
     for number, instance in enumerate(instances):
         name = f"{path}: instance {number}" + (f" ({instance.get('id')})" if isinstance(instance, dict) else "")

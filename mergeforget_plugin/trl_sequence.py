@@ -157,6 +157,9 @@ def train_sequence(
     # Every held-out set is read and checked before anything trains.
     eval_sets = [eval_set for eval_set in (task.eval_set() for task in tasks) if eval_set is not None]
     probes = list(probes or [])
+    for probe in probes:
+        if hasattr(probe, "check_available"):
+            probe.check_available()  # an lm-evaluation-harness task that is not there: said now
 
     if not isinstance(model, PeftModel):
         if peft_config is None:

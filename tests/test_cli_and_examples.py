@@ -83,3 +83,41 @@ def test_trl_example_runs_on_the_embedded_default_model(tmp_path):
     assert "Finished tasks: ['antonyms', 'plurals', 'capitals']" in completed.stdout
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"].endswith("SmolLM2-135M-Instruct")
+
+
+def test_generative_example_prints_rouge_and_loss_matrices_and_compare_draws_the_curves(tmp_path, capsys):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "generative_cpu.py"),
+            "--model",
+            "tiny",
+            "--max-steps",
+            "2",
+            "--output-dir",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    for strategy in ("slao", "seq"):
+        assert f"== {strategy}:" in completed.stdout
+        report = json.loads((tmp_path / strategy / "report.json").read_text())
+        assert report["primary_metric"] == {"headline": "rouge_l", "reply": "rouge_l"}
+        assert set(report["metric_matrices"]) == {"rouge_l", "loss", "perplexity"}
+        assert (
+            len(report["metric_matrices"]["loss"]["table"]) == 2
+            and report["probes"]["capitals_probe"]["change"] is not None
+        )
+    assert completed.stdout.count("ROUGE-L F1 (points)") == 2 and completed.stdout.count("Held-out loss") == 2
+    assert "| headline: after its training → after the last task |" in completed.stdout
+    assert (tmp_path / "slao" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    picture = tmp_path / "curves.png"
+    assert main(["compare", str(tmp_path / "slao"), str(tmp_path / "seq"), "--plot", str(picture)]) == 0
+    assert f"Forgetting curves (one panel per task): {picture}" in capsys.readouterr().out
+    assert picture.stat().st_size > 10_000

@@ -16,7 +16,6 @@ from typing import Any, Literal, get_type_hints
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from ...evaluation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP, EvalSet, eval_set_from_rows, read_rows
-from ...schedule import DEFAULT_SCHEDULE
 from ...slao import MergeForgetConfig
 from ...state import pickled_adapter_problem
 
@@ -91,7 +90,15 @@ class EvalSpec(EvalSettings):
 
     def to_eval_set(self) -> EvalSet:
         """The rows, read and checked (a malformed line or a missing field names the file)."""
-        option_rows = [row for path in self.option_paths for row in read_rows(path)]
+        # The training rows' answers are options (and tell a label set from free text) when the
+        # metric may be `choice`; Axolotl also reads other formats, which hold no options here.
+        may_rank = self.metric is None and not self.metrics or "choice" in (self.metric, *self.metrics)
+        option_rows = [
+            row
+            for path in self.option_paths
+            if may_rank and path.endswith((".json", ".jsonl"))
+            for row in read_rows(path)
+        ]
         return eval_set_from_rows(
             self.task,
             read_rows(self.path),
@@ -134,6 +141,15 @@ class ProbeSpec(EvalSettings):
     def _one_source(self) -> ProbeSpec:
         if (self.path is None) == (self.lm_eval is None):
             raise ValueError("give either path (rows to score) or lm_eval (a harness task), not both or neither")
+        if self.lm_eval is not None:
+            rows_only = sorted(
+                (self.model_fields_set & set(EvalSettings.model_fields)) | ({"prompt_format"} & self.model_fields_set)
+            )
+            if rows_only:
+                raise ValueError(
+                    f"{', '.join(rows_only)} apply to rows (path); an lm_eval probe takes its metric and limit under "
+                    "lm_eval: (lm_eval.metric, lm_eval.limit)"
+                )
         return self
 
     def to_probe(self) -> Any:
@@ -170,8 +186,10 @@ class MergeForgetSettings(StrategySettings):  # type: ignore[misc, valid-type]
     probes: list[ProbeSpec] = Field(
         default_factory=list, description="evaluation-only sets never trained on, scored with the tasks"
     )
-    eval_schedule: Literal["needed", "all"] = Field(
-        DEFAULT_SCHEDULE, description="needed: what AA/BWT/FWT and the final row read; all: every set every time"
+    eval_schedule: Literal["needed", "all"] | None = Field(
+        None,
+        description="needed: what AA/BWT/FWT and the final row read; all: every set every time (default: needed "
+        "when `sequence` is given, else all)",
     )
     sequence: list[str] | None = Field(
         None, description="every task name of the sequence in order (default: the tasks of `evaluation`)"

@@ -149,7 +149,7 @@ def task_config(loaded: LoadedRecipe, index: int, base: dict[str, Any] | None = 
         "state_dir": str(layout.state),
         "task_name": task.name,
         "evaluation": [spec.model_dump() for spec in loaded.eval_specs()],
-        "probes": [spec.model_dump(exclude_none=True) for spec in loaded.probe_specs()],
+        "probes": [spec.model_dump(exclude_unset=True) for spec in loaded.probe_specs()],
         "eval_schedule": recipe.eval.schedule,
         "sequence": [entry.name for entry in recipe.tasks],
     }
