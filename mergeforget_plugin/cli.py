@@ -58,6 +58,7 @@ def _export(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .integrations.axolotl.recipe import load_recipe
     from .integrations.axolotl.runner import run_recipe
+    from .report import compare_runs
 
     run_recipe(
         args.recipe,
@@ -82,18 +83,14 @@ def _train(args: argparse.Namespace) -> int:
         processes=args.nproc_per_node,
     )
     print()
-    print(_comparison([first, second]))
+    print(compare_runs([first, second]))
     return 0
 
 
-def _comparison(run_dirs: Sequence[str | Path], plot: str | Path | None = None) -> str:
+def _compare(args: argparse.Namespace) -> int:
     from .report import compare_runs
 
-    return compare_runs(run_dirs, plot)
-
-
-def _compare(args: argparse.Namespace) -> int:
-    print(_comparison(args.output_dirs, plot=args.plot))
+    print(compare_runs(args.output_dirs, plot=args.plot))
     return 0
 
 

@@ -129,6 +129,12 @@ def _norm_summary(weights: dict[str, LoRAPair]) -> dict[str, float]:
     }
 
 
+def _unscored(eval_sets: Sequence[Any], stored: dict[str, dict[str, float]]) -> list[Any]:
+    """The sets of ``eval_sets`` a stored row lacks: a set counts as scored when every metric it
+    declares is there (a metric added when a run resumes is not)."""
+    return [s for s in eval_sets if not all(metric in stored.get(s.task, {}) for metric in s.metrics)]
+
+
 class ContinualTask:
     """The life of one task of a continual sequence (see the module docstring for the order).
 
@@ -359,12 +365,8 @@ class ContinualTask:
         tasks, probes = row_plan(self.eval_schedule, self.sequence, trained, [p.task for p in self.probes])
         done = skip or {}
 
-        def missing(eval_set: Any, stored: dict[str, dict[str, float]]) -> bool:
-            # A set counts as scored when every metric it declares is (a metric added on resume is not).
-            return not all(metric in stored.get(eval_set.task, {}) for metric in eval_set.metrics)
-
-        task_sets = [s for s in self.eval_sets if s.task in tasks and missing(s, done.get("scores", {}))]
-        probe_sets = [p for p in self.probes if p.task in probes and missing(p, done.get("probes", {}))]
+        task_sets = [s for s in _unscored(self.eval_sets, done.get("scores", {})) if s.task in tasks]
+        probe_sets = [p for p in _unscored(self.probes, done.get("probes", {})) if p.task in probes]
         scores, probe_scores = self._score(model, task_sets), self._score(model, probe_sets)
         return evaluation_record(
             tasks_trained,
@@ -382,8 +384,9 @@ class ContinualTask:
         if self._collective:
             wait_for_everyone()  # every process has read the rows before the first writes new ones
         base = records.get(0)
-        stored = {**(base or {}).get("scores", {}), **(base or {}).get("probes", {})}
-        if any(not all(m in stored.get(s.task, {}) for m in s.metrics) for s in (*self.eval_sets, *self.probes)):
+        if _unscored(self.eval_sets, (base or {}).get("scores", {})) or _unscored(
+            self.probes, (base or {}).get("probes", {})
+        ):
             disable_adapter = getattr(model, "disable_adapter", None)
             if disable_adapter is None:
                 raise StateError(

@@ -133,19 +133,19 @@ class EvalSet:
                 )
 
 
+def _json_line(line: str, path: Path, number: int) -> Any:
+    """Line ``number`` of a JSON Lines file, parsed; refused naming the file and line."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise EvaluationError(
+            f"{path}:{number}: not a JSON object ({error.msg} at column {error.colno}). Each line of a JSON "
+            'Lines file holds one row, e.g. {"prompt": ..., "completion": ...}.'
+        ) from None
+
+
 def _parse_json_lines(text: str, path: Path) -> list[Any]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise EvaluationError(
-                f"{path}:{number}: not a JSON object ({error.msg} at column {error.colno}). Each line of a JSON "
-                'Lines file holds one row, e.g. {"prompt": ..., "completion": ...}.'
-            ) from None
-    return rows
+    return [_json_line(line, path, number) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
 def _json_document(text: str, path: Path) -> Any:
@@ -216,14 +216,10 @@ def check_rows(path: str | os.PathLike[str]) -> int:
             if not raw.strip():
                 continue
             try:
-                row = json.loads(raw.decode("utf-8"))
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
                 raise EvaluationError(f"{path}:{number}: not UTF-8 text ({error.reason}).") from None
-            except json.JSONDecodeError as error:
-                raise EvaluationError(
-                    f"{path}:{number}: not a JSON object ({error.msg} at column {error.colno}). Each line of a JSON "
-                    "Lines file holds one row."
-                ) from None
+            row = _json_line(line, path, number)
             if not isinstance(row, dict):
                 raise EvaluationError(f"{path}:{number}: {type(row).__name__}, not an object of named fields.")
             count += 1
@@ -333,12 +329,6 @@ def _padded(
     return ids.to(device), mask.to(device)
 
 
-def _right_padded(
-    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _padded(sequences, pad_id, device)
-
-
 def _length_batches(
     lengths: Sequence[int], fits: Callable[[int, int], bool], slack: float = _PADDING_SLACK
 ) -> list[list[int]]:
@@ -416,7 +406,7 @@ def choice_scores(
     if longest_option > 1:
         # Options right-padded. Input position t (all but the last token) predicts token t + 1; an
         # option's last token is only a target, so it is never run through the model.
-        option_ids, option_mask = _right_padded(options, pad_id, device)
+        option_ids, option_mask = _padded(options, pad_id, device)
         rest_inputs, rest_input_mask = option_ids[:, :-1], option_mask[:, :-1]
         rest_targets, rest_keep = option_ids[:, 1:], option_mask[:, 1:].bool()
     # Forward rows per prompt: the prompt itself, plus one row per option when options continue.
@@ -426,7 +416,7 @@ def choice_scores(
         [len(p) for p in prompts], lambda rows, width: rows * rows_per_prompt * (width + longest_option) <= budget
     )
     for rows in batches:
-        ids, mask = _right_padded([prompts[i] for i in rows], pad_id, device)
+        ids, mask = _padded([prompts[i] for i in rows], pad_id, device)
         lengths = mask.sum(1)
         output, last = _prompt_forward(model, ids, mask, lengths, use_cache=longest_option > 1)
         batch_scores = torch.log_softmax(last.float(), dim=-1)[:, first_tokens]  # every option's first token
@@ -509,7 +499,7 @@ def completion_losses(
         lambda rows, width: rows * width <= budget and rows * (longest_answer + 1) <= logit_budget,
     )
     for rows in _within_logit_budget(batches, prompts, sequences, logit_budget):
-        ids, mask = _right_padded([sequences[i] for i in rows], pad_id, device)
+        ids, mask = _padded([sequences[i] for i in rows], pad_id, device)
         width = ids.shape[1]
         starts = torch.tensor([len(prompts[i]) for i in rows], device=device)  # first answer token's position
         ends = starts + torch.tensor([len(answers[i]) for i in rows], device=device)
