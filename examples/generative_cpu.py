@@ -70,8 +70,8 @@ def main() -> None:
     from trl import SFTConfig
 
     from mergeforget_plugin import MergeForgetConfig, Task, build_tiny_llama, eval_set_from_rows, train_sequence
-    from mergeforget_plugin.models import default_model_dir
-    from mergeforget_plugin.report import compare_runs
+    from mergeforget_plugin.data.models import default_model_dir
+    from mergeforget_plugin.evaluation.report import compare_runs
 
     out = Path(args.output_dir)
     data = {

@@ -39,7 +39,7 @@ def main() -> None:
     from trl import SFTConfig
 
     from mergeforget_plugin import MergeForgetConfig, Task, build_tiny_llama, train_sequence
-    from mergeforget_plugin.models import default_model_dir
+    from mergeforget_plugin.data.models import default_model_dir
 
     output_dir = Path(args.output_dir)
     if args.model == "smollm2":

@@ -3,7 +3,7 @@
 One LoRA adapter, carried across a sequence of tasks with orthogonal initialization and
 time-aware asymmetric merging, for TRL (`MergeForgetCallback`, `train_sequence`) and Axolotl.
 
-The math (`mergeforget_plugin.slao`), the state (`.state`) and the engine (`.engine`) import only
+The math (`mergeforget_plugin.core.slao`), the state (`.state`) and the engine (`.engine`) import only
 torch and safetensors; everything that needs transformers, PEFT, TRL or Axolotl is imported on
 first use.
 """
@@ -13,6 +13,16 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from .core.layout import RunLayout
+from .core.slao import (
+    LoRAPair,
+    MergeForgetConfig,
+    merge_coefficient,
+    merge_task,
+    orthogonal_basis,
+    task_start_weights,
+)
+from .core.state import ContinualState, load_state, save_state
 from .errors import (
     EvaluationError,
     MergeForgetError,
@@ -23,32 +33,22 @@ from .errors import (
     StateMismatchError,
     UnsupportedAdapterError,
 )
-from .layout import RunLayout
-from .slao import (
-    LoRAPair,
-    MergeForgetConfig,
-    merge_coefficient,
-    merge_task,
-    orthogonal_basis,
-    task_start_weights,
-)
-from .state import ContinualState, load_state, save_state
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "ContinualTask": "engine",
-    "MergeForgetCallback": "callback",
-    "Task": "trl_sequence",
-    "SequenceResult": "trl_sequence",
-    "train_sequence": "trl_sequence",
-    "export_adapter": "export",
-    "EvalSet": "evaluation",
-    "eval_set_from_rows": "evaluation",
-    "LMEvalProbe": "lm_eval_probe",
+    "MergeForgetCallback": "integrations.callback",
+    "Task": "integrations.trl.sequence",
+    "SequenceResult": "integrations.trl.sequence",
+    "train_sequence": "integrations.trl.sequence",
+    "export_adapter": "core.export",
+    "EvalSet": "evaluation.scoring",
+    "eval_set_from_rows": "evaluation.scoring",
+    "LMEvalProbe": "evaluation.lm_eval_probe",
     "read_lora": "peft_bridge",
     "write_lora": "peft_bridge",
-    "build_tiny_llama": "tiny_model",
+    "build_tiny_llama": "data.tiny_model",
     "MergeForgetPlugin": "integrations.axolotl.plugin",
     "load_recipe": "integrations.axolotl.recipe",
     "run_recipe": "integrations.axolotl.runner",

@@ -7,11 +7,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .core.layout import RunLayout
+from .core.slao import allowed_values
+from .core.state import load_state
+from .data.standard_cl import MAX_TEXT_CHARS, TEST_PER_TASK, TRAIN_PER_CLASS
 from .errors import MergeForgetError, StateError
-from .layout import RunLayout
-from .slao import allowed_values
-from .standard_cl import MAX_TEXT_CHARS, TEST_PER_TASK, TRAIN_PER_CLASS
-from .state import load_state
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -42,7 +42,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export_adapter
+    from .core.export import export_adapter
 
     state = load_state(args.state_dir)
     if state is None:
@@ -56,9 +56,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .evaluation.report import compare_runs
     from .integrations.axolotl.recipe import load_recipe
     from .integrations.axolotl.runner import run_recipe
-    from .report import compare_runs
 
     run_recipe(
         args.recipe,
@@ -88,14 +88,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .report import compare_runs
+    from .evaluation.report import compare_runs
 
     print(compare_runs(args.output_dirs, plot=args.plot))
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .evaluation.report import write_report
 
     layout = RunLayout(args.output_dir)
     for path in write_report(layout, load_state(layout.state)):
@@ -120,7 +120,7 @@ def _given(value: int | None, default: int) -> int:
 
 
 def _prepare_data(args: argparse.Namespace) -> int:
-    from .standard_cl import DataPrepError
+    from .data.standard_cl import DataPrepError
 
     if args.target in BENCHMARKS:
         benchmark, output_dir = args.target, args.output_dir or f"recipes/data/{args.target.replace('-', '_')}"
@@ -130,7 +130,7 @@ def _prepare_data(args: argparse.Namespace) -> int:
         benchmark, output_dir = "standard-cl", args.target
     if benchmark == "superni":
         return _prepare_superni(args, output_dir)
-    from .standard_cl import MAX_TEXT_CHARS, SOURCES, prepare
+    from .data.standard_cl import MAX_TEXT_CHARS, SOURCES, prepare
 
     unknown = [task for task in args.tasks or [] if task not in SOURCES]
     if unknown:
@@ -159,8 +159,8 @@ def _prepare_data(args: argparse.Namespace) -> int:
 
 
 def _prepare_superni(args: argparse.Namespace, output_dir: str) -> int:
-    from .standard_cl import DataPrepError
-    from .superni import MAX_INPUT_CHARS, ORDER_1, TEST_PER_TASK, TRAIN_PER_TASK, prepare_superni
+    from .data.standard_cl import DataPrepError
+    from .data.superni import MAX_INPUT_CHARS, ORDER_1, TEST_PER_TASK, TRAIN_PER_TASK, prepare_superni
 
     if args.source is None:
         raise DataPrepError(

@@ -38,16 +38,16 @@ from typing import Any
 
 import torch
 
-from .atomic import write_atomic
+from .core.atomic import write_atomic
+from .core.export import export_adapter
+from .core.faults import pause_point
+from .core.layout import RunLayout
+from .core.slao import LoRAPair, MergeForgetConfig, merge_coefficient, merge_task, task_start_weights
+from .core.state import BaseModelFingerprint, ContinualState, LoRASignature, check_writable, load_state, save_state
 from .errors import EvaluationError, RunError, StateError
-from .evaluation import EvalSet, score_all
-from .export import export_adapter
-from .faults import pause_point
-from .layout import RunLayout
-from .report import build_report, evaluation_record, load_evaluations, merge_records, save_row, write_report
-from .schedule import DEFAULT_SCHEDULE, check_schedule, row_plan
-from .slao import LoRAPair, MergeForgetConfig, merge_coefficient, merge_task, task_start_weights
-from .state import BaseModelFingerprint, ContinualState, LoRASignature, check_writable, load_state, save_state
+from .evaluation.report import build_report, evaluation_record, load_evaluations, merge_records, save_row, write_report
+from .evaluation.schedule import DEFAULT_SCHEDULE, check_schedule, row_plan
+from .evaluation.scoring import EvalSet, score_all
 
 # The training step at which the `training-step` fault-injection point pauses (see faults.py).
 _PAUSE_STEP = 2
@@ -147,14 +147,14 @@ class ContinualTask:
         probes: Evaluation-only sets (:class:`EvalSet`, or an lm-evaluation-harness probe), never
             trained on, scored in the same rows as the tasks.
         eval_schedule: ``"needed"`` or ``"all"``: which tasks and probes each row scores (see
-            :mod:`mergeforget_plugin.schedule`). Default: ``"needed"`` when ``sequence`` is given,
+            :mod:`mergeforget_plugin.evaluation.schedule`). Default: ``"needed"`` when ``sequence`` is given,
             ``"all"`` otherwise.
         sequence: The names of every task of the sequence, in order (default: the tasks of
             ``eval_sets``); ``"needed"`` reads it to know the next task and the last.
         export_dir: Also write the merged LoRA there as a PEFT adapter after the task.
         adapter_name: The PEFT adapter to carry.
         trackers: Where the report also goes after the task's row is scored ("tensorboard",
-            "wandb"; see :mod:`mergeforget_plugin.trackers`). The TRL callback sets them from the
+            "wandb"; see :mod:`mergeforget_plugin.evaluation.trackers`). The TRL callback sets them from the
             trainer's ``report_to``.
     """
 
@@ -310,7 +310,7 @@ class ContinualTask:
             if self._evaluates:
                 write_report(self.layout, state)
                 if self.trackers:
-                    from .trackers import log_task
+                    from .evaluation.trackers import log_task
 
                     log_task(self.trackers, self.layout, self.index, build_report(self.layout, state))
             pause_point("task-saved", self.index)

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from peft.tuners.lora import LoraLayer
 
+from .core.export import PEFT_PREFIX
+from .core.slao import LoRAPair
+from .core.state import BaseModelFingerprint, LoRASignature, architecture_of
 from .errors import StateError, UnsupportedAdapterError
-from .export import PEFT_PREFIX
-from .slao import LoRAPair
-from .state import BaseModelFingerprint, LoRASignature, architecture_of
 
 # LoRA inits that rewrite the frozen base weights: a sequence cannot carry them from task to task.
 _BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq")

@@ -25,7 +25,7 @@ def demo_rows(name: str, split: str) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from mergeforget_plugin.tiny_model import build_tiny_llama
+    from mergeforget_plugin.data.tiny_model import build_tiny_llama
 
     corpus = [row["prompt"] + row["completion"] for name in DEMO_TASKS for row in demo_rows(name, "train")]
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), corpus)

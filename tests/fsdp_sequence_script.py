@@ -27,9 +27,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState, TrainingArguments
 
 from mergeforget_plugin import MergeForgetCallback
-from mergeforget_plugin.evaluation import eval_set_from_rows, read_rows
+from mergeforget_plugin.core.state import load_state
+from mergeforget_plugin.evaluation.scoring import eval_set_from_rows, read_rows
 from mergeforget_plugin.peft_bridge import is_sharded, lora_layers, read_lora
-from mergeforget_plugin.state import load_state
 
 DEMO = Path(__file__).resolve().parent.parent / "recipes" / "data" / "demo"
 TASKS = ("antonyms", "plurals")

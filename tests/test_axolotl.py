@@ -15,7 +15,7 @@ import yaml
 
 pytest.importorskip("axolotl", reason="the Axolotl path needs the [axolotl] extra")
 
-from mergeforget_plugin.state import load_state, snapshot_dirs  # noqa: E402
+from mergeforget_plugin.core.state import load_state, snapshot_dirs  # noqa: E402
 
 from .conftest import DEMO_DATA, DEMO_TASKS, REPO  # noqa: E402
 

@@ -28,10 +28,10 @@ from packaging.version import Version
 pytest.importorskip("axolotl", reason="the Axolotl path needs the [axolotl] extra")
 pytest.importorskip("deepspeed", reason="two CPU processes need DeepSpeed ZeRO-3 (see the module docstring)")
 
-from mergeforget_plugin.layout import RunLayout  # noqa: E402
-from mergeforget_plugin.report import load_evaluations  # noqa: E402
-from mergeforget_plugin.slao import task_start_weights  # noqa: E402
-from mergeforget_plugin.state import load_snapshot, load_state  # noqa: E402
+from mergeforget_plugin.core.layout import RunLayout  # noqa: E402
+from mergeforget_plugin.core.slao import task_start_weights  # noqa: E402
+from mergeforget_plugin.core.state import load_snapshot, load_state  # noqa: E402
+from mergeforget_plugin.evaluation.report import load_evaluations  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
 from .test_axolotl import mergeforget, tiny_recipe  # noqa: E402

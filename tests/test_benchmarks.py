@@ -121,7 +121,7 @@ def test_score_row_scores_the_trained_tasks_and_the_next_one(tiny_model_dir):
     from continual_benchmark import score_row
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mergeforget_plugin.evaluation import accuracy, eval_set_from_rows
+    from mergeforget_plugin.evaluation.scoring import accuracy, eval_set_from_rows
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -15,10 +15,10 @@ import psutil
 import pytest
 import torch
 
-from mergeforget_plugin.faults import PAUSE_AT_ENV, PAUSE_MARKER_ENV
-from mergeforget_plugin.layout import RunLayout
-from mergeforget_plugin.report import load_evaluations
-from mergeforget_plugin.state import load_state, snapshot_dirs
+from mergeforget_plugin.core.faults import PAUSE_AT_ENV, PAUSE_MARKER_ENV
+from mergeforget_plugin.core.layout import RunLayout
+from mergeforget_plugin.core.state import load_state, snapshot_dirs
+from mergeforget_plugin.evaluation.report import load_evaluations
 
 from .conftest import REPO
 

@@ -8,11 +8,11 @@ import re
 
 import pytest
 
-from mergeforget_plugin.atomic import write_atomic
 from mergeforget_plugin.cli import main
-from mergeforget_plugin.layout import RunLayout
-from mergeforget_plugin.slao import MergeForgetConfig, allowed_values
-from mergeforget_plugin.state import load_state
+from mergeforget_plugin.core.atomic import write_atomic
+from mergeforget_plugin.core.layout import RunLayout
+from mergeforget_plugin.core.slao import MergeForgetConfig, allowed_values
+from mergeforget_plugin.core.state import load_state
 
 from .conftest import REPO
 

@@ -10,12 +10,12 @@ import sys
 import pytest
 import yaml
 
+from mergeforget_plugin.data.standard_cl import DataPrepError
+from mergeforget_plugin.data.superni import ORDER_1, ORDER_2, prepare_superni, split_sizes
 from mergeforget_plugin.errors import RecipeError
-from mergeforget_plugin.evaluation import read_rows
+from mergeforget_plugin.evaluation.scoring import read_rows
 from mergeforget_plugin.integrations.axolotl.recipe import load_recipe
 from mergeforget_plugin.integrations.axolotl.runner import task_config
-from mergeforget_plugin.standard_cl import DataPrepError
-from mergeforget_plugin.superni import ORDER_1, ORDER_2, prepare_superni, split_sizes
 
 from .conftest import DEMO_DATA, REPO
 

@@ -7,7 +7,10 @@ import json
 import pytest
 import torch
 
-from mergeforget_plugin.evaluation import (
+from mergeforget_plugin.core.layout import RunLayout
+from mergeforget_plugin.evaluation.metrics import continual_metrics
+from mergeforget_plugin.evaluation.report import build_report, compare_reports, save_evaluation, write_report
+from mergeforget_plugin.evaluation.scoring import (
     EvalSet,
     accuracy,
     choice_predictions,
@@ -15,9 +18,6 @@ from mergeforget_plugin.evaluation import (
     eval_set_from_rows,
     generated_answers,
 )
-from mergeforget_plugin.layout import RunLayout
-from mergeforget_plugin.metrics import continual_metrics
-from mergeforget_plugin.report import build_report, compare_reports, save_evaluation, write_report
 
 from .conftest import demo_rows
 
@@ -214,7 +214,7 @@ def test_report_of_a_run_with_no_evaluations_is_empty_but_valid(tmp_path):
 
 
 def test_order_disparity_follows_the_documented_definition():
-    from mergeforget_plugin.metrics import order_disparity
+    from mergeforget_plugin.evaluation.metrics import order_disparity
 
     result = order_disparity(
         {"0123": {"a": 0.9, "b": 0.5, "c": 0.7}, "3210": {"a": 0.6, "b": 0.55, "c": 0.7}, "1032": {"a": 0.8, "b": 0.4}}
@@ -225,7 +225,7 @@ def test_order_disparity_follows_the_documented_definition():
         order_disparity({"0123": {"a": 0.9}})
 
 
-@pytest.mark.parametrize("module", ["mergeforget_plugin.metrics", "mergeforget_plugin.slao", "stats"])
+@pytest.mark.parametrize("module", ["mergeforget_plugin.evaluation.metrics", "mergeforget_plugin.core.slao", "stats"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib

@@ -1,6 +1,6 @@
 """Kill the sequence runner at every point where a task could be lost; resume must lose nothing.
 
-Each kill lands exactly at a named pause point (:mod:`mergeforget_plugin.faults`): the training
+Each kill lands exactly at a named pause point (:mod:`mergeforget_plugin.core.faults`): the training
 process announces it reached the point and waits, and the test SIGKILLs the *runner*; the training
 child dies with it (PDEATHSIG). The killed-and-resumed sequence must end bit-identical to an
 uninterrupted run with the same seed.
@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 
 pytest.importorskip("axolotl", reason="the runner needs the [axolotl] extra")
 
-from mergeforget_plugin.faults import PAUSE_AT_ENV, PAUSE_MARKER_ENV, POINTS  # noqa: E402
-from mergeforget_plugin.state import load_state, snapshot_dirs  # noqa: E402
+from mergeforget_plugin.core.faults import PAUSE_AT_ENV, PAUSE_MARKER_ENV, POINTS  # noqa: E402
+from mergeforget_plugin.core.state import load_state, snapshot_dirs  # noqa: E402
 
 from .conftest import DEMO_TASKS  # noqa: E402
 from .test_axolotl import mergeforget, tiny_recipe  # noqa: E402

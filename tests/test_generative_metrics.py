@@ -14,7 +14,17 @@ import pytest
 import torch
 
 from mergeforget_plugin import EvaluationError, MergeForgetError, Task, train_sequence
-from mergeforget_plugin.evaluation import (
+from mergeforget_plugin.core.layout import RunLayout
+from mergeforget_plugin.evaluation.metrics import continual_metrics
+from mergeforget_plugin.evaluation.report import (
+    build_report,
+    evaluation_record,
+    render_markdown,
+    save_row,
+    write_report,
+)
+from mergeforget_plugin.evaluation.schedule import evaluation_count, row_plan
+from mergeforget_plugin.evaluation.scoring import (
     EvalSet,
     completion_losses,
     default_metric,
@@ -26,10 +36,6 @@ from mergeforget_plugin.evaluation import (
     rouge_l,
     score,
 )
-from mergeforget_plugin.layout import RunLayout
-from mergeforget_plugin.metrics import continual_metrics
-from mergeforget_plugin.report import build_report, evaluation_record, render_markdown, save_row, write_report
-from mergeforget_plugin.schedule import evaluation_count, row_plan
 
 from .conftest import REPO, demo_rows
 from .helpers import peft_model, sft_config

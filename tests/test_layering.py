@@ -17,27 +17,29 @@ from .conftest import REPO
 PACKAGE = REPO / "mergeforget_plugin"
 # Every module, by layer: a module may import its own layer and the layers below it.
 LAYERS = [
-    {"errors", "faults", "atomic"},
+    {"errors", "core", "core.faults", "core.atomic", "core.environment"},
     {
-        "slao",
-        "layout",
-        "metrics",
-        "schedule",
+        "core.slao",
+        "core.layout",
+        "evaluation.metrics",
+        "evaluation.schedule",
+        "evaluation.scoring",
         "evaluation",
-        "lm_eval_probe",
-        "models",
-        "tiny_model",
-        "standard_cl",
-        "superni",
+        "evaluation.lm_eval_probe",
+        "data",
+        "data.models",
+        "data.tiny_model",
+        "data.standard_cl",
+        "data.superni",
     },
-    {"state", "report"},
-    {"export", "trackers"},
+    {"core.state", "evaluation.report"},
+    {"core.export", "evaluation.trackers"},
     {"peft_bridge"},
     {"engine"},
-    {"callback"},
+    {"integrations", "integrations.callback"},
     {
-        "trl_sequence",
-        "integrations",
+        "integrations.trl",
+        "integrations.trl.sequence",
         "integrations.axolotl",
         "integrations.axolotl.args",
         "integrations.axolotl.recipe",
@@ -51,17 +53,21 @@ LAYER_OF = {module: number for number, modules in enumerate(LAYERS) for module i
 FRAMEWORKS = ("transformers", "peft", "trl", "axolotl")
 CORE = (
     "errors",
-    "atomic",
-    "faults",
-    "slao",
-    "layout",
-    "metrics",
-    "schedule",
+    "core",
+    "core.atomic",
+    "core.environment",
+    "core.faults",
+    "core.slao",
+    "core.layout",
+    "core.state",
+    "core.export",
     "evaluation",
-    "lm_eval_probe",
-    "state",
-    "report",
-    "export",
+    "evaluation.metrics",
+    "evaluation.schedule",
+    "evaluation.scoring",
+    "evaluation.lm_eval_probe",
+    "evaluation.report",
+    "evaluation.trackers",
     "engine",
 )
 
@@ -108,9 +114,9 @@ def test_no_module_imports_a_higher_layer():
 def test_the_trl_path_and_the_axolotl_integration_never_import_each_other():
     modules = package_modules()
     axolotl_side = {name for name in modules if name.startswith("integrations.axolotl")}
-    assert "integrations.axolotl" not in str(imported_package_modules("trl_sequence", modules["trl_sequence"]))
+    assert "integrations.axolotl" not in str(imported_package_modules("integrations.trl.sequence", modules["integrations.trl.sequence"]))
     for name in axolotl_side:
-        assert "trl_sequence" not in imported_package_modules(name, modules[name]), name
+        assert not any(m.startswith("integrations.trl") for m in imported_package_modules(name, modules[name])), name
         assert not any(
             isinstance(node, (ast.Import, ast.ImportFrom))
             and any(part == "trl" for part in ((getattr(node, "module", None) or "").split(".")))

@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 
+from mergeforget_plugin.core.export import export_adapter
+from mergeforget_plugin.core.slao import LoRAPair, MergeForgetConfig
+from mergeforget_plugin.core.state import ContinualState
 from mergeforget_plugin.errors import UnsupportedAdapterError
-from mergeforget_plugin.export import export_adapter
 from mergeforget_plugin.peft_bridge import (
     adapter_config_dict,
     base_model_fingerprint,
@@ -17,8 +19,6 @@ from mergeforget_plugin.peft_bridge import (
     read_lora,
     write_lora,
 )
-from mergeforget_plugin.slao import LoRAPair, MergeForgetConfig
-from mergeforget_plugin.state import ContinualState
 
 
 def random_like(weights: dict[str, LoRAPair], seed: int) -> dict[str, LoRAPair]:

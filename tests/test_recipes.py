@@ -7,10 +7,10 @@ import copy
 import pytest
 import yaml
 
+from mergeforget_plugin.core.state import save_state
 from mergeforget_plugin.errors import RecipeError, RunError, StateMismatchError
 from mergeforget_plugin.integrations.axolotl.recipe import load_recipe, parse_recipe
 from mergeforget_plugin.integrations.axolotl.runner import run_recipe, task_config, write_task_configs
-from mergeforget_plugin.state import save_state
 
 from .conftest import DEMO_DATA, REPO
 
@@ -140,8 +140,8 @@ def test_recipe_that_is_not_yaml_or_not_a_mapping(tmp_path):
 def _finished_state(signature_rank: int, architecture: dict, tasks=("antonyms",)):
     import torch
 
-    from mergeforget_plugin.slao import LoRAPair, MergeForgetConfig
-    from mergeforget_plugin.state import BaseModelFingerprint, ContinualState, LoRASignature
+    from mergeforget_plugin.core.slao import LoRAPair, MergeForgetConfig
+    from mergeforget_plugin.core.state import BaseModelFingerprint, ContinualState, LoRASignature
 
     pair = LoRAPair(torch.zeros(signature_rank, 64), torch.zeros(64, signature_rank))
     return ContinualState(

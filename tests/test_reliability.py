@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from transformers import TrainerCallback
 
 from mergeforget_plugin import MergeForgetCallback, SLAOMathError, Task, train_sequence
+from mergeforget_plugin.core.state import load_state, snapshot_dirs
 from mergeforget_plugin.errors import RecipeError
 from mergeforget_plugin.integrations.axolotl.recipe import load_recipe, parse_recipe
-from mergeforget_plugin.state import load_state, snapshot_dirs
 
 from .helpers import demo_tasks, peft_model, sft_config
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mergeforget_plugin.slao import (
+from mergeforget_plugin.core.slao import (
     LoRAPair,
     MergeForgetConfig,
     SLAOMathError,
@@ -250,7 +250,7 @@ def test_config_raises_on_invalid_options(kwargs, message):
 
 
 def test_huge_finite_weights_are_not_mistaken_for_non_finite_ones():
-    from mergeforget_plugin.slao import LoRAPair, MergeForgetConfig, merge_task
+    from mergeforget_plugin.core.slao import LoRAPair, MergeForgetConfig, merge_task
 
     huge = torch.full((4, 8), 3e38)  # their float32 sum overflows; every value is finite
     merged = merge_task(1, None, {"m": LoRAPair(huge, huge.T.contiguous())}, MergeForgetConfig())

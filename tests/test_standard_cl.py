@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from mergeforget_plugin.cli import main
-from mergeforget_plugin.evaluation import read_rows
+from mergeforget_plugin.data.standard_cl import SOURCES, prepare
+from mergeforget_plugin.evaluation.scoring import read_rows
 from mergeforget_plugin.integrations.axolotl.recipe import load_recipe
-from mergeforget_plugin.standard_cl import SOURCES, prepare
 
 from .conftest import REPO
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from mergeforget_plugin.slao import LoRAPair, MergeForgetConfig
-from mergeforget_plugin.state import (
+from mergeforget_plugin.core.slao import LoRAPair, MergeForgetConfig
+from mergeforget_plugin.core.state import (
     BaseModelFingerprint,
     ContinualState,
     LoRASignature,
@@ -90,7 +90,7 @@ def test_only_the_last_two_snapshots_are_kept_and_state_size_is_constant(tmp_pat
 
 FULL_DISK_SCRIPT = """
 import resource, signal, sys
-from mergeforget_plugin.state import StateError, save_state
+from mergeforget_plugin.core.state import StateError, save_state
 from tests.test_state import make_state
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
@@ -274,7 +274,7 @@ def test_snapshot_files_are_plain_safetensors_with_the_manifests_checksum(tmp_pa
 
 
 def test_a_snapshot_this_process_wrote_is_reused_until_a_file_changes(tmp_path, monkeypatch):
-    import mergeforget_plugin.state as state_module
+    import mergeforget_plugin.core.state as state_module
 
     save_state(make_state(1), tmp_path)
     saved = make_state(2)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mergeforget_plugin import train_sequence
-from mergeforget_plugin.metrics import continual_metrics
-from mergeforget_plugin.trackers import requested, task_scalars
+from mergeforget_plugin.evaluation.metrics import continual_metrics
+from mergeforget_plugin.evaluation.trackers import requested, task_scalars
 
 from .helpers import demo_tasks, peft_model, sft_config
 

@@ -16,9 +16,9 @@ from mergeforget_plugin import (
     StateMismatchError,
     train_sequence,
 )
+from mergeforget_plugin.core.slao import orthogonal_basis
+from mergeforget_plugin.core.state import load_snapshot, load_state, snapshot_dirs
 from mergeforget_plugin.peft_bridge import read_lora
-from mergeforget_plugin.slao import orthogonal_basis
-from mergeforget_plugin.state import load_snapshot, load_state, snapshot_dirs
 
 from .conftest import DEMO_TASKS
 from .helpers import demo_tasks, peft_model, sft_config

@@ -1,7 +1,7 @@
 """The ``mergeforget:`` block of an Axolotl config (and of a recipe), as pydantic settings.
 
 The strategy fields are not written here: they are built from
-:class:`~mergeforget_plugin.slao.MergeForgetConfig` (types, defaults and help texts), and every
+:class:`~mergeforget_plugin.core.slao.MergeForgetConfig` (types, defaults and help texts), and every
 block is checked by constructing a ``MergeForgetConfig`` from it, so its cross-field rules apply
 unchanged. :class:`MergeForgetArgs` is what Axolotl merges into its own config schema; its
 ``model_validator`` s see the whole Axolotl config and reject settings SLAO cannot carry before
@@ -15,9 +15,9 @@ from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from ...evaluation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP, EvalSet, eval_set_from_rows, read_rows
-from ...slao import MergeForgetConfig
-from ...state import pickled_adapter_problem
+from ...core.slao import MergeForgetConfig
+from ...core.state import pickled_adapter_problem
+from ...evaluation.scoring import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP, EvalSet, eval_set_from_rows, read_rows
 
 
 class _BuildsConfig(BaseModel):
@@ -117,7 +117,7 @@ class EvalSpec(EvalSettings):
 
 
 class LMEvalSettings(BaseModel):
-    """An lm-evaluation-harness task as a probe (see :class:`~mergeforget_plugin.lm_eval_probe.LMEvalProbe`)."""
+    """An lm-evaluation-harness task as a probe (see ``evaluation.lm_eval_probe.LMEvalProbe``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -155,7 +155,7 @@ class ProbeSpec(EvalSettings):
     def to_probe(self) -> Any:
         """The probe, its rows read and checked (or, for lm_eval, the harness task found)."""
         if self.lm_eval is not None:
-            from ...lm_eval_probe import LMEvalProbe
+            from ...evaluation.lm_eval_probe import LMEvalProbe
 
             settings = self.lm_eval
             return LMEvalProbe(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import click
 
+from ...core.slao import allowed_values
 from ...errors import MergeForgetError
-from ...slao import allowed_values
 
 
 @click.command(name="continual-train")

@@ -13,8 +13,8 @@ from typing import Any
 
 from axolotl.integrations.base import BasePlugin
 
-from ...callback import MergeForgetCallback
-from ...models import resolve_model_reference
+from ...data.models import resolve_model_reference
+from ..callback import MergeForgetCallback
 from .args import MergeForgetSettings
 
 

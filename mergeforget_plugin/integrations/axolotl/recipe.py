@@ -27,10 +27,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ...core.layout import RunLayout
+from ...core.state import pickled_adapter_problem
 from ...errors import MergeForgetError, RecipeError
-from ...layout import RunLayout
-from ...schedule import DEFAULT_SCHEDULE
-from ...state import pickled_adapter_problem
+from ...evaluation.schedule import DEFAULT_SCHEDULE
 from .args import EvalSettings, EvalSpec, ProbeSpec, StrategySettings
 
 # Keys that define the one LoRA every task shares, or that the runner sets per task.
@@ -344,7 +344,7 @@ class LoadedRecipe:
         """What reading the data would refuse, before any task trains: every local JSON or JSON
         Lines dataset parsed (a bad line is named by file and line), and every held-out set and
         probe built as the training processes will build it (fields, metrics, references)."""
-        from ...evaluation import check_rows
+        from ...evaluation.scoring import check_rows
 
         problems: list[str] = []
         checked: set[Path] = set()

@@ -1,7 +1,7 @@
 """Run a recipe's tasks one after another through the real ``axolotl train``, resumably.
 
 For every task the runner writes a complete Axolotl config (``configs/task-02-name.yaml`` of the
-run's :class:`~mergeforget_plugin.layout.RunLayout`: the base config, the task's datasets and
+run's :class:`~mergeforget_plugin.core.layout.RunLayout`: the base config, the task's datasets and
 overrides, and the plugin block) and runs ``python -m axolotl.cli.main train CONFIG --launcher
 python`` in a child process. Inside it, the plugin runs the task through the engine. A task
 counts as finished only when its state snapshot is on disk, so a crash or kill at any moment loses
@@ -25,12 +25,9 @@ from typing import Any
 
 import yaml
 
-from ...atomic import write_atomic
-from ...engine import check_sequence, finish_sequence
-from ...errors import RecipeError, RunError, StateError
-from ...layout import RunLayout
-from ...models import resolve_model_reference
-from ...state import (
+from ...core.atomic import write_atomic
+from ...core.layout import RunLayout
+from ...core.state import (
     BaseModelFingerprint,
     ContinualState,
     LoRASignature,
@@ -40,6 +37,9 @@ from ...state import (
     load_state,
     tidy_state_dir,
 )
+from ...data.models import resolve_model_reference
+from ...engine import check_sequence, finish_sequence
+from ...errors import RecipeError, RunError, StateError
 from .recipe import LoadedRecipe, load_recipe
 
 PLUGIN_PATH = "mergeforget_plugin.MergeForgetPlugin"

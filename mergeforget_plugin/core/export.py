@@ -12,8 +12,8 @@ from pathlib import Path
 
 from safetensors.torch import save
 
+from ..errors import StateError
 from .atomic import write_atomic
-from .errors import StateError
 from .faults import pause_point
 from .state import ContinualState
 

@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from ..errors import StateError, StateMismatchError
 from .atomic import fsync_dir, private_staging_dir, write_synced
-from .errors import StateError, StateMismatchError
 from .faults import pause_point
 from .slao import LoRAPair, MergeForgetConfig
 

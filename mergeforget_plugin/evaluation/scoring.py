@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import torch
 
-from .errors import EvaluationError
+from ..errors import EvaluationError
 from .metrics import SCORABLE
 
 Metric = Literal["choice", "loss", "rouge_l", "exact_match"]

@@ -25,7 +25,7 @@ DEFAULT_SCHEDULE = "needed"
 
 def check_schedule(schedule: str) -> str:
     if schedule not in SCHEDULES:
-        from .errors import EvaluationError
+        from ..errors import EvaluationError
 
         raise EvaluationError(f"eval_schedule {schedule!r} is not one of {', '.join(SCHEDULES)}.")
     return schedule

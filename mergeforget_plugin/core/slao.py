@@ -27,7 +27,7 @@ from typing import Literal, NamedTuple, get_args, get_origin, get_type_hints
 
 import torch
 
-from .errors import SLAOMathError
+from ..errors import SLAOMathError
 
 Strategy = Literal["slao", "seq"]
 LambdaSchedule = Literal["inv_sqrt", "inv", "constant"]

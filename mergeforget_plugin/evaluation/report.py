@@ -1,7 +1,7 @@
 """The continual-learning report of a run: score matrices and metrics as JSON, Markdown and heatmaps.
 
 Evaluation rows are stored one file per row (``evaluations/after-00.json`` for the base model,
-``after-03.json`` after task 3; see :class:`~mergeforget_plugin.layout.RunLayout`), so an
+``after-03.json`` after task 3; see :class:`~mergeforget_plugin.core.layout.RunLayout`), so an
 interrupted run still renders the rows it reached. A row holds, per task, every metric scored
 (``scores``), which one is the task's primary metric (``primary_metric``) and its value
 (``accuracy``, the field rows have always had), and the probes' scores (``probes``). A row
@@ -9,7 +9,7 @@ written before metrics were named holds only ``accuracy``; it reads as the metri
 
 The report has one matrix per metric, and the primary matrix (each task's primary metric) that
 AA, BWT, FWT and ``accuracy_matrix.png`` use. The metrics are those of
-:mod:`mergeforget_plugin.metrics`, oriented so that a negative BWT is forgetting for every metric.
+:mod:`mergeforget_plugin.evaluation.metrics`, oriented so that a negative BWT is forgetting for every metric.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_atomic
-from .layout import RunLayout
+from ..core.atomic import write_atomic
+from ..core.layout import RunLayout
 from .metrics import AccuracyMatrix, metric_info
 
 _LABEL_METRICS = ("choice", "exact_match", "accuracy")
@@ -557,8 +557,8 @@ def plot_forgetting_curves(reports: list[dict[str, Any]]) -> bytes:
 def compare_runs(run_dirs: Sequence[str | Path], plot: str | Path | None = None) -> str:
     """``mergeforget compare``: the runs' table (:func:`compare_reports`), and their forgetting
     curves written as a PNG (``plot``; by default beside the first run, ``RunLayout.comparison_plot``)."""
-    from .errors import StateError
-    from .state import load_state
+    from ..core.state import load_state
+    from ..errors import StateError
 
     reports = []
     for run_dir in run_dirs:

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import write_atomic
-from .errors import MergeForgetError
+from ..core.atomic import write_atomic
+from ..errors import MergeForgetError
 
 
 class DataPrepError(MergeForgetError, ValueError):

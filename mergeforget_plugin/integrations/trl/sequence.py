@@ -1,6 +1,6 @@
 """Run a list of tasks through TRL's ``SFTTrainer`` one after another, carrying one SLAO LoRA.
 
-A thin loop over :class:`~mergeforget_plugin.callback.MergeForgetCallback`: the pre-flight, the
+A thin loop over :class:`~mergeforget_plugin.integrations.callback.MergeForgetCallback`: the pre-flight, the
 evaluation rows, the merge and the output layout are the engine's (``mergeforget_plugin.engine``).
 """
 
@@ -15,15 +15,15 @@ from typing import Any
 
 import torch
 
-from .callback import MergeForgetCallback
-from .engine import check_sequence, finish_sequence
-from .errors import EvaluationError, StateError
-from .evaluation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP, EvalSet, eval_set_from_rows
-from .layout import RunLayout
-from .metrics import SCORABLE
-from .schedule import DEFAULT_SCHEDULE, check_schedule
-from .slao import MergeForgetConfig
-from .state import ContinualState
+from ...core.layout import RunLayout
+from ...core.slao import MergeForgetConfig
+from ...core.state import ContinualState
+from ...engine import check_sequence, finish_sequence
+from ...errors import EvaluationError, StateError
+from ...evaluation.metrics import SCORABLE
+from ...evaluation.schedule import DEFAULT_SCHEDULE, check_schedule
+from ...evaluation.scoring import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP, EvalSet, eval_set_from_rows
+from ..callback import MergeForgetCallback
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Task:
             FWT and the heatmap use: `"choice"` ranks the candidate answers by log-likelihood,
             `"loss"` is the answer's mean token negative log-likelihood, `"rouge_l"` and
             `"exact_match"` score greedy generations. Default: `"choice"` when the answers form a
-            small label set, else `"loss"` (see `mergeforget_plugin.evaluation`).
+            small label set, else `"loss"` (see `mergeforget_plugin.evaluation.scoring`).
         metrics: More metrics to score (each gets its own matrix in the report).
         options: Candidate answers for `"choice"`; default: every completion in the task's data.
         max_new_tokens: Longest generation for `"rouge_l"` and `"exact_match"`.
@@ -142,7 +142,7 @@ def train_sequence(
             the held-out loss in the report, the heatmaps and the trackers).
         probes: Evaluation-only sets never trained on ([`EvalSet`], e.g. from `eval_set_from_rows`,
             or [`LMEvalProbe`]), scored with the tasks; the report shows their change from the base.
-        eval_schedule: `"needed"` (default) or `"all"`; see `mergeforget_plugin.schedule`.
+        eval_schedule: `"needed"` (default) or `"all"`; see `mergeforget_plugin.evaluation.schedule`.
 
     Returns:
         A [`SequenceResult`] with the final state, the adapter folder and the loss matrix.
@@ -170,7 +170,7 @@ def train_sequence(
         model = get_peft_model(model, peft_config)
 
     if state is not None and len(state.finished_tasks) == len(tasks):
-        from .peft_bridge import write_lora
+        from ...peft_bridge import write_lora
 
         write_lora(model, state.merged)  # nothing left to train: the model holds the deployed LoRA
 

@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .engine import ContinualTask, training_summary
-from .evaluation import EvalSet
-from .layout import RunLayout
-from .slao import MergeForgetConfig
-from .state import ContinualState
-from .trackers import requested
+from ..core.layout import RunLayout
+from ..core.slao import MergeForgetConfig
+from ..core.state import ContinualState
+from ..engine import ContinualTask, training_summary
+from ..evaluation.scoring import EvalSet
+from ..evaluation.trackers import requested
 
 
 class MergeForgetCallback(TrainerCallback):

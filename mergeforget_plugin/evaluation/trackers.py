@@ -24,7 +24,7 @@ import io
 from collections.abc import Iterable
 from typing import Any
 
-from .layout import RunLayout
+from ..core.layout import RunLayout
 
 SUPPORTED = ("tensorboard", "wandb")
 
@@ -38,7 +38,7 @@ def requested(report_to: str | Iterable[str] | None) -> list[str]:
 
 
 def task_scalars(report: dict[str, Any]) -> dict[str, float]:
-    """The numbers of a report (see :func:`~mergeforget_plugin.report.build_report`) after its last row."""
+    """The numbers of a report (see :func:`~mergeforget_plugin.evaluation.report.build_report`) after its last row."""
     if not report["accuracy_matrix"]:
         return {}
     values: dict[str, float] = {}

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_atomic
+from ..core.atomic import write_atomic
 from .standard_cl import DataPrepError
 
 ORDER_1 = (

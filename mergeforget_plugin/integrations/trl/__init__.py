@@ -1,0 +1,1 @@
+"""The TRL integration: ``train_sequence`` runs a list of tasks through ``SFTTrainer``."""
