@@ -22,8 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No model hub here: the offline settings, before transformers is imported.
+from mergeforget_plugin.core.environment import offline_environment  # noqa: E402
+
+os.environ.update(offline_environment())
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "recipes" / "data"

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from mergeforget_plugin.core.environment import offline_environment
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "tests" / "fsdp_sequence_script.py"
@@ -37,7 +38,7 @@ def lora_bytes(model_dir: Path, rank: int, modules: list[str]) -> int:
 
 
 def run(command: list[str], cwd: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = offline_environment(OMP_NUM_THREADS="1")
     completed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     if completed.returncode != 0:
         sys.exit(completed.stdout[-2000:] + completed.stderr[-4000:])
@@ -50,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from mergeforget_plugin.data.tiny_model import build_tiny_llama
-    from tests.conftest import DEMO_TASKS, demo_rows
+    from tests.helpers import DEMO_TASKS, demo_rows
 
     if args.smoke:
         shape, rank, modules = {}, 4, ["q_proj", "v_proj"]

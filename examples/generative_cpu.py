@@ -20,8 +20,10 @@ import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# No model hub here: the offline settings, before transformers is imported.
+from mergeforget_plugin.core.environment import offline_environment  # noqa: E402
+
+os.environ.update(offline_environment())
 
 DATA = Path(__file__).resolve().parent.parent / "recipes" / "data"
 TASKS = ("headline", "reply")

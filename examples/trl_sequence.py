@@ -12,8 +12,10 @@ import json
 import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# No model hub here: the offline settings, before transformers is imported.
+from mergeforget_plugin.core.environment import offline_environment  # noqa: E402
+
+os.environ.update(offline_environment())
 
 DEMO_DATA = Path(__file__).resolve().parent.parent / "recipes" / "data" / "demo"
 TASK_NAMES = ("antonyms", "plurals", "capitals")

@@ -24,6 +24,7 @@ from .core.slao import (
 )
 from .core.state import ContinualState, load_state, save_state
 from .errors import (
+    DataPrepError,
     EvaluationError,
     MergeForgetError,
     RecipeError,
@@ -31,6 +32,7 @@ from .errors import (
     SLAOMathError,
     StateError,
     StateMismatchError,
+    TaskNameError,
     UnsupportedAdapterError,
 )
 
@@ -63,6 +65,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ContinualState",
+    "DataPrepError",
     "EvaluationError",
     "LoRAPair",
     "MergeForgetConfig",
@@ -73,6 +76,7 @@ __all__ = [
     "SLAOMathError",
     "StateError",
     "StateMismatchError",
+    "TaskNameError",
     "UnsupportedAdapterError",
     "load_state",
     "merge_coefficient",

@@ -6,12 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .core.layout import RunLayout
-from .core.slao import allowed_values
 from .core.state import load_state
 from .data.standard_cl import MAX_TEXT_CHARS, TEST_PER_TASK, TRAIN_PER_CLASS
-from .errors import MergeForgetError, StateError
+from .errors import DataPrepError, MergeForgetError, StateError
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -42,48 +42,44 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .core.export import export_adapter
+    from .core.export import export_adapter, report_fits
 
     state = load_state(args.state_dir)
     if state is None:
         raise StateError(f"{args.state_dir} holds no finished task, so there is no adapter to export.")
-    out = export_adapter(state, args.output_dir)
+    # The run's evaluations, when they lie beside the state, go into the adapter's model card.
+    layout = RunLayout.of_state_dir(args.state_dir)
+    report = None
+    if layout.evaluation_rows():
+        from .evaluation.report import build_report
+
+        try:
+            report = build_report(layout, state)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            print(
+                f"mergeforget: the evaluations in {layout.evaluations} could not be read ({error}); "
+                "the model card gives no scores.",
+                file=sys.stderr,
+            )
+    out = export_adapter(state, args.output_dir, report=report)
+    if report_fits(state, report):
+        card = f"with the scores in {layout.evaluations}"
+    elif report is not None:
+        card = f"without scores ({layout.evaluations} holds no row after each task of this state)"
+    else:
+        card = "without scores (no evaluations beside the state)"
     print(
         f"Wrote the merged adapter after {len(state.finished_tasks)} task(s) to {out} "
-        "(load it with PeftModel.from_pretrained)."
+        f"(load it with PeftModel.from_pretrained); its model card README.md is {card}."
     )
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .evaluation.report import compare_runs
-    from .integrations.axolotl.recipe import load_recipe
+    from .integrations.axolotl.options import run_arguments
     from .integrations.axolotl.runner import run_recipe
 
-    run_recipe(
-        args.recipe,
-        resume=args.resume,
-        dry_run=args.dry_run,
-        stream_output=args.verbose,
-        strategy=args.strategy,
-        output_dir=args.output_dir,
-        processes=args.nproc_per_node,
-    )
-    if args.baseline is None or args.dry_run:
-        return 0
-    # The same tasks again with the baseline strategy, next to the first run's folder.
-    first = load_recipe(args.recipe, check_files=False).with_overrides(output_dir=args.output_dir).layout.root
-    second = first.with_name(f"{first.name}-{args.baseline}")
-    run_recipe(
-        args.recipe,
-        resume=args.resume,
-        stream_output=args.verbose,
-        strategy=args.baseline,
-        output_dir=second,
-        processes=args.nproc_per_node,
-    )
-    print()
-    print(compare_runs([first, second]))
+    run_recipe(args.recipe, **run_arguments(vars(args)))
     return 0
 
 
@@ -120,8 +116,6 @@ def _given(value: int | None, default: int) -> int:
 
 
 def _prepare_data(args: argparse.Namespace) -> int:
-    from .data.standard_cl import DataPrepError
-
     if args.target in BENCHMARKS:
         benchmark, output_dir = args.target, args.output_dir or f"recipes/data/{args.target.replace('-', '_')}"
     elif args.output_dir is not None:
@@ -159,7 +153,6 @@ def _prepare_data(args: argparse.Namespace) -> int:
 
 
 def _prepare_superni(args: argparse.Namespace, output_dir: str) -> int:
-    from .data.standard_cl import DataPrepError
     from .data.superni import MAX_INPUT_CHARS, ORDER_1, TEST_PER_TASK, TRAIN_PER_TASK, prepare_superni
 
     if args.source is None:
@@ -185,16 +178,8 @@ def _prepare_superni(args: argparse.Namespace, output_dir: str) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mergeforget",
-        description=(
-            "Continual LoRA fine-tuning with SLAO (Merge before Forget): one adapter carried across a "
-            "sequence of tasks. `train` runs a recipe through Axolotl; `status` and `export` inspect and "
-            "export what any sequence (Axolotl or TRL) left in its state directory."
-        ),
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_train(commands: Any) -> None:
+    from .integrations.axolotl.options import TRAIN_OPTIONS
 
     train = commands.add_parser(
         "train",
@@ -206,27 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     train.add_argument("recipe", help="the recipe YAML (see recipes/)")
-    train.add_argument("--resume", action="store_true", help="continue after the last finished task of OUTPUT/state")
-    train.add_argument("--dry-run", action="store_true", help="validate and write the per-task configs, train nothing")
-    train.add_argument("--verbose", action="store_true", help="show Axolotl's output instead of logging it per task")
-    strategies = allowed_values()["strategy"]
-    train.add_argument("--strategy", choices=strategies, help="replace the recipe's strategy")
-    train.add_argument("--output-dir", help="replace the recipe's output_dir (relative to the working directory)")
-    train.add_argument(
-        "--nproc-per-node",
-        type=int,
-        metavar="N",
-        help="train each task with N processes through axolotl's torchrun launcher (one per GPU, with the "
-        "recipe's deepspeed or fsdp_config); without it, one plain process",
-    )
-    train.add_argument(
-        "--baseline",
-        choices=strategies,
-        help="then train the same tasks with this strategy into OUTPUT-BASELINE (OUTPUT: the first run's "
-        "output directory) and print both runs side by side",
-    )
+    for option in TRAIN_OPTIONS:
+        if option.is_flag:
+            train.add_argument(option.flag, action="store_true", help=option.help)
+        else:
+            train.add_argument(
+                option.flag, choices=option.choices, type=option.type, metavar=option.metavar, help=option.help
+            )
     train.set_defaults(handler=_train)
 
+
+def _add_compare(commands: Any) -> None:
     compare = commands.add_parser(
         "compare",
         help="print runs of the same tasks side by side: AA, BWT, FWT and what each task kept",
@@ -240,10 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.set_defaults(handler=_compare)
 
+
+def _add_status(commands: Any) -> None:
     status = commands.add_parser("status", help="show the finished tasks and per-task merge history of a state")
     status.add_argument("state_dir", help="the continual state directory (e.g. outputs/run/state)")
     status.set_defaults(handler=_status)
 
+
+def _add_report(commands: Any) -> None:
     report = commands.add_parser(
         "report",
         help="render report.json, report.md and accuracy_matrix.png of a finished or interrupted run",
@@ -255,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("output_dir", help="a run's output directory (holds state/ and evaluations/)")
     report.set_defaults(handler=_report)
 
+
+def _add_prepare_data(commands: Any) -> None:
     data = commands.add_parser(
         "prepare-data",
         help="write a benchmark's splits as JSONL: the Standard CL sets (AG News, Amazon, Yelp, DBpedia, Yahoo) "
@@ -305,10 +286,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.set_defaults(handler=_prepare_data)
 
+
+
+def _add_export(commands: Any) -> None:
     export = commands.add_parser("export", help="write the merged LoRA of a state as a standard PEFT adapter")
     export.add_argument("state_dir", help="the continual state directory")
     export.add_argument("output_dir", help="where to write adapter_config.json and adapter_model.safetensors")
     export.set_defaults(handler=_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mergeforget",
+        description=(
+            "Continual LoRA fine-tuning with SLAO (Merge before Forget): one adapter carried across a "
+            "sequence of tasks. `train` runs a recipe through Axolotl; `status` and `export` inspect and "
+            "export what any sequence (Axolotl or TRL) left in its state directory."
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_compare, _add_status, _add_report, _add_prepare_data, _add_export):
+        add(commands)
     return parser
 
 

@@ -7,6 +7,13 @@ state atomically. The TRL callback, ``train_sequence``, the Axolotl plugin and t
 are thin adapters that call these at the right moment of their framework. They never repeat the
 orchestration.
 
+The module has two halves. The plan is plain functions over the state and the stored rows, tested
+without a model (``tests/test_engine_plan.py``): the state a task starts from (:func:`start_state`),
+its starting LoRA (:func:`starting_lora`), the rows it finds missing (:func:`missing_rows`), what
+each row scores (:func:`row_sets`), the state once it ends (:func:`finished_state`). The effects are
+few and named: the LoRA read from and written into the model, scoring, and :func:`publish`, which
+writes a finished task's files.
+
 Order at the end of a task, and why:
 
 1. merge (nothing written yet, so a kill here loses only this task);
@@ -18,9 +25,10 @@ Order at the end of a task, and why:
 4. save the state (the task counts as finished once its snapshot is renamed into place), export
    the adapter when asked, refresh the report.
 
-Only the first process writes files. The others wait at a barrier until the snapshot is complete.
-When the weights are sharded (FSDP2, DeepSpeed ZeRO-3), every process also reads and writes the
-LoRA (each factor is gathered, then scattered back) and runs the evaluation's forward passes.
+Only the first process writes files (the trainer says which, where there is one). The others
+wait at a barrier until the snapshot is complete. When the weights are sharded (FSDP2, DeepSpeed
+ZeRO-3), every process also reads and writes the LoRA (each factor is gathered, then scattered
+back) and runs the evaluation's forward passes.
 
 This module imports no transformers, PEFT, TRL or Axolotl at module level (a layering test
 checks it): what it needs from PEFT models comes from :mod:`mergeforget_plugin.peft_bridge`,
@@ -29,10 +37,13 @@ imported when a task begins.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +52,7 @@ import torch
 from .core.atomic import write_atomic
 from .core.export import export_adapter
 from .core.faults import pause_point
-from .core.layout import RunLayout
+from .core.layout import RunLayout, check_task_names
 from .core.slao import LoRAPair, MergeForgetConfig, merge_coefficient, merge_task, task_start_weights
 from .core.state import BaseModelFingerprint, ContinualState, LoRASignature, check_writable, load_state, save_state
 from .errors import EvaluationError, RunError, StateError
@@ -55,10 +66,14 @@ _PAUSE_STEP = 2
 _PROGRESS_INTERVAL = 0.5
 
 
-def is_main_process() -> bool:
-    """Whether this process writes files: rank 0 of a distributed run, or the only process."""
+def is_main_process(trainer_says: bool | None = None) -> bool:
+    """Whether this process writes files: what the trainer says (``TrainerState.is_world_process_zero``)
+    where there is a trainer, else the ``RANK`` a launcher set. An initialized process group's rank
+    must agree: a hand-written loop's default ``TrainerState()`` says True on every process."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank() == 0
+        return torch.distributed.get_rank() == 0 and trainer_says is not False
+    if trainer_says is not None:
+        return bool(trainer_says)
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -68,36 +83,25 @@ def wait_for_everyone() -> None:
         torch.distributed.barrier()
 
 
-def check_task_names(names: Sequence[str]) -> None:
-    """Refuse an empty sequence, a name that cannot be a folder name, or a repeated name."""
-    if not names:
-        raise ValueError("tasks is empty: give at least one task to train.")
-    for name in names:
-        if not isinstance(name, str) or not name.strip() or "/" in name:
-            raise ValueError(f"Task name {name!r} must be a non-empty string without '/'.")
-    repeated = sorted({name for name in names if list(names).count(name) > 1})
-    if repeated:
-        raise ValueError(f"Task names must be unique; repeated: {repeated}.")
-
-
 def check_sequence(
     layout: RunLayout,
     task_names: Sequence[str],
     config: MergeForgetConfig,
     *,
+    state: ContinualState | None = None,
     declared: tuple[LoRASignature, BaseModelFingerprint] | None = None,
     declared_in: str = "the config",
 ) -> ContinualState | None:
     """Pre-flight of a whole sequence before anything trains; returns the state (``None`` if new).
 
     The finished tasks must be the first tasks of ``task_names``, in order, and the sequence must
-    keep its strategy. ``declared`` is what a config says of the LoRA and the base model before
-    any model is loaded (the recipe runner's view); it is checked with the state's own
-    compatibility checks. Each task repeats the full check against the loaded model in
-    :meth:`ContinualTask.begin`.
+    keep its strategy. ``state`` is the state already loaded from ``layout.state`` (read here when
+    not given). ``declared`` is what a config says of the LoRA and the base model before any model
+    is loaded (the recipe runner's view); it is checked with the state's own compatibility checks.
+    Each task repeats the full check against the loaded model in :meth:`ContinualTask.begin`.
     """
     check_task_names(task_names)
-    state = load_state(layout.state)
+    state = state if state is not None else load_state(layout.state)
     if state is None:
         return None
     done = state.finished_tasks
@@ -119,6 +123,111 @@ def training_summary(global_step: int, log_history: Sequence[dict[str, Any]]) ->
     return {"global_step": global_step, "last_train_loss": losses[-1] if losses else None}
 
 
+# -- The plan of a task: plain functions over the state and the stored rows, tested without a model.
+
+
+def start_state(
+    state: ContinualState | None,
+    name: str,
+    config: MergeForgetConfig,
+    described: tuple[LoRASignature, BaseModelFingerprint],
+    adapter_config: dict[str, Any],
+    where: str,
+) -> ContinualState:
+    """The state a task begins from: a new one for the first task, else the saved one once it has
+    passed the compatibility checks against the loaded model and the run's config."""
+    signature, fingerprint = described
+    if state is None:
+        return ContinualState(signature=signature, base_model=fingerprint, config=config, adapter_config=adapter_config)
+    state.check_compatible(signature, fingerprint, where)
+    state.check_config(config, where)
+    if name in state.finished_tasks:
+        raise StateError(
+            f"Task {name!r} already finished (task {state.finished_tasks.index(name) + 1} of {where}). "
+            "Give the new task another name, or use a new state directory to start over."
+        )
+    return state
+
+
+def starting_lora(state: ContinualState, config: MergeForgetConfig) -> dict[str, LoRAPair] | None:
+    """The LoRA the next task of ``state`` starts training from; ``None`` for task 1 (the LoRA's own init)."""
+    index = state.next_task_index
+    return task_start_weights(index, state.finetuned, state.merged, config) if index >= 2 else None
+
+
+def unscored(eval_sets: Sequence[Any], stored: Mapping[str, Mapping[str, float]]) -> list[Any]:
+    """The sets of ``eval_sets`` a stored row lacks: a set counts as scored when every metric it
+    declares is there (a metric added when a run resumes is not)."""
+    return [s for s in eval_sets if not all(metric in stored.get(s.task, {}) for metric in s.metrics)]
+
+
+@dataclass(frozen=True)
+class MissingRows:
+    """The rows a task scores before it trains: the base model's (``base``), when some task or probe
+    lacks it, and the previous task's (``previous``, its index), when a kill lost it."""
+
+    base: bool
+    previous: int | None
+
+
+def missing_rows(
+    records: Mapping[int, Mapping[str, Any]], index: int, eval_sets: Sequence[Any], probes: Sequence[Any]
+) -> MissingRows:
+    """What :class:`MissingRows` task ``index`` finds, given the stored rows by ``task_index``."""
+    base = records.get(0) or {}
+    base_missing = bool(unscored(eval_sets, base.get("scores", {})) or unscored(probes, base.get("probes", {})))
+    previous = index - 1
+    return MissingRows(base_missing, previous if previous >= 1 and previous not in records else None)
+
+
+def row_sets(
+    schedule: str,
+    sequence: Sequence[str],
+    trained: Sequence[str],
+    eval_sets: Sequence[Any],
+    probes: Sequence[Any],
+    stored: Mapping[str, Any] | None = None,
+) -> tuple[list[Any], list[Any]]:
+    """The task sets and probes the row after ``trained`` scores: what the schedule plans, less what
+    ``stored`` (a row already on disk) holds."""
+    tasks, probe_names = row_plan(schedule, sequence, trained, [p.task for p in probes])
+    stored = stored or {}
+    task_sets = [s for s in unscored(eval_sets, stored.get("scores", {})) if s.task in tasks]
+    probe_sets = [p for p in unscored(probes, stored.get("probes", {})) if p.task in probe_names]
+    return task_sets, probe_sets
+
+
+def finished_state(
+    previous: ContinualState,
+    name: str,
+    finetuned: dict[str, LoRAPair],
+    extra: Mapping[str, Any] | None = None,
+    *,
+    seconds: float = 0.0,
+) -> ContinualState:
+    """The state once task ``name`` (the next of ``previous``) has trained to ``finetuned``: the
+    merged LoRA, the finished task, and the task's record in the history."""
+    index, config = previous.next_task_index, previous.config
+    merged = merge_task(index, previous.merged or None, finetuned, config)
+    record = {
+        "task": name,
+        "task_index": index,
+        "merge_coefficient": merge_coefficient(index, config),
+        "seconds": round(seconds, 3),
+        "finetuned": _norm_summary(finetuned),
+        "merged": _norm_summary(merged),
+        "adapter_bytes": sum(t.numel() * t.element_size() for pair in merged.values() for t in pair),
+        **(extra or {}),
+    }
+    return dataclasses.replace(
+        previous,
+        finished_tasks=[*previous.finished_tasks, name],
+        merged=merged,
+        finetuned=finetuned,
+        history=[*previous.history, record],
+    )
+
+
 def _norm_summary(weights: dict[str, LoRAPair]) -> dict[str, float]:
     a_norms = torch.stack([pair.a.to(torch.float32).norm() for pair in weights.values()])
     b_norms = torch.stack([pair.b.to(torch.float32).norm() for pair in weights.values()])
@@ -129,10 +238,46 @@ def _norm_summary(weights: dict[str, LoRAPair]) -> dict[str, float]:
     }
 
 
-def _unscored(eval_sets: Sequence[Any], stored: dict[str, dict[str, float]]) -> list[Any]:
-    """The sets of ``eval_sets`` a stored row lacks: a set counts as scored when every metric it
-    declares is there (a metric added when a run resumes is not)."""
-    return [s for s in eval_sets if not all(metric in stored.get(s.task, {}) for metric in s.metrics)]
+# -- The effects: the LoRA in the model, scoring, files.
+
+
+@contextmanager
+def _lora_held(model: torch.nn.Module, weights: dict[str, LoRAPair], adapter_name: str) -> Iterator[None]:
+    """``weights`` in the model for the block, then the LoRA it held before."""
+    from .peft_bridge import read_lora, write_lora
+
+    kept = read_lora(model, adapter_name)
+    write_lora(model, weights, adapter_name)
+    try:
+        yield
+    finally:
+        write_lora(model, kept, adapter_name)
+
+
+def publish(
+    layout: RunLayout,
+    state: ContinualState,
+    row: Mapping[str, Any] | None,
+    *,
+    export_dir: Path | None = None,
+    trackers: Sequence[str] = (),
+    evaluates: bool = True,
+) -> None:
+    """What the first process writes when a task ends, in this order: the task's row, the state (the
+    task is finished once its snapshot is renamed into place), the export, the report, the trackers."""
+    if row is not None:
+        save_row(layout, row)
+    save_state(state, layout.state)
+    report = build_report(layout, state) if evaluates else None
+    if export_dir is not None:
+        export_adapter(state, export_dir, report=report)
+    if report is not None:
+        write_report(layout, state, report=report)
+        if trackers:
+            from .evaluation.trackers import log_task
+
+            log_task(trackers, layout, state.next_task_index - 1, report)
+    pause_point("task-saved", state.next_task_index - 1)
 
 
 class ContinualTask:
@@ -147,15 +292,14 @@ class ContinualTask:
         probes: Evaluation-only sets (:class:`EvalSet`, or an lm-evaluation-harness probe), never
             trained on, scored in the same rows as the tasks.
         eval_schedule: ``"needed"`` or ``"all"``: which tasks and probes each row scores (see
-            :mod:`mergeforget_plugin.evaluation.schedule`). Default: ``"needed"`` when ``sequence`` is given,
-            ``"all"`` otherwise.
+            :mod:`mergeforget_plugin.evaluation.schedule`). Default: ``"needed"`` when ``sequence`` is
+            given, ``"all"`` otherwise.
         sequence: The names of every task of the sequence, in order (default: the tasks of
             ``eval_sets``); ``"needed"`` reads it to know the next task and the last.
         export_dir: Also write the merged LoRA there as a PEFT adapter after the task.
         adapter_name: The PEFT adapter to carry.
         trackers: Where the report also goes after the task's row is scored ("tensorboard",
-            "wandb"; see :mod:`mergeforget_plugin.evaluation.trackers`). The TRL callback sets them from the
-            trainer's ``report_to``.
+            "wandb"; see :mod:`mergeforget_plugin.evaluation.trackers`); :meth:`end` can name them too.
     """
 
     def __init__(
@@ -172,8 +316,7 @@ class ContinualTask:
         eval_schedule: str | None = None,
         sequence: Sequence[str] | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError("task_name must be a non-empty string naming the task this trainer trains.")
+        check_task_names([name])
         self.layout = layout
         self.name = name
         self.config = config if config is not None else MergeForgetConfig()
@@ -202,55 +345,53 @@ class ContinualTask:
         self._started_at = 0.0
         self._progress_written_at = float("-inf")
         self._finished = False
+        self._main = is_main_process()
         self._collective = False  # set in begin(): weights are sharded, every process runs the model
         self._rows_pending = False
 
     def begin(
-        self, model: torch.nn.Module, tokenizer: Any = None, *, apply_init: bool = True, score_rows: bool = True
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any = None,
+        *,
+        apply_init: bool = True,
+        score_rows: bool = True,
+        main_process: bool | None = None,
     ) -> int:
         """Pre-flight, missing evaluation rows, then the task's starting LoRA. Runs once; returns the index.
 
         ``apply_init=False`` keeps the model's LoRA as it is (a trainer resumed from a mid-task
         checkpoint already trained from this task's init). ``score_rows=False`` leaves the missing
         rows to :meth:`score_pending_rows` (a model DeepSpeed has partitioned but not wrapped
-        yet cannot run a forward pass).
+        yet cannot run a forward pass). ``main_process`` is the trainer's word on whether this
+        process writes (default: the process group's rank).
         """
         if self.index is not None:
             return self.index
-        from .peft_bridge import adapter_config_dict, describe_model, is_sharded
+        from .peft_bridge import adapter_config_dict, describe_model, is_sharded, write_lora
 
         self._started_at = time.time()
         self._tokenizer = tokenizer if tokenizer is not None else self._tokenizer
-        signature, fingerprint = describe_model(model, self.adapter_name)
+        self._main = is_main_process(main_process)
         check_writable(self.layout.state)
-        state = load_state(self.layout.state)
-        where = str(self.layout.state)
-        if state is None:
-            state = ContinualState(
-                signature=signature,
-                base_model=fingerprint,
-                config=self.config,
-                adapter_config=adapter_config_dict(model, self.adapter_name),
-            )
-        else:
-            state.check_compatible(signature, fingerprint, where)
-            state.check_config(self.config, where)
-            if self.name in state.finished_tasks:
-                raise StateError(
-                    f"Task {self.name!r} already finished (task {state.finished_tasks.index(self.name) + 1} "
-                    f"of {where}). Give the new task another name, or use a new state directory to start over."
-                )
-        self.state, self.index = state, state.next_task_index
+        described = describe_model(model, self.adapter_name)
+        self.state = start_state(
+            load_state(self.layout.state),
+            self.name,
+            self.config,
+            described,
+            adapter_config_dict(model, self.adapter_name),
+            str(self.layout.state),
+        )
+        self.index = self.state.next_task_index
         # Sharded weights (FSDP2, ZeRO-3) run forward passes with every process (each gathers the
         # shards), so every process scores and the first writes; otherwise the first scores alone.
         self._collective = is_sharded(model)
         self._rows_pending = self._evaluates and not score_rows
-        if self._evaluates and score_rows and self._scores_here():
+        if self._evaluates and score_rows:
             self._score_missing_rows(model, keep_lora=not apply_init)
-        if apply_init and self.index >= 2:
-            from .peft_bridge import write_lora
-
-            start = task_start_weights(self.index, state.finetuned, state.merged, self.config)
+        start = starting_lora(self.state, self.config) if apply_init else None
+        if start is not None:
             write_lora(model, start, self.adapter_name)
         return self.index
 
@@ -259,13 +400,22 @@ class ContinualTask:
         has wrapped it); the LoRA keeps this task's start."""
         if self._rows_pending:
             self._rows_pending = False
-            if self._scores_here():
-                self._score_missing_rows(model, keep_lora=True)
+            self._score_missing_rows(model, keep_lora=True)
 
     def end(
-        self, model: torch.nn.Module, tokenizer: Any = None, *, extra: dict[str, Any] | None = None
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        trackers: Sequence[str] | None = None,
+        main_process: bool | None = None,
     ) -> ContinualState:
-        """Merge, load the merged LoRA, score this task's row, save the state. Runs once; returns the state."""
+        """Merge, load the merged LoRA, score this task's row, save the state. Runs once; returns the state.
+
+        ``trackers`` replaces the ones given at construction (the callback passes the trainer's
+        ``report_to``); ``main_process`` is the trainer's word on whether this process writes.
+        """
         if self._finished:
             return self.state
         if self.state is None or self.index is None:
@@ -273,50 +423,25 @@ class ContinualTask:
         from .peft_bridge import read_lora, write_lora
 
         self._tokenizer = tokenizer if tokenizer is not None else self._tokenizer
-        previous = self.state
-        finetuned = read_lora(model, self.adapter_name)
-        merged = merge_task(self.index, previous.merged or None, finetuned, self.config)
-        pause_point("merge", self.index)
-        record = {
-            "task": self.name,
-            "task_index": self.index,
-            "merge_coefficient": merge_coefficient(self.index, self.config) if self.config.strategy == "slao" else 1.0,
-            "seconds": round(time.time() - self._started_at, 3),
-            "finetuned": _norm_summary(finetuned),
-            "merged": _norm_summary(merged),
-            "adapter_bytes": sum(t.numel() * t.element_size() for pair in merged.values() for t in pair),
-            **(extra or {}),
-        }
-        state = ContinualState(
-            signature=previous.signature,
-            base_model=previous.base_model,
-            config=previous.config,
-            adapter_config=previous.adapter_config,
-            finished_tasks=[*previous.finished_tasks, self.name],
-            merged=merged,
-            finetuned=finetuned,
-            history=[*previous.history, record],
+        main = self._main if main_process is None else bool(main_process)
+        state = finished_state(
+            self.state, self.name, read_lora(model, self.adapter_name), extra, seconds=time.time() - self._started_at
         )
-        write_lora(model, merged, self.adapter_name)
-        if self._evaluates and self._scores_here():
-            self.scores = self._score_row(model, self.index, state.finished_tasks)
-            self.accuracy = self.scores["accuracy"]
-        if is_main_process():
-            if self.scores is not None:
-                save_row(self.layout, self.scores)
-            save_state(state, self.layout.state)
-            if self.export_dir is not None:
-                export_adapter(state, self.export_dir)
-            if self._evaluates:
-                write_report(self.layout, state)
-                if self.trackers:
-                    from .evaluation.trackers import log_task
-
-                    log_task(self.trackers, self.layout, self.index, build_report(self.layout, state))
-            pause_point("task-saved", self.index)
-        # Other processes read this snapshot when the next task starts: wait until it is complete.
-        wait_for_everyone()
+        pause_point("merge", self.index)
+        write_lora(model, state.merged, self.adapter_name)  # what evaluation and the framework's save see
+        self.scores = self._score_row(model, self.index, state.finished_tasks)
+        if main:
+            publish(
+                self.layout,
+                state,
+                self.scores,
+                export_dir=self.export_dir,
+                trackers=self.trackers if trackers is None else trackers,
+                evaluates=self._evaluates,
+            )
+        wait_for_everyone()  # other processes read this snapshot when the next task starts
         self.state, self._finished = state, True
+        self.accuracy = self.scores["accuracy"] if self.scores is not None else None
         return state
 
     def after_step(self, global_step: int, max_steps: int | None = None) -> None:
@@ -325,11 +450,8 @@ class ContinualTask:
         step, so a fast trainer does not write a file per step; the fault tests pause here."""
         last_step = max_steps is not None and max_steps > 0 and global_step >= max_steps
         now = time.monotonic()
-        if (
-            self.index is not None
-            and (last_step or now - self._progress_written_at >= _PROGRESS_INTERVAL)
-            and is_main_process()
-        ):
+        due = last_step or now - self._progress_written_at >= _PROGRESS_INTERVAL
+        if self.index is not None and self._main and due:
             progress = {"step": global_step, "max_steps": max_steps}
             write_atomic(self.layout.task_progress(self.index, self.name), json.dumps(progress))
             self._progress_written_at = now
@@ -342,81 +464,79 @@ class ContinualTask:
 
     def _scores_here(self) -> bool:
         # Sharded weights need every process in each forward pass; otherwise the first scores alone.
-        return self._collective or is_main_process()
+        return self._evaluates and (self._collective or self._main)
 
     def _score(self, model: torch.nn.Module, eval_sets: Sequence[Any]) -> dict[str, dict[str, float]]:
+        if not eval_sets:
+            return {}
         if self._tokenizer is None:
             raise StateError(
                 f"Task {self.name!r} has evaluation sets but no tokenizer to score them with: pass the tokenizer "
                 "(the trainer's processing_class) or leave the evaluation out."
             )
-        return score_all(model, self._tokenizer, eval_sets) if eval_sets else {}
+        return score_all(model, self._tokenizer, eval_sets)
 
     def _score_row(
-        self,
-        model: torch.nn.Module,
-        tasks_trained: int,
-        trained: Sequence[str],
-        *,
-        skip: Any = None,
-    ) -> dict[str, Any]:
-        """The row after ``trained`` as the schedule plans it (``skip``: a stored row whose tasks
-        and probes are not scored again), as an evaluation record."""
-        tasks, probes = row_plan(self.eval_schedule, self.sequence, trained, [p.task for p in self.probes])
-        done = skip or {}
-
-        task_sets = [s for s in _unscored(self.eval_sets, done.get("scores", {})) if s.task in tasks]
-        probe_sets = [p for p in _unscored(self.probes, done.get("probes", {})) if p.task in probes]
-        scores, probe_scores = self._score(model, task_sets), self._score(model, probe_sets)
+        self, model: torch.nn.Module, tasks_trained: int, trained: Sequence[str], *, stored: Any = None
+    ) -> dict[str, Any] | None:
+        """The row after ``trained`` as :func:`row_sets` plans it, as an evaluation record; ``None``
+        where this process does not score."""
+        if not self._scores_here():
+            return None
+        plan = row_sets(self.eval_schedule, self.sequence, trained, self.eval_sets, self.probes, stored)
+        task_sets, probe_sets = plan
         return evaluation_record(
             tasks_trained,
             trained[-1] if trained else None,
-            scores,
+            self._score(model, task_sets),
             {s.task: s.metric for s in task_sets},
-            probe_scores,
+            self._score(model, probe_sets),
             {p.task: p.metric for p in probe_sets},
         )
 
     def _score_missing_rows(self, model: torch.nn.Module, *, keep_lora: bool) -> None:
-        """The base model's row for tasks it was not scored on, and the previous task's row if a kill
-        interrupted it (a state written by an older version saved the state before scoring)."""
+        """The rows :func:`missing_rows` finds: the base model's, then the previous task's (with the
+        merged LoRA in the model while it is scored; ``keep_lora``: what the model held comes back)."""
+        if not self._scores_here():
+            return
         records = {record["task_index"]: record for record in load_evaluations(self.layout)}
         if self._collective:
             wait_for_everyone()  # every process has read the rows before the first writes new ones
-        base = records.get(0)
-        if _unscored(self.eval_sets, (base or {}).get("scores", {})) or _unscored(
-            self.probes, (base or {}).get("probes", {})
-        ):
+        missing = missing_rows(records, self.index, self.eval_sets, self.probes)
+        if missing.base:
             disable_adapter = getattr(model, "disable_adapter", None)
             if disable_adapter is None:
                 raise StateError(
                     "Scoring the base model needs a PeftModel (its disable_adapter()); wrap the model first."
                 )
             with disable_adapter():  # b_j: the base model itself, whatever the LoRA holds now
-                row = self._score_row(model, 0, [], skip=base)
-            if is_main_process():
-                save_row(self.layout, merge_records(base, row))
-        previous = self.index - 1
-        if previous >= 1 and previous not in records:
-            from .peft_bridge import read_lora, write_lora
+                row = self._score_row(model, 0, [], stored=records.get(0))
+            if self._main:
+                save_row(self.layout, merge_records(records.get(0), row))
+        if missing.previous is not None:
+            if keep_lora:
+                with _lora_held(model, self.state.merged, self.adapter_name):
+                    row = self._score_row(model, missing.previous, self.state.finished_tasks)
+            else:  # the task's start replaces the LoRA right after
+                from .peft_bridge import write_lora
 
-            kept = read_lora(model, self.adapter_name) if keep_lora else None
-            write_lora(model, self.state.merged, self.adapter_name)
-            row = self._score_row(model, previous, self.state.finished_tasks)
-            if is_main_process():
+                write_lora(model, self.state.merged, self.adapter_name)
+                row = self._score_row(model, missing.previous, self.state.finished_tasks)
+            if self._main:
                 save_row(self.layout, row)
-            if kept is not None:
-                write_lora(model, kept, self.adapter_name)
 
 
-def finish_sequence(layout: RunLayout, state: ContinualState, *, recipe: str | None = None) -> list[Path]:
+def finish_sequence(
+    layout: RunLayout, state: ContinualState, *, recipe: str | None = None, main_process: bool | None = None
+) -> list[Path]:
     """After the last task: the merged adapter in ``layout.adapter`` and the report. Returns the report files.
 
     Only the first process writes; every process waits until it has.
     """
     written: list[Path] = []
-    if is_main_process():
-        export_adapter(state, layout.adapter)
-        written = write_report(layout, state, recipe)
+    if is_main_process(main_process):
+        report = build_report(layout, state, recipe)
+        export_adapter(state, layout.adapter, report=report if layout.evaluation_rows() else None)
+        written = write_report(layout, state, recipe, report=report)
     wait_for_everyone()
     return written

@@ -40,3 +40,11 @@ class RunError(MergeForgetError):
 
 class EvaluationError(MergeForgetError, ValueError):
     """Held-out data or evaluation settings that cannot be scored: names the task, file, line or field."""
+
+
+class TaskNameError(MergeForgetError, ValueError):
+    """A task name that cannot name a task (it becomes a folder name), or a repeated one."""
+
+
+class DataPrepError(MergeForgetError, ValueError):
+    """A benchmark source that cannot be turned into task rows: names the file, line or field."""

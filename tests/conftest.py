@@ -1,26 +1,19 @@
-"""Shared fixtures: a tiny local Llama (built once per session) and the shipped demo tasks."""
+"""Shared fixtures: a tiny local Llama (built once per session) and LoRA on it. Helpers that are not
+fixtures (paths, demo tasks, recipes) live in tests/helpers.py and tests/axolotl_helpers.py."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from mergeforget_plugin.core.environment import offline_environment
+
+# Before any test imports transformers or the Hub client, which read these once.
+os.environ.update(offline_environment())
 
 import pytest  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO_DATA = REPO / "recipes" / "data" / "demo"
-DEMO_TASKS = ("antonyms", "plurals", "capitals")
-
-
-def demo_rows(name: str, split: str) -> list[dict[str, str]]:
-    return [json.loads(line) for line in (DEMO_DATA / f"{name}.{split}.jsonl").read_text().splitlines()]
+from .helpers import DEMO_TASKS, demo_rows  # noqa: E402
 
 
 @pytest.fixture(scope="session")

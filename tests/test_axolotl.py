@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,114 +14,31 @@ import yaml
 
 pytest.importorskip("axolotl", reason="the Axolotl path needs the [axolotl] extra")
 
+from mergeforget_plugin.core.environment import offline_environment  # noqa: E402
 from mergeforget_plugin.core.state import load_state, snapshot_dirs  # noqa: E402
 
-from .conftest import DEMO_DATA, DEMO_TASKS, REPO  # noqa: E402
+from .axolotl_helpers import mergeforget, tiny_recipe  # noqa: E402
+from .helpers import DEMO_TASKS, REPO, demo_rows, peft_model, sft_config  # noqa: E402
 
 HEADLINES = REPO / "recipes" / "data" / "generative" / "headline.test.jsonl"
 
-DATASET_TYPE = {
-    "field_instruction": "prompt",
-    "field_output": "completion",
-    "format": "{instruction}",
-    "no_input_format": "{instruction}",
-}
-CPU_KEYS = {
-    "bf16": False,
-    "fp16": False,
-    "tf32": False,
-    "flash_attention": False,
-    "sample_packing": False,
-    "lora_mlp_kernel": False,
-    "lora_qkv_kernel": False,
-    "lora_o_kernel": False,
-    "dataloader_num_workers": 0,
-}
 
+def logits_with_lora(base_model, weights, scaling, input_ids):
+    """The logits of ``base_model`` with the LoRA ``weights`` added by hand, outside PEFT: each
+    adapted module's output gets ``scaling * B A x``."""
 
-def tiny_recipe(
-    tmp_path,
-    model_dir,
-    *,
-    quantized=False,
-    max_steps=3,
-    name="recipe.yaml",
-    long_task=None,
-    tasks=DEMO_TASKS,
-    tensorboard=False,
-    task_eval=None,
-    extra=None,
-):
-    axolotl = {
-        "base_model": str(model_dir),
-        "adapter": "qlora" if quantized else "lora",
-        "lora_r": 4,
-        "lora_alpha": 8,
-        "lora_dropout": 0.0,
-        "lora_target_modules": ["q_proj", "v_proj"],
-        "sequence_len": 64,
-        "micro_batch_size": 8,
-        "gradient_accumulation_steps": 1,
-        "max_steps": max_steps,
-        "num_epochs": 1,
-        "optimizer": "adamw_torch",
-        "lr_scheduler": "constant",
-        "learning_rate": 5e-3,
-        "seed": 0,
-        "save_strategy": "no",
-        "logging_steps": 1,
-        **CPU_KEYS,
-    }
-    if quantized:
-        axolotl["load_in_4bit"] = True
-    if tensorboard:
-        axolotl["use_tensorboard"] = True
-    recipe = {
-        "output_dir": "out",
-        "axolotl": axolotl,
-        "tasks": [
-            {
-                "name": task,
-                "datasets": [{"path": str(DEMO_DATA / f"{task}.train.jsonl"), "ds_type": "json", "type": DATASET_TYPE}],
-                "test_datasets": [
-                    {
-                        "path": str(DEMO_DATA / f"{task}.test.jsonl"),
-                        "ds_type": "json",
-                        "type": DATASET_TYPE,
-                        "split": "train",
-                    }
-                ],
-            }
-            for task in tasks
-        ],
-    }
-    recipe.update(extra or {})
-    for task in recipe["tasks"]:
-        if task["name"] in (task_eval or {}):
-            task["eval"] = task_eval[task["name"]]
-        if task["name"] == long_task:
-            task["overrides"] = {"max_steps": 5000}  # long enough to be killed in the middle
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    def add_lora(pair):
+        return lambda module, inputs, output: (
+            output + scaling * (inputs[0].to(pair.a.dtype) @ pair.a.T @ pair.b.T).to(output.dtype)
+        )
 
-
-def mergeforget(*args, cwd, timeout=900, extra_env=None):
-    env = {
-        **os.environ,
-        "AXOLOTL_DO_NOT_TRACK": "1",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        **(extra_env or {}),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "mergeforget_plugin.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    hooks = [base_model.get_submodule(name).register_forward_hook(add_lora(pair)) for name, pair in weights.items()]
+    try:
+        with torch.no_grad():
+            return base_model(input_ids=input_ids).logits
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 @pytest.mark.slow
@@ -130,6 +46,8 @@ def mergeforget(*args, cwd, timeout=900, extra_env=None):
 def test_recipe_runs_three_tasks_through_axolotl_train(tmp_path, tiny_model_dir, quantized):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from mergeforget_plugin.peft_bridge import read_lora
 
     # The LoRA run also scores capitals with held-out loss and ROUGE-L beside its labels, and a
     # probe that no task trains on, inside the Axolotl processes.
@@ -201,9 +119,24 @@ def test_recipe_runs_three_tasks_through_axolotl_train(tmp_path, tiny_model_dir,
     reloaded = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(tiny_model_dir, **kwargs), out / "adapter"
     )
+    input_ids = torch.tensor([[1, 40, 41, 42]])
     with torch.no_grad():
-        logits = reloaded(input_ids=torch.tensor([[1, 40, 41, 42]])).logits
+        logits = reloaded(input_ids=input_ids).logits
     assert torch.isfinite(logits).all()
+    # The exported adapter is the state's merged LoRA: PEFT loads exactly its factors, and the model
+    # then computes what the base model does with them added (scaling lora_alpha / r = 8 / 4), which
+    # is not what the base model alone computes.
+    loaded = read_lora(reloaded)
+    assert loaded.keys() == state.merged.keys()
+    for name, pair in state.merged.items():
+        assert torch.equal(loaded[name].a, pair.a.to(loaded[name].a.dtype)), name
+        assert torch.equal(loaded[name].b, pair.b.to(loaded[name].b.dtype)), name
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, **kwargs)
+    with torch.no_grad():
+        base_logits = base(input_ids=input_ids).logits
+    expected = logits_with_lora(base, state.merged, 8 / 4, input_ids)
+    assert torch.allclose(logits, expected, rtol=1e-4, atol=1e-5), float((logits - expected).abs().max())
+    assert float((logits - base_logits).abs().max()) > 1e-4
     print(
         f"\n{'qlora' if quantized else 'lora'}: seconds per task {[round(r['seconds'], 1) for r in state.history]}, "
         f"state bytes {sum(f.stat().st_size for f in (out / 'state').rglob('*') if f.is_file())}"
@@ -213,7 +146,7 @@ def test_recipe_runs_three_tasks_through_axolotl_train(tmp_path, tiny_model_dir,
 @pytest.mark.slow
 def test_kill_during_a_task_loses_nothing_and_resume_finishes(tmp_path, tiny_model_dir):
     recipe = tiny_recipe(tmp_path, tiny_model_dir, long_task="plurals")
-    env = {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = offline_environment()
     runner = subprocess.Popen(
         [sys.executable, "-m", "mergeforget_plugin.cli", "train", str(recipe)],
         cwd=tmp_path,
@@ -332,7 +265,7 @@ def test_plugin_merges_once_although_post_train_fires_twice(tmp_path, tiny_peft_
 @pytest.mark.slow
 def test_axolotl_continual_train_command_is_registered(tmp_path, tiny_model_dir):
     recipe = tiny_recipe(tmp_path, tiny_model_dir)
-    env = {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+    env = offline_environment()
     completed = subprocess.run(
         [
             sys.executable,
@@ -378,7 +311,7 @@ def test_shipped_axolotl_example_runs_with_plain_axolotl_train(tmp_path):
     (tmp_path / "recipes").symlink_to(REPO / "recipes")
     (tmp_path / "examples" / "axolotl").mkdir(parents=True)
     shutil.copy(REPO / "examples" / "axolotl" / "smollm2-slao.yaml", tmp_path / "examples" / "axolotl")
-    env = {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = offline_environment()
     completed = subprocess.run(
         [sys.executable, "-m", "axolotl.cli.main", "train", "examples/axolotl/smollm2-slao.yaml", "--max-steps=2"],
         cwd=tmp_path,
@@ -414,9 +347,6 @@ def test_trl_and_axolotl_runs_of_the_same_tasks_leave_the_same_layout(tmp_path, 
 
     from mergeforget_plugin import Task, train_sequence
     from mergeforget_plugin.cli import main
-
-    from .conftest import demo_rows
-    from .helpers import peft_model, sft_config
 
     recipe = tiny_recipe(tmp_path, tiny_model_dir, max_steps=2)
     completed = mergeforget("train", str(recipe), cwd=tmp_path)

@@ -33,8 +33,8 @@ from mergeforget_plugin.core.slao import task_start_weights  # noqa: E402
 from mergeforget_plugin.core.state import load_snapshot, load_state  # noqa: E402
 from mergeforget_plugin.evaluation.report import load_evaluations  # noqa: E402
 
-from .conftest import REPO  # noqa: E402
-from .test_axolotl import mergeforget, tiny_recipe  # noqa: E402
+from .axolotl_helpers import mergeforget, tiny_recipe  # noqa: E402
+from .helpers import REPO  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     Version(version("axolotl")) < Version("0.21"),

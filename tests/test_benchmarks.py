@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from .conftest import REPO
+from mergeforget_plugin.core.environment import offline_environment
+
+from .helpers import REPO
 
 
 def run(script: str, out, *options: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / script), "--smoke", "--output-dir", str(out), *options],
-        env=env,
+        env=offline_environment(),
         capture_output=True,
         text=True,
         timeout=900,

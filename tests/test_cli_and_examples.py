@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
 from mergeforget_plugin.cli import main
+from mergeforget_plugin.core.environment import offline_environment
 
-from .conftest import REPO
+from .helpers import REPO
 
 
 def run_example(*args: str, cwd) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, str(REPO / "examples" / "trl_sequence.py"), *args],
         cwd=cwd,
-        env=env,
+        env=offline_environment(),
         capture_output=True,
         text=True,
         timeout=1200,
@@ -68,11 +67,54 @@ def test_export_of_an_empty_state_is_a_clear_error(tmp_path, capsys):
     assert "holds no finished task" in capsys.readouterr().err
 
 
-def test_help_explains_the_commands():
+COMMANDS = ("train", "compare", "status", "report", "prepare-data", "export")
+TRAIN_FLAGS = ("--resume", "--dry-run", "--verbose", "--strategy", "--output-dir", "--nproc-per-node", "--baseline")
+
+
+def printed_help(*args: str) -> str:
+    """`mergeforget ARGS --help` as a user sees it, with argparse's line wrapping undone."""
     completed = subprocess.run(
-        [sys.executable, "-m", "mergeforget_plugin.cli", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "mergeforget_plugin.cli", *args, "--help"], capture_output=True, text=True
     )
-    assert completed.returncode == 0 and "status" in completed.stdout and "export" in completed.stdout
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return " ".join(completed.stdout.split())
+
+
+def test_help_explains_the_commands():
+    import argparse
+    import re
+
+    from mergeforget_plugin.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {action.dest: action.help for action in commands._choices_actions}
+    assert tuple(helps) == COMMANDS == tuple(commands.choices)
+    printed = printed_help()
+    assert "status" in printed and "export" in printed
+    assert " ".join(parser.description.split()) in printed
+    # Each command is listed with its one-line help, in order.
+    listing = printed[printed.index("COMMAND ", printed.index("positional arguments:")) :]
+    entries = []
+    for name in COMMANDS:
+        assert helps[name] and len(helps[name].split()) >= 5, name  # a sentence, not a bare name
+        entry = f" {name} {' '.join(helps[name].split())}"
+        assert entry in listing, name
+        entries.append(listing.index(entry))
+    assert entries == sorted(entries)
+
+    # `train --help` lists every flag with its help text.
+    train = commands.choices["train"]
+    flag_helps = {a.option_strings[0]: a.help for a in train._actions if a.option_strings and a.help}
+    assert set(TRAIN_FLAGS) <= set(flag_helps)
+    printed = printed_help("train")
+    usage, options = printed[: printed.index("positional arguments:")], printed[printed.index("options:") :]
+    assert usage.startswith("usage: mergeforget train ") and "recipe" in usage
+    for flag in TRAIN_FLAGS:
+        assert f"[{flag}" in usage, flag
+        # The flag, its metavar or choices if it takes a value, then its help.
+        pattern = rf" {re.escape(flag)}(?: \S+)? {re.escape(' '.join(flag_helps[flag].split()))}"
+        assert re.search(pattern, options), flag
 
 
 @pytest.mark.slow
@@ -86,7 +128,6 @@ def test_trl_example_runs_on_the_embedded_default_model(tmp_path):
 
 
 def test_generative_example_prints_rouge_and_loss_matrices_and_compare_draws_the_curves(tmp_path, capsys):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     completed = subprocess.run(
         [
             sys.executable,
@@ -99,7 +140,7 @@ def test_generative_example_prints_rouge_and_loss_matrices_and_compare_draws_the
             str(tmp_path),
         ],
         cwd=tmp_path,
-        env=env,
+        env=offline_environment(),
         capture_output=True,
         text=True,
         timeout=1200,

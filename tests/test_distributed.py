@@ -5,7 +5,6 @@ LoRA sharded with FSDP2 (`fully_shard`) through the callback's hooks."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,17 +14,18 @@ import psutil
 import pytest
 import torch
 
+from mergeforget_plugin.core.environment import offline_environment
 from mergeforget_plugin.core.faults import PAUSE_AT_ENV, PAUSE_MARKER_ENV
 from mergeforget_plugin.core.layout import RunLayout
 from mergeforget_plugin.core.state import load_state, snapshot_dirs
 from mergeforget_plugin.evaluation.report import load_evaluations
 
-from .conftest import REPO
+from .helpers import REPO
 
 SCRIPT = str(REPO / "tests" / "ddp_sequence_script.py")
 FSDP_SCRIPT = str(REPO / "tests" / "fsdp_sequence_script.py")
 # DS_ACCELERATOR=cpu: DeepSpeed's CPU backend (no GPU here); DDP and FSDP ignore it.
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+ENV = offline_environment(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
 
 
 def run(command, cwd):

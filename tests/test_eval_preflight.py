@@ -17,7 +17,7 @@ from mergeforget_plugin.evaluation.scoring import read_rows
 from mergeforget_plugin.integrations.axolotl.recipe import load_recipe
 from mergeforget_plugin.integrations.axolotl.runner import task_config
 
-from .conftest import DEMO_DATA, REPO
+from .helpers import DEMO_DATA, REPO
 
 DATASET_TYPE = {"field_instruction": "prompt", "field_output": "completion", "format": "{instruction}"}
 GENERATIVE = REPO / "recipes" / "data" / "generative"

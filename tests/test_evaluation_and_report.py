@@ -19,7 +19,7 @@ from mergeforget_plugin.evaluation.scoring import (
     generated_answers,
 )
 
-from .conftest import demo_rows
+from .helpers import REPO, demo_rows
 
 
 @pytest.fixture(scope="module")
@@ -225,13 +225,20 @@ def test_order_disparity_follows_the_documented_definition():
         order_disparity({"0123": {"a": 0.9}})
 
 
-@pytest.mark.parametrize("module", ["mergeforget_plugin.evaluation.metrics", "mergeforget_plugin.core.slao", "stats"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "mergeforget_plugin.evaluation.metrics",
+        "mergeforget_plugin.core.slao",
+        "stats",
+        "mergeforget_plugin.evaluation.schedule",
+        "mergeforget_plugin.core.environment",
+    ],
+)
 def test_docstring_examples_run(module):
     import doctest
     import importlib
     import sys
-
-    from .conftest import REPO
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)

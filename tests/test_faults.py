@@ -9,7 +9,6 @@ uninterrupted run with the same seed.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,11 +20,12 @@ from safetensors.torch import load_file
 
 pytest.importorskip("axolotl", reason="the runner needs the [axolotl] extra")
 
+from mergeforget_plugin.core.environment import offline_environment  # noqa: E402
 from mergeforget_plugin.core.faults import PAUSE_AT_ENV, PAUSE_MARKER_ENV, POINTS  # noqa: E402
 from mergeforget_plugin.core.state import load_state, snapshot_dirs  # noqa: E402
 
-from .conftest import DEMO_TASKS  # noqa: E402
-from .test_axolotl import mergeforget, tiny_recipe  # noqa: E402
+from .axolotl_helpers import mergeforget, tiny_recipe  # noqa: E402
+from .helpers import DEMO_TASKS  # noqa: E402
 
 # (pause point, task index): one kill at each, in the order a resumed sequence reaches them.
 KILLS = [
@@ -39,14 +39,7 @@ KILLS = [
 
 
 def run_until_killed(recipe, cwd, point: str, task_index: int, marker) -> None:
-    env = {
-        **os.environ,
-        "AXOLOTL_DO_NOT_TRACK": "1",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        PAUSE_AT_ENV: f"{point}@{task_index}",
-        PAUSE_MARKER_ENV: str(marker),
-    }
+    env = offline_environment(**{PAUSE_AT_ENV: f"{point}@{task_index}", PAUSE_MARKER_ENV: str(marker)})
     runner = subprocess.Popen(
         [sys.executable, "-m", "mergeforget_plugin.cli", "train", str(recipe), "--resume"],
         cwd=cwd,

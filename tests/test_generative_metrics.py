@@ -37,8 +37,7 @@ from mergeforget_plugin.evaluation.scoring import (
     score,
 )
 
-from .conftest import REPO, demo_rows
-from .helpers import peft_model, sft_config
+from .helpers import REPO, demo_rows, peft_model, sft_config
 
 GENERATIVE = REPO / "recipes" / "data" / "generative"
 

@@ -2,7 +2,8 @@
 
 Fails when a change makes the math, the state or the engine depend on transformers, PEFT, TRL or
 Axolotl at import time, makes the TRL path and the Axolotl integration import each other, or lets
-anything but a command line import the recipe runner.
+anything but a command line import the recipe runner; and when a test file imports a test module or
+conftest.py (shared helpers live in tests/helpers.py and tests/axolotl_helpers.py, fixtures in conftest).
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import ast
 import json
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
-from .conftest import REPO
+from .helpers import REPO
 
 PACKAGE = REPO / "mergeforget_plugin"
+THIS_FILE = Path(__file__).resolve()
 # Every module, by layer: a module may import its own layer and the layers below it.
 LAYERS = [
     {"errors", "core", "core.faults", "core.atomic", "core.environment"},
@@ -46,6 +50,8 @@ LAYERS = [
         "integrations.axolotl.plugin",
         "integrations.axolotl.runner",
         "integrations.axolotl.preflight",
+        "integrations.axolotl.failure",
+        "integrations.axolotl.options",
     },
     {"cli", "integrations.axolotl.cli"},
 ]
@@ -114,7 +120,8 @@ def test_no_module_imports_a_higher_layer():
 def test_the_trl_path_and_the_axolotl_integration_never_import_each_other():
     modules = package_modules()
     axolotl_side = {name for name in modules if name.startswith("integrations.axolotl")}
-    assert "integrations.axolotl" not in str(imported_package_modules("integrations.trl.sequence", modules["integrations.trl.sequence"]))
+    trl_imports = imported_package_modules("integrations.trl.sequence", modules["integrations.trl.sequence"])
+    assert "integrations.axolotl" not in str(trl_imports)
     for name in axolotl_side:
         assert not any(m.startswith("integrations.trl") for m in imported_package_modules(name, modules[name])), name
         assert not any(
@@ -142,3 +149,77 @@ def test_the_core_imports_no_training_framework():
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert json.loads(completed.stdout.strip().splitlines()[-1]) == []
+
+
+def is_test_module(name: str) -> bool:
+    return name == "conftest" or name.startswith("test_")
+
+
+def imports_of_test_modules(tree: ast.AST, *, in_strings: bool = True) -> list[str]:
+    """Every import in ``tree`` (a file of tests/) of conftest or of a ``test_*`` module, with ``from``
+    or plain ``import``: relative (a module beside it, or a name of ``.``), through the ``tests``
+    package, or top-level (as pytest's rootdir on ``sys.path`` would allow). With ``in_strings``,
+    strings that parse as Python are searched too: the scripts tests run in a subprocess."""
+    found = []
+    for node in ast.walk(tree):
+        if in_strings and isinstance(node, ast.Constant) and isinstance(node.value, str) and "import" in node.value:
+            try:
+                found += imports_of_test_modules(ast.parse(textwrap.dedent(node.value)))
+            except SyntaxError:
+                pass
+            continue
+        if isinstance(node, ast.Import):
+            targets = [alias.name.split(".") for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module.split(".") if node.module else []
+            base = ["tests", *module] if node.level > 0 else module
+            targets = [base, *([*base, alias.name] for alias in node.names)]  # `from PACKAGE import MODULE`
+        else:
+            continue
+        if any(
+            is_test_module(parts[0]) or (parts[0] == "tests" and len(parts) > 1 and is_test_module(parts[1]))
+            for parts in targets
+            if parts
+        ):
+            found.append(ast.unparse(node))
+    return found
+
+
+def test_no_test_file_imports_a_test_module_or_conftest():
+    # The forms to refuse, spelt through these names so that a grep for such imports finds none here.
+    conftest, test_module = "conftest", "test_recipes"
+    flagged = [
+        f"from .{conftest} import REPO",
+        f"from . import {conftest}",
+        f"from .{test_module} import write",
+        f"from . import helpers, {test_module}",
+        f"from tests.{test_module} import write",
+        f"from tests import {conftest}",
+        f"import tests.{conftest}",
+        f"import tests.{test_module} as recipes",
+        f"import {conftest}",
+        f"from {test_module} import write",
+        f'SCRIPT = """\nimport sys\nfrom tests.{test_module} import write\n"""',  # a subprocess's script
+    ]
+    allowed = [
+        "from .helpers import REPO, demo_tasks",
+        "from . import helpers",
+        "from tests.axolotl_helpers import tiny_recipe",
+        "import tests.helpers",
+        "from hypothesis import strategies",
+        "from mergeforget_plugin.core.state import load_state",
+        "import pytest",
+        'DOC = "a test_ module is imported by nothing"',
+    ]
+    assert [len(imports_of_test_modules(ast.parse(line))) for line in flagged] == [1] * len(flagged)
+    assert [imports_of_test_modules(ast.parse(line)) for line in allowed] == [[]] * len(allowed)
+
+    files = sorted((REPO / "tests").rglob("*.py"))
+    assert REPO / "tests" / "conftest.py" in files and REPO / "tests" / "helpers.py" in files
+    imports = [
+        f"{path.relative_to(REPO)}: {line}"
+        for path in files
+        # This file's strings are the examples above; its own imports are checked.
+        for line in imports_of_test_modules(ast.parse(path.read_text(), str(path)), in_strings=path != THIS_FILE)
+    ]
+    assert imports == [], "import shared helpers from tests/helpers.py or tests/axolotl_helpers.py instead"

@@ -111,7 +111,7 @@ def test_exported_adapter_loads_in_stock_peft_with_identical_logits(tiny_peft_mo
         merged,
     )
     out = export_adapter(state, tmp_path / "adapter")
-    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
 
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)

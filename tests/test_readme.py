@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from .conftest import REPO, demo_rows
+from .helpers import REPO, demo_rows
 
 
 def python_blocks() -> list[str]:

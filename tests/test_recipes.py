@@ -12,43 +12,10 @@ from mergeforget_plugin.errors import RecipeError, RunError, StateMismatchError
 from mergeforget_plugin.integrations.axolotl.recipe import load_recipe, parse_recipe
 from mergeforget_plugin.integrations.axolotl.runner import run_recipe, task_config, write_task_configs
 
-from .conftest import DEMO_DATA, REPO
+from .axolotl_helpers import minimal_recipe, write
+from .helpers import DEMO_DATA, REPO
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
-DATASET_TYPE = {
-    "field_instruction": "prompt",
-    "field_output": "completion",
-    "format": "{instruction}",
-    "no_input_format": "{instruction}",
-}
-
-
-def minimal_recipe(model_dir="/models/tiny", **changes):
-    recipe = {
-        "output_dir": "out",
-        "axolotl": {
-            "base_model": str(model_dir),
-            "adapter": "lora",
-            "lora_r": 4,
-            "lora_alpha": 8,
-            "learning_rate": 1e-3,  # Axolotl requires it
-        },
-        "tasks": [
-            {
-                "name": name,
-                "datasets": [{"path": str(DEMO_DATA / f"{name}.train.jsonl"), "ds_type": "json", "type": DATASET_TYPE}],
-            }
-            for name in ("antonyms", "plurals")
-        ],
-    }
-    recipe.update(changes)
-    return recipe
-
-
-def write(tmp_path, recipe, name="recipe.yaml"):
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(recipe))
-    return path
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from transformers import TrainerCallback
 
@@ -16,7 +16,8 @@ from mergeforget_plugin.core.state import load_state, snapshot_dirs
 from mergeforget_plugin.errors import RecipeError
 from mergeforget_plugin.integrations.axolotl.recipe import load_recipe, parse_recipe
 
-from .helpers import demo_tasks, peft_model, sft_config
+from .axolotl_helpers import minimal_recipe, write
+from .helpers import READ_ONLY_WAYS, demo_tasks, peft_model, read_only, sft_config
 
 
 def resident_megabytes() -> float:
@@ -66,33 +67,119 @@ json_values = st.recursive(
 recipe_keys = st.sampled_from(
     ["output_dir", "base_config", "axolotl", "mergeforget", "tasks", "name", "datasets", "extra"]
 )
-recipe_like = st.dictionaries(recipe_keys, json_values, max_size=6) | json_values
+TASK_FIELDS = ["name", "datasets", "test_datasets", "overrides", "eval", "typo"]
+# Tasks that parse, so the fuzzing reaches valid task lists and recipes too, not only refusals.
+dataset_entries = st.lists(st.fixed_dictionaries({"path": st.text(min_size=1, max_size=12)}), min_size=1, max_size=2)
+well_formed_tasks = st.fixed_dictionaries(
+    {"name": st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,8}", fullmatch=True), "datasets": dataset_entries},
+    optional={
+        "test_datasets": dataset_entries,
+        "overrides": st.dictionaries(st.sampled_from(["num_epochs", "max_steps", "seed"]), json_values, max_size=2),
+        # A metric without test_datasets is refused for the whole recipe, naming the task.
+        "eval": st.fixed_dictionaries({}, optional={"metric": st.sampled_from(["choice", "loss", "rouge_l"])}),
+    },
+)
+# A well-formed task with one field replaced by (or, for "typo", added as) any JSON value.
+broken_tasks = st.builds(
+    lambda task, field, value: {**task, field: value}, well_formed_tasks, st.sampled_from(TASK_FIELDS), json_values
+)
+well_formed_recipes = st.fixed_dictionaries(
+    {
+        "output_dir": st.text(max_size=12),
+        "axolotl": st.fixed_dictionaries({"base_model": st.text(max_size=12)}),
+        "tasks": st.lists(well_formed_tasks, min_size=1, max_size=3, unique_by=lambda task: task["name"]),
+    },
+    optional={"mergeforget": st.fixed_dictionaries({}, optional={"strategy": st.sampled_from(["slao", "seq"])})},
+)
+recipe_like = st.dictionaries(recipe_keys, json_values, max_size=6) | json_values | well_formed_recipes
+
+
+def assert_parsed_as_given(parsed, data):
+    """What a successful parse promises: the tasks as given, in order, and a recipe that round-trips."""
+    assert parsed.output_dir == data["output_dir"]
+    assert [task.name for task in parsed.tasks] == [task["name"] for task in data["tasks"]]
+    assert [task.datasets for task in parsed.tasks] == [task["datasets"] for task in data["tasks"]]
+    assert [task.test_datasets for task in parsed.tasks] == [task.get("test_datasets", []) for task in data["tasks"]]
+    again = parse_recipe(parsed.model_dump(), "again.yaml")
+    assert again.model_dump_json() == parsed.model_dump_json()  # JSON: NaN in an axolotl key compares equal
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=recipe_like)
+@example(data=minimal_recipe())
 def test_malformed_recipes_give_the_validation_message_never_a_traceback(data):
     try:
-        parse_recipe(data, "fuzzed.yaml")
+        parsed = parse_recipe(data, "fuzzed.yaml")
     except RecipeError as error:
+        event("refused")
         assert str(error).startswith("fuzzed.yaml ")
+    else:
+        event("parsed")
+        assert_parsed_as_given(parsed, data)
+
+
+def expected_task_problems(tasks) -> list[str]:
+    """The start of each line the recipe's message must have for ``tasks``' own fields, in order:
+    the task by position (and by name where it has a string one), then the field."""
+    from pydantic import ValidationError
+
+    from mergeforget_plugin.integrations.axolotl.recipe import TaskSpec
+
+    lines = []
+    for index, task in enumerate(tasks):
+        try:
+            TaskSpec.model_validate(task)
+        except ValidationError as error:
+            name = task.get("name")
+            label = f"task {index + 1}" + (f" ({name!r})" if isinstance(name, str) else "")
+            for problem in error.errors():
+                field = ".".join(str(part) for part in problem["loc"]) or "entry"
+                lines.append(f"\n  - {label}, {field}: ")
+    return lines
 
 
 @settings(max_examples=150, deadline=None)
 @given(
     tasks=st.lists(
-        st.dictionaries(
-            st.sampled_from(["name", "datasets", "test_datasets", "overrides", "eval", "typo"]), json_values, max_size=5
-        ),
+        st.dictionaries(st.sampled_from(TASK_FIELDS), json_values, max_size=5) | well_formed_tasks | broken_tasks,
         max_size=4,
     )
 )
+@example(tasks=minimal_recipe()["tasks"])
+@example(tasks=[{"name": "a", "datasets": [{"path": "p"}]}, {"name": 3, "typo": 1}, {"name": "b c", "datasets": []}])
 def test_malformed_task_lists_name_the_task(tasks):
     recipe = {"output_dir": "out", "axolotl": {"base_model": "m"}, "tasks": tasks}
     try:
-        parse_recipe(recipe, "fuzzed.yaml")
+        parsed = parse_recipe(recipe, "fuzzed.yaml")
     except RecipeError as error:
-        assert "fuzzed.yaml is not a valid recipe" in str(error)
+        message = str(error)
+        assert "fuzzed.yaml is not a valid recipe" in message
+        expected = expected_task_problems(tasks)
+        event("refused: a task's field" if expected else "refused: the task list")
+        if expected:  # each offending task is named, with each offending field, in order
+            position = 0
+            for line in expected:
+                assert line in message[position:], (line, message)
+                position = message.index(line, position) + len(line)
+            return
+        # Every task is valid on its own: the list as a whole is refused, naming the task where one is at fault.
+        names = [task["name"] for task in tasks]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if not tasks:
+            assert "\n  - tasks: List should have at least 1 item" in message
+        elif repeated:
+            assert message.endswith(f"\n  - recipe: task names must be unique; repeated: {repeated}")
+        else:
+            evals = [task.get("eval", {}) for task in tasks]
+            index = next(
+                i
+                for i, task in enumerate(tasks)
+                if (evals[i].get("metric") or evals[i].get("metrics")) and not task.get("test_datasets")
+            )
+            assert f"\n  - recipe: tasks[{index}] ({names[index]!r}) eval: " in message
+    else:
+        event("parsed")
+        assert_parsed_as_given(parsed, recipe)
 
 
 @pytest.mark.slow
@@ -154,8 +241,6 @@ def pickled_adapter(directory):
 
 
 def test_a_pickled_adapter_named_in_a_recipe_is_refused_unopened(tmp_path):
-    from .test_recipes import minimal_recipe, write
-
     adapter = pickled_adapter(tmp_path / "warm-start")
     recipe = minimal_recipe()
     recipe["tasks"][0]["overrides"] = {"lora_model_dir": "warm-start"}
@@ -186,21 +271,18 @@ def test_a_pickled_adapter_in_an_axolotl_config_is_refused_by_the_plugin_args(tm
     assert not (adapter / "pwned").exists()
 
 
-def test_a_read_only_output_directory_stops_the_runner_before_training(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("how", sorted(READ_ONLY_WAYS))
+def test_a_read_only_output_directory_stops_the_runner_before_training(tmp_path, tiny_model_dir, how):
     from mergeforget_plugin.errors import StateError
     from mergeforget_plugin.integrations.axolotl.runner import run_recipe
 
-    from .test_recipes import minimal_recipe, write
-    from .test_state import read_only
-
     recipe = write(tmp_path, minimal_recipe(tiny_model_dir))
     (tmp_path / "out").mkdir()
-    restore = read_only(tmp_path / "out")
+    restore = read_only(tmp_path / "out", how)
     try:
         with pytest.raises(
             StateError,
-            match=r"^The output directory .*out is not writable \((Operation not permitted|Permission denied)\)\. "
-            r"Nothing was trained",
+            match=rf"^The output directory .*out is not writable \({READ_ONLY_WAYS[how]}\)\. Nothing was trained",
         ):
             run_recipe(recipe)
     finally:

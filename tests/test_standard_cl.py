@@ -23,7 +23,7 @@ from mergeforget_plugin.data.standard_cl import SOURCES, prepare
 from mergeforget_plugin.evaluation.scoring import read_rows
 from mergeforget_plugin.integrations.axolotl.recipe import load_recipe
 
-from .conftest import REPO
+from .helpers import REPO
 
 ROWS_PER_CLASS = {"train": 7, "test": 4}
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from mergeforget_plugin.core.slao import LoRAPair, MergeForgetConfig
+from mergeforget_plugin.core.slao import MergeForgetConfig
 from mergeforget_plugin.core.state import (
     BaseModelFingerprint,
-    ContinualState,
     LoRASignature,
     StateError,
     StateMismatchError,
@@ -21,38 +21,7 @@ from mergeforget_plugin.core.state import (
     tidy_state_dir,
 )
 
-SIGNATURE = LoRASignature(
-    ranks={"layers.0.q_proj": 4, "layers.0.v_proj": 4},
-    lora_alpha=8.0,
-    use_rslora=False,
-    target_modules=["q_proj", "v_proj"],
-)
-FINGERPRINT = BaseModelFingerprint(
-    architecture={"model_type": "llama", "hidden_size": 64}, embedding_signature=[0.5, -0.25, 0.125]
-)
-
-
-def make_state(num_finished: int, dtype: torch.dtype = torch.float32) -> ContinualState:
-    generator = torch.Generator().manual_seed(num_finished)
-
-    def weights() -> dict[str, LoRAPair]:
-        return {
-            name: LoRAPair(
-                torch.randn(4, 64, generator=generator).to(dtype), torch.randn(64, 4, generator=generator).to(dtype)
-            )
-            for name in SIGNATURE.ranks
-        }
-
-    return ContinualState(
-        signature=SIGNATURE,
-        base_model=FINGERPRINT,
-        config=MergeForgetConfig(lambda_schedule="inv"),
-        adapter_config={"peft_type": "LORA", "r": 4},
-        finished_tasks=[f"task{i}" for i in range(1, num_finished + 1)],
-        merged=weights(),
-        finetuned=weights(),
-        history=[{"task": f"task{i}"} for i in range(1, num_finished + 1)],
-    )
+from .helpers import FINGERPRINT, READ_ONLY_WAYS, REPO, SIGNATURE, make_state, read_only
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -91,7 +60,7 @@ def test_only_the_last_two_snapshots_are_kept_and_state_size_is_constant(tmp_pat
 FULL_DISK_SCRIPT = """
 import resource, signal, sys
 from mergeforget_plugin.core.state import StateError, save_state
-from tests.test_state import make_state
+from tests.helpers import make_state
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
 try:
@@ -104,8 +73,6 @@ except StateError as error:
 def test_a_full_disk_leaves_the_previous_snapshot_untouched(tmp_path):
     import subprocess
     import sys
-
-    from .conftest import REPO
 
     save_state(make_state(1), tmp_path)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
@@ -122,33 +89,25 @@ def test_a_full_disk_leaves_the_previous_snapshot_untouched(tmp_path):
     assert load_state(tmp_path).finished_tasks == ["task1"]
 
 
-def read_only(directory):
-    """Make ``directory`` read-only even for root (immutable attribute); skip where that is impossible."""
-    import os
-    import subprocess
-
-    if os.geteuid() != 0:
-        directory.chmod(0o555)
-        return lambda: directory.chmod(0o755)
-    if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode != 0:
-        pytest.skip("running as root on a file system without chattr +i: cannot make a read-only directory")
-    return lambda: subprocess.run(["chattr", "-i", str(directory)], check=True)
-
-
-def test_a_read_only_state_directory_is_refused_before_anything_is_replaced(tmp_path):
+@pytest.mark.parametrize("how", sorted(READ_ONLY_WAYS))
+def test_a_read_only_state_directory_is_refused_before_anything_is_replaced(tmp_path, how):
+    # Each way of making the directory read-only gives one reason: an immutable directory (root)
+    # "Operation not permitted", mode bits (any other user) "Permission denied".
     save_state(make_state(1), tmp_path)
-    restore = read_only(tmp_path)
+    restore = read_only(tmp_path, how)
     try:
         with pytest.raises(StateError) as refused:
             check_writable(tmp_path)
-        with pytest.raises(StateError, match="is not writable"):
+        with pytest.raises(StateError, match="is not writable") as refused_save:
             save_state(make_state(2), tmp_path)
     finally:
         restore()
-    assert str(refused.value) == (
-        f"The state directory {tmp_path} is not writable (Operation not permitted). Nothing was trained or "
+    expected = (
+        f"The state directory {tmp_path} is not writable ({READ_ONLY_WAYS[how]}). Nothing was trained or "
         "replaced: choose a writable directory with free space, then run again."
-    ) or "Permission denied" in str(refused.value)
+    )
+    assert str(refused.value) == expected
+    assert str(refused_save.value) == expected
     assert load_state(tmp_path).finished_tasks == ["task1"]
 
 
@@ -232,10 +191,26 @@ def test_state_from_another_setup_is_refused_naming_the_mismatch(signature, fing
         make_state(1).check_compatible(signature, fingerprint, "somewhere")
 
 
-def test_same_setup_is_accepted_within_dtype_rounding():
-    make_state(1).check_compatible(
-        SIGNATURE, BaseModelFingerprint(FINGERPRINT.architecture, [0.5001, -0.2501, 0.1251]), "here"
-    )
+def test_same_setup_is_accepted_within_dtype_rounding(tmp_path):
+    state = make_state(1)
+    rounded = BaseModelFingerprint(FINGERPRINT.architecture, [0.5001, -0.2501, 0.1251])
+    # Accepted: no StateMismatchError, and neither side reports a difference.
+    assert state.check_compatible(SIGNATURE, rounded, "here") is None
+    assert state.base_model.mismatches(rounded) == [] and state.signature.mismatches(SIGNATURE) == []
+    # A state on disk whose model was read in float32 continues with the same model read in
+    # bfloat16 or float16; a change beyond rounding (5%) is still refused.
+    values = torch.randn(8, generator=torch.Generator().manual_seed(0))
+    on_disk = dataclasses.replace(state, base_model=BaseModelFingerprint(FINGERPRINT.architecture, values.tolist()))
+    save_state(on_disk, tmp_path)
+    loaded = load_state(tmp_path)
+    assert loaded.base_model == on_disk.base_model and loaded.next_task_index == 2
+    for dtype in (torch.bfloat16, torch.float16):
+        model_side = BaseModelFingerprint(FINGERPRINT.architecture, values.to(dtype).float().tolist())
+        assert model_side.embedding_signature != loaded.base_model.embedding_signature, dtype  # rounded: not equal
+        assert loaded.check_compatible(SIGNATURE, model_side, "here") is None, dtype
+    changed = BaseModelFingerprint(FINGERPRINT.architecture, (values * 1.05).tolist())
+    with pytest.raises(StateMismatchError, match="same architecture but different weights"):
+        loaded.check_compatible(SIGNATURE, changed, "here")
 
 
 def test_changing_strategy_mid_sequence_is_refused():

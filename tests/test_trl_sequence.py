@@ -20,8 +20,7 @@ from mergeforget_plugin.core.slao import orthogonal_basis
 from mergeforget_plugin.core.state import load_snapshot, load_state, snapshot_dirs
 from mergeforget_plugin.peft_bridge import read_lora
 
-from .conftest import DEMO_TASKS
-from .helpers import demo_tasks, peft_model, sft_config
+from .helpers import DEMO_TASKS, demo_tasks, peft_model, sft_config
 
 
 class RecordTaskStart(TrainerCallback):

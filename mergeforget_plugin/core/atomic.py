@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -34,8 +35,9 @@ def _umask() -> int:
     return current
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
-    """Replace ``path`` with ``data`` atomically: temporary file, fsync, rename, directory fsync.
+def replace_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """Replace ``path`` atomically with what ``write(temporary)`` writes (and fsyncs): temporary file,
+    rename, directory fsync.
 
     Readers see the previous content or the new one. The file gets the permissions of any other
     file the process creates (``mkstemp`` would make it private). A failure removes the temporary
@@ -43,13 +45,10 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode() if isinstance(data, str) else data
     descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(descriptor)
     try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write(Path(temporary))
         os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, target)
     except BaseException:
@@ -57,6 +56,12 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
         raise
     fsync_dir(target.parent)
     return target
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
+    """Replace ``path`` with ``data`` atomically (see :func:`replace_atomic`)."""
+    payload = data.encode() if isinstance(data, str) else data
+    return replace_atomic(path, lambda temporary: write_synced(temporary, payload))
 
 
 def private_staging_dir(parent: str | os.PathLike[str], prefix: str) -> Path:

@@ -1,43 +1,292 @@
 """The merged LoRA of a continual state, written as a standard PEFT adapter directory.
 
 Needs no PEFT: an adapter directory is ``adapter_config.json`` (kept in the state from the model's
-own ``LoraConfig``) and ``adapter_model.safetensors`` with PEFT's key names.
+own ``LoraConfig``) and ``adapter_model.safetensors`` with PEFT's key names, plus the ``README.md``
+model card that ``PeftModel.save_pretrained`` would also write (YAML front matter with
+``base_model``, ``library_name: peft``, ``pipeline_tag`` and ``tags``, then Markdown), here telling
+which tasks the adapter learned, with which strategy, and (given the run's report) how they score.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-from safetensors.torch import save
+import yaml
 
 from ..errors import StateError
-from .atomic import write_atomic
+from ..evaluation.metrics import metric_info
+from ..evaluation.report import format_value, metric_label
+from .atomic import replace_atomic, write_atomic
 from .faults import pause_point
-from .state import ContinualState
+from .slao import merge_coefficient
+from .state import ContinualState, write_safetensors
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+MODEL_CARD_FILE = "README.md"
 # PEFT saves a LoRA layer at `base_model.model.<module path>.lora_A.weight`.
 PEFT_PREFIX = "base_model.model."
 
+_INIT_TEXT = {
+    "orthogonal": "A is the orthonormal QR basis of the previous task's fine-tuned A",
+    "standard": "A and B start as a fresh LoRA (Kaiming-uniform A, zero B)",
+    "carry_over": "A is the previous task's fine-tuned A (unchanged)",
+}
+_B_INIT_TEXT = {"ft": "the previous task's fine-tuned B", "merge": "the merged B of the earlier tasks"}
 
-def export_adapter(state: ContinualState, output_dir: str | os.PathLike[str]) -> Path:
+
+def _lambda_rule(config: Any) -> str:
+    if config.lambda_schedule == "inv_sqrt":
+        return "λ(i) = 1/sqrt(i)"
+    if config.lambda_schedule == "inv":
+        return "λ(i) = 1/i (a running mean)"
+    return f"λ(i) = {config.lambda_constant:g}"
+
+
+def _front_matter(state: ContinualState) -> str:
+    """The card's metadata as PEFT writes it (keys in its order, tags sorted) plus this package's tags."""
+    base = state.adapter_config.get("base_model_name_or_path")
+    strategy = str(state.config.strategy)
+    tags = {"continual-learning", "lora", "mergeforget-plugin", "transformers", strategy}
+    data: dict[str, Any] = {}
+    if base:
+        data["base_model"] = str(base)
+        tags.add(f"base_model:adapter:{base}")
+    data["library_name"] = "peft"
+    # PEFT sets it for a causal LM (the only kind this package trains), never for another task type.
+    if state.adapter_config.get("task_type") in (None, "CAUSAL_LM"):
+        data["pipeline_tag"] = "text-generation"
+    data["tags"] = sorted(tags)
+    return "---\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False) + "---\n"
+
+
+def _strategy_lines(state: ContinualState) -> list[str]:
+    config = state.config
+    settings = ", ".join(f"{key}={value}" for key, value in config.to_dict().items())
+    if not config.merges:  # SeqLoRA: the other settings must stay at their defaults and do nothing
+        return [
+            "Strategy: `seq`, no merge (SeqLoRA): one LoRA trained on the tasks one after another; this adapter "
+            "is that LoRA after the last task.",
+        ]
+    if config.strategy != "slao":
+        return [f"Strategy: `{config.strategy}`.", "", f"Settings: `{settings}`."]
+    start = _INIT_TEXT.get(config.init, config.init)
+    if config.init != "standard":
+        start += f" and B is {_B_INIT_TEXT.get(config.b_init, config.b_init)}"
+    return [
+        "Strategy: `slao` (SLAO, Merge before Forget, Qiao & Mahdavi, ICLR 2026, arXiv:2512.23017). "
+        f"Task 1 trains a standard LoRA. For task i ≥ 2, {start}; after training, A_merge,i = A_ft,i and "
+        f"B_merge,i = B_merge,i-1 + λ(i) (B_ft,i - B_merge,i-1) with merge coefficient {_lambda_rule(config)} "
+        "for i ≥ 2 and λ(1) = 1. This adapter is (A_merge, B_merge) after the last task.",
+        "",
+        f"Settings: `{settings}`.",
+    ]
+
+
+def _task_lines(state: ContinualState) -> list[str]:
+    lines = [f"Trained on {len(state.finished_tasks)} task(s), in this order:", ""]
+    for index, task in enumerate(state.finished_tasks, start=1):
+        if state.config.strategy == "slao":
+            lines.append(f"{index}. {task} (λ = {merge_coefficient(index, state.config):.3f})")
+        else:
+            lines.append(f"{index}. {task}")
+    return lines
+
+
+def _lora_lines(state: ContinualState) -> list[str]:
+    signature = state.signature
+    ranks = sorted(set(signature.ranks.values()))
+    rank = f"r = {ranks[0]}" if len(ranks) == 1 else f"r = {ranks[0]}-{ranks[-1]} (differs by module)"
+    targets = ", ".join(f"`{name}`" for name in sorted(signature.target_modules))
+    scaling = "rsLoRA scaling (alpha/sqrt(r))" if signature.use_rslora else "scaling alpha/r"
+    return [
+        f"LoRA: {rank}, lora_alpha = {signature.lora_alpha:g}, {scaling}; target modules {targets} "
+        f"({len(signature.ranks)} adapted layers)."
+    ]
+
+
+def _best_earlier(report: Mapping[str, Any], task: str, higher_is_better: bool) -> float | None:
+    """The task's best score in the rows after its own training and before the last row."""
+    column = report["tasks"].index(task)
+    rows = report["accuracy_matrix"][report["rows_after"].index(task) : -1]
+    values = [row[column] for row in rows if row[column] is not None]
+    if not values:
+        return None
+    return max(values) if higher_is_better else min(values)
+
+
+def final_table(report: Mapping[str, Any], tasks: Sequence[str]) -> list[dict[str, Any]]:
+    """Per trained task (``tasks``: the report's ``rows_after``), the numbers the card shows: its
+    primary metric, its score right after its own training, its best score after that and before
+    the last task, its score after the last task, and its forgetting (the report's, oriented so
+    that positive means the task got worse). ``None`` where the report has no such number."""
+    primary = report.get("primary_metric", {})
+    forgetting = report["metrics"]["forgetting"]
+    matrix, rows_after = report["accuracy_matrix"], list(report["rows_after"])
+    table = []
+    for task in tasks:
+        metric = primary.get(task, "accuracy")
+        scored = task in report["tasks"] and task in rows_after
+        column = report["tasks"].index(task) if scored else None
+        table.append(
+            {
+                "task": task,
+                "metric": metric,
+                "after_own_training": matrix[rows_after.index(task)][column] if scored else None,
+                "best_earlier": _best_earlier(report, task, metric_info(metric).higher_is_better) if scored else None,
+                "final": matrix[-1][column] if scored else None,
+                "forgetting": forgetting.get(task),
+            }
+        )
+    return table
+
+
+def report_fits(state: ContinualState, report: Mapping[str, Any] | None) -> bool:
+    """Whether ``report`` has one row after each task of ``state``, so its last row scores this adapter.
+
+    Not so when a kill came between a task's evaluation row and its state, or a row is missing.
+    """
+    return report is not None and list(report.get("rows_after", [])) == list(state.finished_tasks)
+
+
+def _evaluation_lines(state: ContinualState, report: Mapping[str, Any]) -> list[str]:
+    trained = list(state.finished_tasks)
+    lines = ["## Evaluation", ""]
+    if not report_fits(state, report):
+        return lines + [
+            "The run's evaluation rows (after: "
+            + (", ".join(report.get("rows_after", [])) or "none")
+            + ") are not one row after each task of this adapter, so no scores are given here; "
+            "`mergeforget report` shows what was measured.",
+        ]
+    table = final_table(report, trained)
+    primary = report.get("primary_metric", {})
+    metrics_used = list(dict.fromkeys(primary.get(task, "accuracy") for task in trained))
+    lines += [
+        "Scores from the run's evaluation rows, in each task's primary metric: "
+        + "; ".join(metric_label(metric) for metric in metrics_used)
+        + ". Forgetting = score after the task's own training - score after the last task (for a "
+        "lower-is-better metric such as loss, the other way round), so positive forgetting means the task got "
+        "worse. Best earlier: the task's best score after its own training and before the last task.",
+        "",
+        f"| task | metric | after its own training | best earlier | after the last task ({trained[-1]}) | forgetting |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in table:
+        metric = row["metric"]
+        best = "—" if row["best_earlier"] is None else format_value(row["best_earlier"], metric=metric)
+        forgot = "—" if row["forgetting"] is None else format_value(row["forgetting"], True, metric)
+        lines.append(
+            f"| {row['task']} | {metric} | {format_value(row['after_own_training'], metric=metric)} | {best} | "
+            f"{format_value(row['final'], metric=metric)} | {forgot} |"
+        )
+    lines.append("")
+    metrics = report["metrics"]
+    if report.get("primary_uniform", True):
+        metric = metrics_used[0]
+        unit = "points" if metric_info(metric).unit == "fraction" else metric_info(metric).unit
+        lines += [
+            f"- AA, mean score after the last task: {format_value(metrics['average_accuracy'], metric=metric)} "
+            f"({unit})",
+            f"- BWT, backward transfer (negative = forgetting): {format_value(metrics['bwt'], True, metric)}",
+            f"- FWT, forward transfer vs the base model: {format_value(metrics['fwt'], True, metric)}",
+        ]
+    else:
+        lines.append("AA, BWT and FWT are not given: the tasks' primary metrics differ in unit (see report.json).")
+    probes = report.get("probes") or {}
+    if probes:
+        lines += [
+            "",
+            "General ability (probes: evaluation-only sets, never trained on; change = after the last task - base "
+            "model):",
+            "",
+            "| probe | metric | base model | after the last task | change |",
+            "|---|---|---|---|---|",
+        ]
+        for name, probe in probes.items():
+            metric = probe["metric"]
+            lines.append(
+                f"| {name} | {metric_label(metric)} | {format_value(probe['zero_shot'], metric=metric)} | "
+                f"{format_value(probe['final'], metric=metric)} | {format_value(probe['change'], True, metric)} |"
+            )
+    return lines
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def model_card(state: ContinualState, report: Mapping[str, Any] | None = None) -> str:
+    """The ``README.md`` of the exported adapter: PEFT-style front matter, then what the adapter is.
+
+    ``report`` is :func:`~mergeforget_plugin.evaluation.report.build_report`'s result for the run;
+    with it the card gives each task's final score, best earlier score and forgetting, and AA, BWT,
+    FWT. The card holds no timestamp and not the run's folder, so exporting the same state and report
+    again gives the same bytes.
+    """
+    base = state.adapter_config.get("base_model_name_or_path")
+    n = len(state.finished_tasks)
+    lines = [
+        f"# Continual LoRA adapter ({state.config.strategy}, {n} task(s))",
+        "",
+        f"One LoRA adapter for `{base}`" if base else "One LoRA adapter (base model not recorded in its config)",
+    ]
+    what = (
+        "the LoRA after the last task" if state.config.strategy == "seq" else "the merged adapter after the last task"
+    )
+    lines[-1] += f", trained on {n} task(s) in sequence with mergeforget-plugin: {what}."
+    lines += ["", "```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM", ""]
+    lines += [
+        f'base = AutoModelForCausalLM.from_pretrained("{base or "BASE_MODEL"}")',
+        'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
+        "```",
+        "",
+        "## Training",
+        "",
+    ]
+    lines += _task_lines(state) + [""] + _strategy_lines(state) + [""] + _lora_lines(state) + [""]
+    if report is not None:
+        lines += _evaluation_lines(state, report) + [""]
+    versions = [
+        f"- {name} {version}"
+        for name, version in (
+            ("PEFT", state.adapter_config.get("peft_version")),
+            ("mergeforget-plugin", _version("mergeforget-plugin")),
+        )
+        if version
+    ]
+    if versions:
+        lines += ["### Framework versions", "", *versions, ""]
+    return _front_matter(state) + "\n" + "\n".join(lines)
+
+
+def export_adapter(
+    state: ContinualState, output_dir: str | os.PathLike[str], *, report: Mapping[str, Any] | None = None
+) -> Path:
     """Write the merged LoRA of ``state`` as a standard PEFT adapter directory and return it.
 
     ``PeftModel.from_pretrained(base_model, output_dir)`` loads it. Each file is replaced
     atomically; the config is the same for every task of a sequence, so an export interrupted
-    between the two files still pairs the new weights with a correct config.
+    between the two files still pairs the new weights with a correct config. The model card
+    ``README.md`` (see :func:`model_card`; ``report`` adds the run's scores) is written last.
     """
     if not state.merged:
         raise StateError("No task has finished yet, so there is no merged adapter to export.")
     out = Path(output_dir)
     tensors = {}
     for name, pair in state.merged.items():
-        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = pair.a.contiguous()
-        tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = pair.b.contiguous()
-    write_atomic(out / ADAPTER_WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
+        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = pair.a
+        tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = pair.b
+    replace_atomic(out / ADAPTER_WEIGHTS_FILE, lambda temporary: write_safetensors(temporary, tensors))
     pause_point("export", len(state.finished_tasks))
     write_atomic(out / ADAPTER_CONFIG_FILE, json.dumps(state.adapter_config, indent=2, sort_keys=True))
+    write_atomic(out / MODEL_CARD_FILE, model_card(state, report))
     return out

@@ -17,8 +17,45 @@ of the same tasks leave the same tree and ``mergeforget status|report|export`` r
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import TaskNameError
+
+# A task's name becomes a folder name (``tasks/task-02-NAME``) and a key of the report: the one rule.
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+TASK_NAME_RULE = "must start with a letter or digit and use only letters, digits, '_', '-', '.'"
+
+
+def task_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a task, or ``None`` when it can.
+
+    >>> task_name_problem("sst2"), task_name_problem("bad name/with slash")
+    (None, "'bad name/with slash' must start with a letter or digit and use only letters, digits, '_', '-', '.'")
+    """
+    if isinstance(name, str) and TASK_NAME.match(name):
+        return None
+    return f"{name!r} {TASK_NAME_RULE}"
+
+
+def repeated_names(names: Sequence[str]) -> list[str]:
+    """The names that occur more than once, sorted."""
+    return sorted({name for name in names if list(names).count(name) > 1})
+
+
+def check_task_names(names: Sequence[str]) -> None:
+    """Refuse an empty sequence, a name :func:`task_name_problem` refuses, or a repeated name."""
+    if not names:
+        raise TaskNameError("tasks is empty: give at least one task to train.")
+    for name in names:
+        problem = task_name_problem(name)
+        if problem is not None:
+            raise TaskNameError(f"Task name {problem}.")
+    repeated = repeated_names(names)
+    if repeated:
+        raise TaskNameError(f"Task names must be unique; repeated: {repeated}.")
 
 
 @dataclass(frozen=True)
@@ -108,9 +145,14 @@ class RunLayout:
         return self.task_dir(index, name) / "train.log"
 
     def task_progress(self, index: int, name: str) -> Path:
-        """``{"step": s, "max_steps": m}`` of a training task, rewritten after every optimizer step
-        (the recipe runner's progress bar reads it from the training process)."""
+        """``{"step": s, "max_steps": m}`` of a training task, rewritten at most twice a second and
+        at the last step (the recipe runner's progress bar reads it from the training process)."""
         return self.task_dir(index, name) / "progress.json"
+
+    def task_failure(self, index: int, name: str) -> Path:
+        """``{"error": type, "message": text, "ours": bool}`` of the exception that ended a training
+        process, which the recipe runner shows instead of guessing from the log."""
+        return self.task_dir(index, name) / "failure.json"
 
     def task_config(self, index: int, name: str) -> Path:
         return self.configs / f"{self.task_slug(index, name)}.yaml"

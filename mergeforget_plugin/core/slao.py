@@ -54,7 +54,26 @@ class MergeForgetConfig:
     Axolotl plugin's settings are built from its fields (types, defaults and the ``help`` text in
     each field's metadata), and the allowed values are those of the ``Literal`` types above.
 
-    The ``Args:`` section below is generated from the fields' help texts.
+    Args:
+        strategy (`str`, defaults to `'slao'`):
+            'slao': orthogonal init + time-aware asymmetric merge (the paper). 'seq': the SeqLoRA baseline,
+            one LoRA trained task after task with no merge; the switches below must then stay at their
+            defaults.
+        lambda_schedule (`str`, defaults to `'inv_sqrt'`):
+            Weight of task i's B in the merge: 'inv_sqrt' 1/sqrt(i) (paper), 'inv' 1/i (a running mean),
+            'constant' lambda_constant for every i >= 2. lambda(1) = 1 for every schedule.
+        lambda_constant (`float`, defaults to `0.5`):
+            The weight used by the 'constant' schedule, in (0, 1].
+        init (`str`, defaults to `'orthogonal'`):
+            How task i >= 2 starts: 'orthogonal' (A from the QR basis of the previous A, paper), 'standard'
+            (a fresh LoRA: Kaiming-uniform A, zero B), 'carry_over' (the previous task's fine-tuned A
+            unchanged).
+        b_init (`str`, defaults to `'ft'`):
+            Where B starts for task i >= 2 with the 'orthogonal' and 'carry_over' inits: 'ft' (B_ft,i-1,
+            paper) or 'merge' (B_merge,i-1).
+
+    The help texts above are the fields' ``help`` metadata, which the recipe and the Axolotl settings
+    show; a test keeps the two the same.
 
     Example:
 
@@ -113,7 +132,7 @@ class MergeForgetConfig:
                 f"lambda_constant={self.lambda_constant!r} must be in (0, 1]: it is the weight of the "
                 "new task's B in the merge."
             )
-        if self.strategy == "seq":
+        if not self.merges:
             changed = [
                 item.name
                 for item in fields(self)
@@ -125,21 +144,14 @@ class MergeForgetConfig:
                     "effect: remove them, or use strategy='slao' to run an ablation."
                 )
 
+    @property
+    def merges(self) -> bool:
+        """Whether tasks are merged. SeqLoRA (``strategy='seq'``) is the one rule that does not: it
+        trains one LoRA straight on, each task starting where the last ended (no init, no merge)."""
+        return self.strategy != "seq"
+
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-def _document_fields(cls: type) -> None:
-    """Append an ``Args:`` section built from the fields' help metadata to ``cls.__doc__`` (one source)."""
-    lines = ["", "    Args:"]
-    for item in fields(cls):
-        kind = "float" if item.type == "float" else "str"
-        lines.append(f"        {item.name} (`{kind}`, defaults to `{item.default!r}`):")
-        lines.append(f"            {item.metadata['help']}")
-    cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + "\n".join(lines) + "\n"
-
-
-_document_fields(MergeForgetConfig)
 
 
 def allowed_values() -> dict[str, tuple[str, ...]]:
@@ -152,8 +164,8 @@ def merge_coefficient(task_index: int, config: MergeForgetConfig) -> float:
     """lambda(i), the weight of task i's fine-tuned B in the merge. lambda(1) = 1 for every schedule."""
     if task_index < 1:
         raise ValueError(f"task_index counts from 1, got {task_index}.")
-    if task_index == 1:
-        return 1.0
+    if task_index == 1 or not config.merges:
+        return 1.0  # task 1, or SeqLoRA: the new task's B is taken whole
     if config.lambda_schedule == "inv_sqrt":
         return 1.0 / math.sqrt(task_index)
     if config.lambda_schedule == "inv":
@@ -231,7 +243,7 @@ def task_start_weights(
     if task_index < 2:
         raise ValueError("Task 1 starts from the standard LoRA init; task_start_weights is for task 2 onwards.")
     _require_same_modules(previous_finetuned, merged, "previous task's fine-tuned LoRA", "merged LoRA")
-    init = "carry_over" if config.strategy == "seq" else config.init
+    init = config.init if config.merges else "carry_over"
     start: dict[str, LoRAPair] = {}
     for name, previous in previous_finetuned.items():
         b_source = merged[name].b if config.b_init == "merge" else previous.b
@@ -261,7 +273,7 @@ def merge_task(
     for name, pair in finetuned.items():
         _require_finite(pair.a, f"{name}: fine-tuned lora_A")
         _require_finite(pair.b, f"{name}: fine-tuned lora_B")
-    if merged is None or task_index == 1 or config.strategy == "seq":
+    if merged is None or task_index == 1 or not config.merges:
         return {name: LoRAPair(p.a.detach().clone(), p.b.detach().clone()) for name, p in finetuned.items()}
     _require_same_modules(merged, finetuned, "merged LoRA", "fine-tuned LoRA")
     weight = merge_coefficient(task_index, config)

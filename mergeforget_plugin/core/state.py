@@ -102,10 +102,6 @@ class LoRASignature:
     use_rslora: bool
     target_modules: list[str]
 
-    @property
-    def module_names(self) -> list[str]:
-        return sorted(self.ranks)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "ranks": dict(sorted(self.ranks.items())),
@@ -256,8 +252,10 @@ class ContinualState:
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
 
 
-def _write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> str:
+def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> str:
     """Write ``tensors`` to ``path`` in the safetensors format, fsync it, and return its SHA-256.
+
+    The package's one safetensors writer: state snapshots and exported adapters both use it.
 
     The bytes go from each tensor's memory straight to the file, and are hashed on a second thread
     while they are written: no serialized copy of the whole file and no re-read for the checksum.
@@ -377,7 +375,7 @@ def save_state(state: ContinualState, state_dir: str | os.PathLike[str], *, keep
         files = {MERGED_FILE: state.merged, FINETUNED_FILE: state.finetuned}
         checksums = {}
         for filename, weights in files.items():
-            checksums[filename] = _write_safetensors(staging / filename, _tensors_of(weights))
+            checksums[filename] = write_safetensors(staging / filename, _tensors_of(weights))
             pause_point("state-write", len(state.finished_tasks))
         manifest = {
             "format_version": FORMAT_VERSION,

@@ -22,12 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.atomic import write_atomic
-from ..errors import MergeForgetError
-
-
-class DataPrepError(MergeForgetError, ValueError):
-    """A source that cannot give the requested splits, with what to do about it."""
-
+from ..errors import DataPrepError
 
 TOPIC = "Which topic is this text about?"
 SENTIMENT = "How positive is this review?"

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.atomic import write_atomic
-from .standard_cl import DataPrepError
+from ..errors import DataPrepError
 
 ORDER_1 = (
     "task1572_samsum_summary",

@@ -124,7 +124,7 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _format(value: float | None, signed: bool = False, metric: str = "accuracy") -> str:
+def format_value(value: float | None, signed: bool = False, metric: str = "accuracy") -> str:
     """A score as the report prints it: fractions as points (0.553 -> '55.3', or '+55.3' when
     signed), losses and other ratios as measured to three decimals."""
     if value is None:
@@ -238,7 +238,7 @@ def build_report(layout: RunLayout, state: Any = None, recipe: str | None = None
     }
 
 
-def _metric_label(metric: str) -> str:
+def metric_label(metric: str) -> str:
     info = metric_info(metric)
     if info.unit == "fraction":
         return f"{metric} (%, higher is better)"
@@ -257,7 +257,7 @@ def _table_lines(
     metric_of,
 ) -> list[str]:
     def cell(value: float | None, task: str) -> str:
-        return "" if value is None else _format(value, metric=metric_of(task))
+        return "" if value is None else format_value(value, metric=metric_of(task))
 
     lines = ["| after \\ on | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     if zero_shot is not None:
@@ -274,9 +274,9 @@ def _summary_lines(metrics: Mapping[str, Any], metric: str) -> list[str]:
     return [
         f"| metric | value ({unit}) |",
         "|---|---|",
-        f"| {aa} | {_format(metrics['average_accuracy'], metric=metric)} |",
-        f"| BWT, backward transfer (negative = forgetting) | {_format(metrics['bwt'], True, metric)} |",
-        f"| FWT, forward transfer vs zero-shot | {_format(metrics['fwt'], True, metric)} |",
+        f"| {aa} | {format_value(metrics['average_accuracy'], metric=metric)} |",
+        f"| BWT, backward transfer (negative = forgetting) | {format_value(metrics['bwt'], True, metric)} |",
+        f"| FWT, forward transfer vs zero-shot | {format_value(metrics['fwt'], True, metric)} |",
     ]
 
 
@@ -296,7 +296,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             "## Primary metric matrix",
             "",
             "Rows: after training task i; columns: task evaluated. Primary metric per task: "
-            + ", ".join(f"{task} {_metric_label(metric)}" for task, metric in primary.items())
+            + ", ".join(f"{task} {metric_label(metric)}" for task, metric in primary.items())
             + ". A blank cell was not scored (eval schedule `needed`).",
             "",
         ]
@@ -313,7 +313,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["Forgetting per task (R[j][j] - R[T][j]; for lower-is-better metrics R[T][j] - R[j][j]): "]
         lines += [
             ", ".join(
-                f"{task} {_format(value, True, primary.get(task, 'accuracy'))}"
+                f"{task} {format_value(value, True, primary.get(task, 'accuracy'))}"
                 for task, value in metrics["forgetting"].items()
             ),
             "",
@@ -321,7 +321,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     for metric, summary in report.get("metric_matrices", {}).items():
         if uniform and metric == shared and set(summary["tasks"]) == set(tasks):
             continue  # the primary matrix above
-        lines += [f"## {_metric_label(metric)}", ""]
+        lines += [f"## {metric_label(metric)}", ""]
         lines += _table_lines(
             summary["tasks"], summary["zero_shot"], summary["rows_after"], summary["table"], lambda t, m=metric: m
         )
@@ -337,12 +337,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
         for name, probe in report["probes"].items():
             metric = probe["metric"]
-            cells = ["" if v is None else _format(v, metric=metric) for v in probe["rows"]]
+            cells = ["" if v is None else format_value(v, metric=metric) for v in probe["rows"]]
             cells += [""] * (len(report["rows_after"]) - len(cells))
             lines.append(
-                f"| {name} | {_metric_label(metric)} | {_format(probe['zero_shot'], metric=metric)} | "
+                f"| {name} | {metric_label(metric)} | {format_value(probe['zero_shot'], metric=metric)} | "
                 + " | ".join(cells)
-                + f" | {_format(probe['change'], True, metric)} |"
+                + f" | {format_value(probe['change'], True, metric)} |"
             )
         lines.append("")
     if report["per_task"]:
@@ -423,9 +423,9 @@ def plot_accuracy_matrix(report: dict[str, Any]) -> bytes:
     title = "accuracy (%)" if _is_label_report(report) else "primary metric"
     aa, bwt = report["metrics"]["average_accuracy"], report["metrics"]["bwt"]
     if aa is not None:
-        title += f"  AA {_format(aa, metric=metric)}"
+        title += f"  AA {format_value(aa, metric=metric)}"
     if bwt is not None:
-        title += f"  BWT {_format(bwt, True, metric)}"
+        title += f"  BWT {format_value(bwt, True, metric)}"
     return _heatmap(tasks, labels, values, lambda t: primary.get(t, "accuracy"), title)
 
 
@@ -433,11 +433,11 @@ def plot_metric_matrix(report: dict[str, Any], metric: str) -> bytes:
     """The heatmap of one metric's matrix, as PNG bytes."""
     summary = report["metric_matrices"][metric]
     labels, values = _rows_for_plot(summary["zero_shot"], summary["rows_after"], summary["table"], summary["tasks"])
-    title = _metric_label(metric)
+    title = metric_label(metric)
     if summary["metrics"]["average_accuracy"] is not None:
-        title += f"  AA {_format(summary['metrics']['average_accuracy'], metric=metric)}"
+        title += f"  AA {format_value(summary['metrics']['average_accuracy'], metric=metric)}"
     if summary["metrics"]["bwt"] is not None:
-        title += f"  BWT {_format(summary['metrics']['bwt'], True, metric)}"
+        title += f"  BWT {format_value(summary['metrics']['bwt'], True, metric)}"
     return _heatmap(summary["tasks"], labels, values, lambda t: metric, title)
 
 
@@ -454,9 +454,13 @@ def extra_metrics(report: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def write_report(layout: RunLayout, state: Any = None, recipe: str | None = None) -> list[Path]:
-    """Write report.json, report.md and (when any row exists) the heatmaps; return their paths."""
-    report = build_report(layout, state, recipe)
+def write_report(
+    layout: RunLayout, state: Any = None, recipe: str | None = None, *, report: dict[str, Any] | None = None
+) -> list[Path]:
+    """Write report.json, report.md and (when any row exists) the heatmaps; return their paths.
+
+    ``report`` is :func:`build_report`'s result when the caller has it already."""
+    report = report if report is not None else build_report(layout, state, recipe)
     written = [
         write_atomic(layout.report_json, json.dumps(report, indent=2)),
         write_atomic(layout.report_markdown, render_markdown(report)),
@@ -490,7 +494,7 @@ def compare_reports(reports: list[dict[str, Any]]) -> str:
         ("bwt", "BWT (negative = forgetting)", True),
         ("fwt", "FWT (vs zero-shot)", True),
     ):
-        cells = [_format(r["metrics"][key], signed, shared_metric(r)) for r in reports]
+        cells = [format_value(r["metrics"][key], signed, shared_metric(r)) for r in reports]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     tasks = list(dict.fromkeys(task for report in reports for task in report["finished_tasks"]))
     for task in tasks:
@@ -503,7 +507,7 @@ def compare_reports(reports: list[dict[str, Any]]) -> str:
             column = report["tasks"].index(task)
             own = report["accuracy_matrix"][report["rows_after"].index(task)][column]
             last = report["accuracy_matrix"][-1][column]
-            cells.append(f"{_format(own, metric=metric)} → {_format(last, metric=metric)}")
+            cells.append(f"{format_value(own, metric=metric)} → {format_value(last, metric=metric)}")
         lines.append(f"| {task}: after its training → after the last task | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -541,7 +545,7 @@ def plot_forgetting_curves(reports: list[dict[str, Any]]) -> bytes:
         axis.set_xticks(range(length), labels=["base", *map(str, range(1, length))])
         axis.set_title(task)
         axis.set_xlabel("tasks trained")
-        axis.set_ylabel(_metric_label(metric))
+        axis.set_ylabel(metric_label(metric))
         axis.grid(alpha=0.3)
     for index in range(len(tasks), rows * columns):
         axes[index // columns][index % columns].axis("off")

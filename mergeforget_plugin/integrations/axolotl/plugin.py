@@ -1,10 +1,11 @@
 """The Axolotl plugin: ``axolotl train`` with ``plugins: [mergeforget_plugin.MergeForgetPlugin]`` is one task.
 
-Each hook forwards to :class:`~mergeforget_plugin.engine.ContinualTask` (via the transformers
-callback that every ``Trainer`` carries). The task begins in ``post_model_load``, after every LoRA
-init Axolotl does and before the trainer exists, so a mismatched state stops the run before any
-step. It ends when training ends, before Axolotl saves the model, so what Axolotl saves is the
-merged LoRA. The settings are checked by Axolotl's own config validation (see ``args.py``).
+The plugin holds its :class:`~mergeforget_plugin.engine.ContinualTask`. The task begins in
+``post_model_load``, after every LoRA init Axolotl does and before the trainer exists, so a
+mismatched state stops the run before any step. The trainer carries a ``TaskCallback`` over the
+same task for what needs the trainer (progress, the trainer's rank at the end). The task ends when
+training ends, before Axolotl saves the model, so what Axolotl saves is the merged LoRA. The
+settings are checked by Axolotl's own config validation (see ``args.py``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from typing import Any
 
 from axolotl.integrations.base import BasePlugin
 
+from ...core.layout import RunLayout
 from ...data.models import resolve_model_reference
-from ..callback import MergeForgetCallback
+from ...engine import ContinualTask
+from ..callback import TaskCallback
 from .args import MergeForgetSettings
+from .failure import record_failures
 
 
 class MergeForgetPlugin(BasePlugin):
@@ -23,12 +27,15 @@ class MergeForgetPlugin(BasePlugin):
 
     def __init__(self) -> None:
         super().__init__()
-        self.callback: MergeForgetCallback | None = None
+        self.task: ContinualTask | None = None
 
     def get_input_args(self) -> str:
         return "mergeforget_plugin.integrations.axolotl.args.MergeForgetArgs"
 
     def register(self, cfg: Any) -> None:
+        # Every training process loads the plugin: from here on an exception that ends it is
+        # written where the recipe runner looks (when the runner started the process).
+        record_failures()
         # Runs before Axolotl validates the config: the embedded model's name becomes the local
         # checkpoint it is converted to, which Axolotl can load.
         if cfg.get("base_model"):
@@ -47,10 +54,10 @@ class MergeForgetPlugin(BasePlugin):
         settings = MergeForgetSettings.model_validate(dict(cfg["mergeforget"]))
         eval_sets = [spec.to_eval_set() for spec in settings.evaluation]
         probes = [spec.to_probe() for spec in settings.probes]
-        self.callback = MergeForgetCallback(
-            settings.state_dir,
-            task_name=settings.task_name,
-            config=settings.to_config(),
+        self.task = ContinualTask(
+            RunLayout.of_state_dir(settings.state_dir),
+            settings.task_name,
+            settings.to_config(),
             export_dir=settings.export_dir,
             eval_sets=eval_sets,
             probes=probes,
@@ -66,13 +73,13 @@ class MergeForgetPlugin(BasePlugin):
         # weights for a forward pass: the missing evaluation rows wait for the trainer's start.
         from ...peft_bridge import is_sharded
 
-        self.callback.task.begin(model, tokenizer, score_rows=not is_sharded(model))
+        self.task.begin(model, tokenizer, score_rows=not is_sharded(model))
 
     def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list:
-        return [self.callback] if self.callback is not None else []
+        return [TaskCallback(self.task)] if self.task is not None else []
 
     def post_train(self, cfg: Any, model: Any) -> None:
         # Axolotl calls post_train twice per run; the task ends once (at the trainer's
-        # on_train_end or here, whichever comes first).
-        if self.callback is not None:
-            self.callback.task.end(model)
+        # on_train_end, or here if training ended without it).
+        if self.task is not None:
+            self.task.end(model)

@@ -20,14 +20,13 @@ is trained.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ...core.layout import RunLayout
+from ...core.layout import RunLayout, repeated_names, task_name_problem
 from ...core.state import pickled_adapter_problem
 from ...errors import MergeForgetError, RecipeError
 from ...evaluation.schedule import DEFAULT_SCHEDULE
@@ -60,7 +59,6 @@ POSITIVE_INTEGERS = (
     "lora_r",
 )  # not max_steps: -1 is the trainers' "unset"
 POSITIVE_NUMBERS = ("num_epochs", "learning_rate", "lora_alpha")
-_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class TaskSpec(BaseModel):
@@ -77,8 +75,9 @@ class TaskSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _TASK_NAME.match(value):
-            raise ValueError(f"{value!r} must start with a letter or digit and use only letters, digits, '_', '-', '.'")
+        problem = task_name_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("datasets", "test_datasets")
@@ -136,7 +135,7 @@ class Recipe(BaseModel):
     @model_validator(mode="after")
     def _unique_names(self) -> Recipe:
         names = [task.name for task in self.tasks]
-        repeated = sorted({name for name in names if names.count(name) > 1})
+        repeated = repeated_names(names)
         if repeated:
             raise ValueError(f"task names must be unique; repeated: {repeated}")
         probe_names = [probe.name for probe in self.probes]
@@ -211,6 +210,7 @@ class LoadedRecipe:
         self.recipe = recipe
         self.path = path
         self.root = path.parent
+        self._base: dict[str, Any] | None = None  # the base config, read once (see base_axolotl_config)
 
     def resolve(self, value: str) -> Path:
         candidate = Path(os.path.expanduser(value))
@@ -238,6 +238,12 @@ class LoadedRecipe:
         return RunLayout(self.resolve(self.recipe.output_dir))
 
     def base_axolotl_config(self) -> dict[str, Any]:
+        """``base_config``'s settings under the recipe's ``axolotl:`` ones; the file is read once."""
+        if self._base is None:
+            self._base = self._read_base_config()
+        return dict(self._base)
+
+    def _read_base_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {}
         if self.recipe.base_config:
             base_path = self.resolve(self.recipe.base_config)

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from ...core.atomic import write_atomic
+from ...core.environment import offline_environment
 from ...core.layout import RunLayout
 from ...core.state import (
     BaseModelFingerprint,
@@ -40,19 +41,11 @@ from ...core.state import (
 from ...data.models import resolve_model_reference
 from ...engine import check_sequence, finish_sequence
 from ...errors import RecipeError, RunError, StateError
+from .failure import FAILURE_FILE_VARIABLE, read_failure
 from .recipe import LoadedRecipe, load_recipe
 
 PLUGIN_PATH = "mergeforget_plugin.MergeForgetPlugin"
-AXOLOTL_ENVIRONMENT = {
-    "AXOLOTL_DO_NOT_TRACK": "1",  # without it Axolotl's telemetry retries hang for minutes offline
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-}
 _PR_SET_PDEATHSIG = 1
-# The lines of a failed task's log that are worth showing first: our own refusals.
-_OUR_ERRORS = ("MergeForgetError", "StateMismatchError", "StateError", "UnsupportedAdapterError", "SLAOMathError")
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -156,9 +149,10 @@ def task_config(loaded: LoadedRecipe, index: int, base: dict[str, Any] | None = 
     return config
 
 
-def write_task_configs(loaded: LoadedRecipe) -> list[Path]:
-    """Write one Axolotl YAML per task into the layout's ``configs/`` and return their paths."""
-    base = base_config(loaded)
+def write_task_configs(loaded: LoadedRecipe, base: dict[str, Any] | None = None) -> list[Path]:
+    """Write one Axolotl YAML per task into the layout's ``configs/`` and return their paths
+    (``base``: :func:`base_config`'s result when the caller has it)."""
+    base = base if base is not None else base_config(loaded)
     tasks = loaded.recipe.tasks
     paths = []
     for index, task in enumerate(tasks, start=1):
@@ -293,10 +287,13 @@ def _planned_steps(config_path: Path) -> int | None:
     return int(max_steps) if isinstance(max_steps, int) and max_steps > 0 else None
 
 
-def _failure_summary(log_path: Path) -> str:
+def _failure_summary(failure_path: Path, log_path: Path) -> str:
+    """The failed process's own record of its exception, else the end of its log (killed, say)."""
+    record = read_failure(failure_path)
+    if record is not None:
+        return f"{record.get('error', 'Error')}: {record['message']}"
     lines = log_path.read_text(errors="replace").splitlines() if log_path.is_file() else []
-    ours = [line for line in lines if any(name in line for name in (*_OUR_ERRORS, "ValueError"))]
-    return "\n".join(ours[-3:] if ours else lines[-15:])
+    return "\n".join(lines[-15:])
 
 
 def _free_port() -> int:
@@ -305,6 +302,164 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@dataclass
+class RunPlan:
+    """A recipe run once everything is checked: what the pipeline's later steps read, computed once."""
+
+    loaded: LoadedRecipe
+    base: dict[str, Any]
+    state: ContinualState | None
+    runs: list[TaskRun]
+    environment: dict[str, str]
+
+    @property
+    def layout(self) -> RunLayout:
+        return self.loaded.layout
+
+
+def _checked_state(loaded: LoadedRecipe, base: dict[str, Any], resume: bool) -> ContinualState | None:
+    """The state of the run's output directory, checked against the recipe (``None``: a new run)."""
+    layout = loaded.layout
+    state = load_state(layout.state)
+    if state is not None and not resume:
+        raise RunError(
+            f"{layout.state} already holds {len(state.finished_tasks)} finished task(s) "
+            f"({', '.join(state.finished_tasks)}). Pass --resume to continue the sequence, or set another "
+            "output_dir to start a new one."
+        )
+    if state is not None:
+        check_sequence(
+            layout,
+            [task.name for task in loaded.recipe.tasks],
+            loaded.recipe.mergeforget.to_config(),
+            state=state,
+            declared=declared_setup(base, state),
+            declared_in="the recipe's Axolotl settings",
+        )
+    check_writable(layout.root, "output directory")
+    return state
+
+
+def _training_environment() -> dict[str, str]:
+    # Axolotl's torchrun launcher runs `torchrun` from PATH: make it this Python's.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return offline_environment(PATH=path)
+
+
+def plan_run(
+    recipe_path: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    strategy: str | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+) -> RunPlan:
+    """Every check a run makes before it trains, each file read once: the recipe, the model, the
+    state, the per-task configs (written) and Axolotl's own validation of them."""
+    loaded = load_recipe(recipe_path).with_overrides(
+        strategy=strategy, output_dir=None if output_dir is None else str(output_dir)
+    )
+    base = base_config(loaded)
+    state = _checked_state(loaded, base, resume)
+    config_paths = write_task_configs(loaded, base)
+    environment = _training_environment()
+    check_axolotl_configs(loaded, config_paths, environment)
+    runs = [
+        TaskRun(i, task.name, path, loaded.layout.task_dir(i, task.name))
+        for i, (task, path) in enumerate(zip(loaded.recipe.tasks, config_paths, strict=True), start=1)
+    ]
+    return RunPlan(loaded, base, state, runs, environment)
+
+
+def _command(config_path: Path, processes: int | None) -> list[str]:
+    command = [sys.executable, "-m", "axolotl.cli.main", "train", str(config_path)]
+    if processes is None:
+        return [*command, "--launcher", "python"]
+    torchrun = ["--nproc_per_node", str(processes), "--master_port", str(_free_port())]
+    return [*command, "--launcher", "torchrun", "--", *torchrun]
+
+
+def _train_task(
+    plan: RunPlan, run: TaskRun, *, lock: int, progress: _StepBar, stream_output: bool, processes: int | None
+) -> None:
+    """One ``axolotl train``; raises :class:`RunError` unless it exits 0 and its task is in the state."""
+    layout = plan.layout
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (layout.task_progress(run.index, run.name), layout.task_failure(run.index, run.name)):
+        stale.unlink(missing_ok=True)  # a killed attempt's
+    log_path, failure_path = layout.task_log(run.index, run.name), layout.task_failure(run.index, run.name)
+    started = time.time()
+    with open(log_path, "w") as log:
+        child = subprocess.Popen(
+            _command(run.config_path, processes),
+            stdout=None if stream_output else log,
+            stderr=subprocess.STDOUT if not stream_output else None,
+            env={**plan.environment, FAILURE_FILE_VARIABLE: str(failure_path)},
+            preexec_fn=_die_with_parent,
+            pass_fds=(lock,),
+        )
+        while (returncode := child.poll()) is None:
+            progress.poll(run)
+            time.sleep(0.5)
+    run.seconds = time.time() - started
+    if returncode != 0 or run.name not in finished_task_names(layout.state):
+        raise RunError(
+            f"Task {run.index} ({run.name}) did not finish (axolotl exited with {returncode}). "
+            f"Earlier tasks are safe in {layout.state}; fix the cause and run again with --resume.\n"
+            f"From {log_path}:\n{_failure_summary(failure_path, log_path)}"
+        )
+
+
+def _train_tasks(
+    plan: RunPlan, echo: Callable[[str], None] | None, *, stream_output: bool, processes: int | None
+) -> None:
+    """Every unfinished task in order, under the run's lock, with one progress bar."""
+    layout, runs = plan.layout, plan.runs
+    lock = _acquire_lock(layout)
+    # A run killed between a snapshot's rename and the removal of the older ones left them behind.
+    tidy_state_dir(layout.state)
+    progress = _StepBar(runs, layout)
+    echo = echo or progress.write
+    try:
+        for run in runs:
+            if run.name in finished_task_names(layout.state):
+                run.skipped = True
+                progress.finish(run)
+                continue
+            progress.start(run)
+            log_path = layout.task_log(run.index, run.name)
+            echo(f"[task {run.index}/{len(runs)}] {run.name}: axolotl train {run.config_path} (log: {log_path})")
+            _train_task(plan, run, lock=lock, progress=progress, stream_output=stream_output, processes=processes)
+            echo(f"[task {run.index}/{len(runs)}] {run.name}: done in {run.seconds:.1f} s")
+            progress.finish(run)
+    finally:
+        progress.close()
+        os.close(lock)
+
+
+def _finish(plan: RunPlan, echo: Callable[[str], None]) -> None:
+    layout = plan.layout
+    final = load_state(layout.state)
+    if final is None:
+        raise StateError(f"No state in {layout.state} after the run.")
+    reports = finish_sequence(layout, final, recipe=str(plan.loaded.path))
+    echo(f"All {len(final.finished_tasks)} task(s) finished. Merged adapter: {layout.adapter}")
+    echo(f"Report: {', '.join(str(path) for path in reports)}")
+
+
+def _echo_dry_run(plan: RunPlan, echo: Callable[[str], None]) -> None:
+    echo(
+        f"Recipe {plan.loaded.path} is valid: {len(plan.runs)} task(s), every task config accepted by Axolotl's "
+        "validation. Per-task Axolotl configs:"
+    )
+    for run in plan.runs:
+        echo(f"  axolotl train {run.config_path}")
+
+
+def baseline_dir(first: Path, baseline: str) -> Path:
+    """Where ``--baseline`` trains the same tasks: beside the first run, named after the strategy."""
+    return first.with_name(f"{first.name}-{baseline}")
 
 
 def run_recipe(
@@ -317,6 +472,7 @@ def run_recipe(
     strategy: str | None = None,
     output_dir: str | os.PathLike[str] | None = None,
     processes: int | None = None,
+    baseline: str | None = None,
 ) -> list[TaskRun]:
     """Validate the recipe, then train every unfinished task with ``axolotl train``.
 
@@ -326,107 +482,31 @@ def run_recipe(
     not fit. ``strategy`` and ``output_dir`` replace the recipe's (the same tasks as a baseline, say).
     ``processes`` trains each task with that many processes on this machine through Axolotl's
     ``--launcher torchrun`` (one per GPU, sharing the recipe's ``deepspeed`` or ``fsdp_config``);
-    ``None`` runs one plain process (``--launcher python``).
+    ``None`` runs one plain process (``--launcher python``). ``baseline`` then trains the same
+    tasks with that strategy into :func:`baseline_dir` and echoes both runs side by side.
     ``echo`` prints the runner's own lines (default: above the progress bar, on stdout); the
     training processes' output goes to each task's log, or to the console with ``stream_output``.
     """
     if processes is not None and processes < 1:
         raise RunError(f"--nproc-per-node must be at least 1, got {processes}.")
-    loaded = load_recipe(recipe_path).with_overrides(
-        strategy=strategy, output_dir=None if output_dir is None else str(output_dir)
-    )
-    layout, tasks = loaded.layout, loaded.recipe.tasks
-    base = base_config(loaded)
-    config = loaded.recipe.mergeforget.to_config()
-    state = load_state(layout.state)
-    if state is not None and not resume:
-        raise RunError(
-            f"{layout.state} already holds {len(state.finished_tasks)} finished task(s) "
-            f"({', '.join(state.finished_tasks)}). Pass --resume to continue the sequence, or set another "
-            "output_dir to start a new one."
-        )
-    if state is not None:
-        check_sequence(
-            layout,
-            [task.name for task in tasks],
-            config,
-            declared=declared_setup(base, state),
-            declared_in="the recipe's Axolotl settings",
-        )
-    check_writable(layout.root, "output directory")
-    config_paths = write_task_configs(loaded)
-    # Axolotl's torchrun launcher runs `torchrun` from PATH: make it this Python's.
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    environment = {**os.environ, "PATH": path}
-    for key, value in AXOLOTL_ENVIRONMENT.items():
-        environment.setdefault(key, value)
-    check_axolotl_configs(loaded, config_paths, environment)
-    runs = [
-        TaskRun(i, task.name, path, layout.task_dir(i, task.name))
-        for i, (task, path) in enumerate(zip(tasks, config_paths, strict=True), start=1)
-    ]
+    plan = plan_run(recipe_path, resume=resume, strategy=strategy, output_dir=output_dir)
     if dry_run:
-        echo = echo or print
-        echo(
-            f"Recipe {loaded.path} is valid: {len(tasks)} task(s), every task config accepted by Axolotl's "
-            "validation. Per-task Axolotl configs:"
+        _echo_dry_run(plan, echo or print)
+        return plan.runs
+    _train_tasks(plan, echo, stream_output=bool(stream_output), processes=processes)
+    _finish(plan, echo or print)
+    if baseline is not None:
+        second = baseline_dir(plan.layout.root, baseline)
+        run_recipe(
+            recipe_path,
+            resume=resume,
+            echo=echo,
+            stream_output=stream_output,
+            strategy=baseline,
+            output_dir=second,
+            processes=processes,
         )
-        for run in runs:
-            echo(f"  axolotl train {run.config_path}")
-        return runs
+        from ...evaluation.report import compare_runs
 
-    lock = _acquire_lock(layout)
-    # A run killed between a snapshot's rename and the removal of the older ones left them behind.
-    tidy_state_dir(layout.state)
-    progress = _StepBar(runs, layout)
-    echo = echo or progress.write
-    try:
-        for run in runs:
-            if run.name in finished_task_names(layout.state):
-                run.skipped = True
-                progress.finish(run)
-                continue
-            run.output_dir.mkdir(parents=True, exist_ok=True)
-            layout.task_progress(run.index, run.name).unlink(missing_ok=True)  # a killed attempt's
-            log_path = layout.task_log(run.index, run.name)
-            progress.start(run)
-            echo(f"[task {run.index}/{len(runs)}] {run.name}: axolotl train {run.config_path} (log: {log_path})")
-            command = [sys.executable, "-m", "axolotl.cli.main", "train", str(run.config_path)]
-            if processes is None:
-                command += ["--launcher", "python"]
-            else:
-                command += ["--launcher", "torchrun", "--", "--nproc_per_node", str(processes)]
-                command += ["--master_port", str(_free_port())]
-            started = time.time()
-            with open(log_path, "w") as log:
-                child = subprocess.Popen(
-                    command,
-                    stdout=None if stream_output else log,
-                    stderr=subprocess.STDOUT if not stream_output else None,
-                    env=environment,
-                    preexec_fn=_die_with_parent,
-                    pass_fds=(lock,),
-                )
-                while (returncode := child.poll()) is None:
-                    progress.poll(run)
-                    time.sleep(0.5)
-            run.seconds = time.time() - started
-            if returncode != 0 or run.name not in finished_task_names(layout.state):
-                raise RunError(
-                    f"Task {run.index} ({run.name}) did not finish (axolotl exited with {returncode}). "
-                    f"Earlier tasks are safe in {layout.state}; fix the cause and run again with --resume.\n"
-                    f"From {log_path}:\n{_failure_summary(log_path)}"
-                )
-            echo(f"[task {run.index}/{len(runs)}] {run.name}: done in {run.seconds:.1f} s")
-            progress.finish(run)
-    finally:
-        progress.close()
-        os.close(lock)
-
-    final = load_state(layout.state)
-    if final is None:
-        raise StateError(f"No state in {layout.state} after the run.")
-    reports = finish_sequence(layout, final, recipe=str(loaded.path))
-    echo(f"All {len(final.finished_tasks)} task(s) finished. Merged adapter: {layout.adapter}")
-    echo(f"Report: {', '.join(str(path) for path in reports)}")
-    return runs
+        (echo or print)("\n" + compare_runs([plan.layout.root, second]))
+    return plan.runs

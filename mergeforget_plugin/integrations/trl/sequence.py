@@ -1,7 +1,7 @@
 """Run a list of tasks through TRL's ``SFTTrainer`` one after another, carrying one SLAO LoRA.
 
-A thin loop over :class:`~mergeforget_plugin.integrations.callback.MergeForgetCallback`: the pre-flight, the
-evaluation rows, the merge and the output layout are the engine's (``mergeforget_plugin.engine``).
+A thin loop over :class:`~mergeforget_plugin.integrations.callback.MergeForgetCallback`: the
+pre-flight, the evaluation rows, the merge and the output layout are the engine's.
 """
 
 from __future__ import annotations
@@ -147,38 +147,19 @@ def train_sequence(
     Returns:
         A [`SequenceResult`] with the final state, the adapter folder and the loss matrix.
     """
-    from peft import PeftModel, get_peft_model
     from trl import SFTTrainer
 
     config = config if config is not None else MergeForgetConfig()
     layout = RunLayout(output_dir if output_dir is not None else args.output_dir)
     state = check_sequence(layout, [task.name for task in tasks], config)
     check_schedule(eval_schedule)
-    # Every held-out set is read and checked before anything trains.
-    eval_sets = [eval_set for eval_set in (task.eval_set() for task in tasks) if eval_set is not None]
-    probes = list(probes or [])
-    for probe in probes:
-        if hasattr(probe, "check_available"):
-            probe.check_available()  # an lm-evaluation-harness task that is not there: said now
-
-    if not isinstance(model, PeftModel):
-        if peft_config is None:
-            raise ValueError("model is not a PeftModel: pass peft_config (a peft.LoraConfig) to wrap it.")
-        from transformers import set_seed
-
-        set_seed(args.seed)  # the LoRA init draws from the global RNG: same seed, same task-1 start
-        model = get_peft_model(model, peft_config)
-
-    if state is not None and len(state.finished_tasks) == len(tasks):
-        from ...peft_bridge import write_lora
-
-        write_lora(model, state.merged)  # nothing left to train: the model holds the deployed LoRA
-
-    eval_datasets = {task.name: task.eval_dataset for task in tasks if task.eval_dataset is not None}
+    eval_sets, probes = _checked_evaluation(tasks, probes)
+    model = _peft_model(model, peft_config, args.seed, state, len(tasks))
     if (eval_sets or probes) and processing_class is None:
         from transformers import AutoTokenizer
 
         processing_class = AutoTokenizer.from_pretrained(model.config.name_or_path)
+    eval_datasets = {task.name: task.eval_dataset for task in tasks if task.eval_dataset is not None}
     eval_loss: dict[str, dict[str, float]] = {}
     accuracy: dict[str, dict[str, float]] = {}
     for index, task in enumerate(tasks, start=1):
@@ -205,13 +186,9 @@ def train_sequence(
         trainer.train()
         state = callback.state
         if eval_datasets and loss_matrix:
-            metrics = trainer.evaluate()
-            row = {name: float(metrics[f"eval_{name}_loss"]) for name in eval_datasets}
-            eval_loss[task.name] = row
-            if not all(math.isfinite(value) for value in row.values()):
-                raise StateError(f"Evaluation after task {task.name!r} gave a non-finite loss: {row}.")
-        if callback.task.accuracy is not None:
-            accuracy[task.name] = callback.task.accuracy
+            eval_loss[task.name] = _loss_row(trainer, eval_datasets, task.name)
+        if callback.accuracy is not None:
+            accuracy[task.name] = callback.accuracy
 
     assert state is not None  # check_sequence refuses an empty task list
     return SequenceResult(
@@ -222,3 +199,41 @@ def train_sequence(
         accuracy=accuracy,
         report_files=finish_sequence(layout, state),
     )
+
+
+def _checked_evaluation(tasks: list[Task], probes: list[Any] | None) -> tuple[list[EvalSet], list[Any]]:
+    """Every held-out set read and checked, and every lm-evaluation-harness probe found, before anything trains."""
+    eval_sets = [eval_set for eval_set in (task.eval_set() for task in tasks) if eval_set is not None]
+    probes = list(probes or [])
+    for probe in probes:
+        if hasattr(probe, "check_available"):
+            probe.check_available()
+    return eval_sets, probes
+
+
+def _peft_model(model: Any, peft_config: Any, seed: int, state: ContinualState | None, tasks: int) -> Any:
+    """``model`` as a PeftModel (wrapped once with ``peft_config``), holding the deployed LoRA when
+    every task has finished already."""
+    from peft import PeftModel, get_peft_model
+
+    if not isinstance(model, PeftModel):
+        if peft_config is None:
+            raise ValueError("model is not a PeftModel: pass peft_config (a peft.LoraConfig) to wrap it.")
+        from transformers import set_seed
+
+        set_seed(seed)  # the LoRA init draws from the global RNG: same seed, same task-1 start
+        model = get_peft_model(model, peft_config)
+    if state is not None and len(state.finished_tasks) == tasks:
+        from ...peft_bridge import write_lora
+
+        write_lora(model, state.merged)  # nothing left to train: the model holds the deployed LoRA
+    return model
+
+
+def _loss_row(trainer: Any, eval_datasets: dict[str, Any], task: str) -> dict[str, float]:
+    """``trainer.evaluate()`` on every task's held-out rows after ``task``: its losses, checked finite."""
+    metrics = trainer.evaluate()
+    row = {name: float(metrics[f"eval_{name}_loss"]) for name in eval_datasets}
+    if not all(math.isfinite(value) for value in row.values()):
+        raise StateError(f"Evaluation after task {task!r} gave a non-finite loss: {row}.")
+    return row
