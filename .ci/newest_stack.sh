@@ -29,14 +29,11 @@ if [[ "${1:-}" != "--tests-only" ]]; then
     source .venv-newest/bin/activate
     pip install torch==2.14.1 -e ".[test]"
     echo "stack (c) venv + install: ${SECONDS} s"
-    python -c 'import sys, torch, transformers, trl, peft, datasets
-print(f"stack (c) Python {sys.version.split()[0]}: torch {torch.__version__}, transformers {transformers.__version__}, "
-      f"trl {trl.__version__}, peft {peft.__version__}, datasets {datasets.__version__}")'
-    [[ "${1:-}" == "--install-only" ]] && exit 0
 else
     source .venv-newest/bin/activate
 fi
 python -c 'import sys, torch, transformers, trl, peft, datasets
 print(f"stack (c) Python {sys.version.split()[0]}: torch {torch.__version__}, transformers {transformers.__version__}, "
       f"trl {trl.__version__}, peft {peft.__version__}, datasets {datasets.__version__}")'
+[[ "${1:-}" == "--install-only" ]] && exit 0
 python -m pytest "${tests[@]}" -p no:cacheprovider
