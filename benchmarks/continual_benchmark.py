@@ -19,14 +19,22 @@ mergeforget_plugin.evaluation.scoring):
   per_task      one fresh LoRA per task, scored on its own task only (per-task upper bound; AA only)
   merge_linear  a fresh LoRA per task, then PEFT's add_weighted_adapter, "linear", weights 1/T, rank r
   merge_ties    the same with "ties", weights 1, density 0.5, rank r (what most users do today)
+  merge_ties_svd, merge_dare_ties, merge_cat
+                PEFT's "ties_svd" (rank r), "dare_ties" (density 0.5) and "cat" (rank t x r, the sum)
+  magmax        MagMax: entry-wise max-magnitude merge of SeqLoRA's updates after each task, x 0.5 (dense)
+  opcm          OPCM: each task LoRA's update projected off the merged one's principal subspace, rescaled
   joint         one LoRA on the union of all tasks, T x the steps (multi-task upper bound; AA only)
-The merge_* rows are after every task t: the first t task LoRAs merged.
+The merge_*, magmax and opcm rows are after every task t: the first t task LoRAs (magmax: SeqLoRA's
+first t updates) merged, post hoc, from LoRAs other methods of the same cell trained (merges.py).
 
 Every method runs for every seed and every task order (--orders). The table gives the mean over
-seeds x orders with a 95% Student-t interval, the paired difference SLAO - SeqLoRA (same seed and
-order) with its interval, and the order disparity of each method (OPD per task, MOPD, AOPD; needs
-two orders or more). Every number (accuracy matrices, AA, BWT, FWT, adapter bytes after each
-task, wall time) goes to --output-dir/results.json.
+seeds with a 95% Student-t interval over seeds, each seed's orders averaged first (the orders of a
+seed share its init and batches; an order-blind method gives one value per seed), the interval over
+seeds x orders beside it, SLAO minus every other method paired by seed and order (over seeds, the
+sign count of paired wins, over seeds x orders), and the order disparity of each method (OPD per
+task, MOPD, AOPD; needs two orders or more). Every number (accuracy matrices, AA, BWT, FWT, adapter
+bytes after each task, wall time) goes to --output-dir/results.json; --summarize recomputes the
+tables of a stored one.
 
 After task t every method scores tasks 1..t+1 (score_row): the tasks it has trained and the next
 one, which is every entry AA, BWT, forgetting and FWT read. The rest of the matrix stays null.
@@ -61,8 +69,28 @@ METHODS = (
     "per_task",
     "merge_linear",
     "merge_ties",
+    "merge_ties_svd",
+    "merge_dare_ties",
+    "merge_cat",
+    "magmax",
+    "opcm",
     "joint",
 )
+# PEFT's add_weighted_adapter over the first t task LoRAs, after every task t. TIES and DARE keep
+# the top half of each task's entries (density 0.5); the SVD variants refactor to rank r; `cat`
+# stacks the LoRAs (rank t x r), which is the plain sum of the task updates.
+PEFT_MERGES = {
+    "merge_linear": lambda t: {"combination_type": "linear", "weights": [1.0 / t] * t},
+    "merge_ties": lambda t: {"combination_type": "ties", "weights": [1.0] * t, "density": 0.5},
+    "merge_ties_svd": lambda t: {
+        "combination_type": "ties_svd",
+        "weights": [1.0] * t,
+        "density": 0.5,
+        "svd_full_matrices": False,  # the same factors for rank r, without the (in x in) basis
+    },
+    "merge_dare_ties": lambda t: {"combination_type": "dare_ties", "weights": [1.0] * t, "density": 0.5},
+    "merge_cat": lambda t: {"combination_type": "cat", "weights": [1.0] * t},
+}
 # Methods through the package's own TRL path, and the MergeForgetConfig of each.
 PACKAGE_METHODS = {
     "slao": {},
@@ -74,10 +102,14 @@ PACKAGE_METHODS = {
 }
 # Methods whose result is one row (no accuracy matrix, so no BWT/FWT).
 ONE_ROW_METHODS = ("per_task", "joint")
+# One LoRA per task from the same seeded init, then a merge that does not depend on the order
+# (up to rounding): the orders of a seed are one result, counted once (stats.py).
+ORDER_BLIND_METHODS = ("per_task", "merge_linear", "merge_ties", "merge_ties_svd", "merge_cat")
 # Every linear layer of the blocks. Measured while choosing the tasks (a fresh LoRA, 12 steps, 60 test
 # rows): domain +25 and polarity +35 points over zero-shot, against +18 and +23 with q/v only.
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 OLORA_LAMBDA = 0.5  # O-LoRA's lambda_1 in its released scripts
+LORA_ALPHA_PER_RANK = 2  # lora_alpha = 2 r: every LoRA's update is 2 B A
 
 
 def sft_config(output_dir: Path, steps: int, args: argparse.Namespace):
@@ -108,7 +140,7 @@ def lora_config(args: argparse.Namespace):
 
     return LoraConfig(
         r=args.rank,
-        lora_alpha=2 * args.rank,
+        lora_alpha=LORA_ALPHA_PER_RANK * args.rank,
         target_modules=TARGET_MODULES,
         lora_dropout=0.0,
     )
@@ -150,13 +182,16 @@ def run_merging_method(method, shared, base, tokenizer, tasks, eval_sets, args, 
     from transformers import TrainerCallback
 
     from mergeforget_plugin import MergeForgetConfig, Task, train_sequence
+    from mergeforget_plugin.peft_bridge import read_lora
 
     class ScoreRows(TrainerCallback):
         def __init__(self) -> None:
             self.matrix: list[list[float | None]] = []
+            self.loras: list[dict] = []  # the deployed LoRA after each task (MagMax merges SeqLoRA's)
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
             self.matrix.append(score_row(model, tokenizer, eval_sets, len(self.matrix) + 1))
+            self.loras.append(read_lora(model))
 
     config = MergeForgetConfig(**PACKAGE_METHODS[method])
     sequence = [Task(name, Dataset.from_list(tasks[name]["train"])) for name in tasks]
@@ -173,6 +208,7 @@ def run_merging_method(method, shared, base, tokenizer, tasks, eval_sets, args, 
         config=config,
         callbacks=[rows],
     )
+    shared.loras_after_each_task[method] = rows.loras
     return {
         "seconds": time.time() - started,
         "zero_shot": zero_shot,
@@ -285,23 +321,98 @@ def run_per_task(shared, base, tokenizer, tasks, eval_sets, args, out):
 
 def run_weighted_merge(method, shared, base, tokenizer, tasks, eval_sets, args, out):
     """A LoRA per task, then PEFT's add_weighted_adapter over the first t of them after every task t."""
+    import torch
+
     started = time.time()
     model = shared.task_loras(base, tokenizer, tasks, args, out)
     zero_shot = shared.zero_shot(model, tokenizer, eval_sets)
     matrix, sizes = [], []
     for t in range(1, len(tasks) + 1):
         names = [f"task{i}" for i in range(1, t + 1)]
-        if method == "merge_linear":
-            options = {"combination_type": "linear", "weights": [1.0 / t] * t}
-        else:
-            options = {"combination_type": "ties", "weights": [1.0] * t, "density": 0.5}
-        model.add_weighted_adapter(names, adapter_name=f"{method}{t}", **options)
+        torch.manual_seed(args.seed * 1000 + t)  # DARE drops entries at random
+        model.add_weighted_adapter(names, adapter_name=f"{method}{t}", **PEFT_MERGES[method](t))
         model.base_model.set_adapter(f"{method}{t}")
         matrix.append(score_row(model, tokenizer, eval_sets, t))
         sizes.append(adapter_bytes(model, [f"{method}{t}"]))
     return {
         "seconds": time.time() - started,
         "zero_shot": zero_shot,
+        "matrix": matrix,
+        "adapter_bytes": sizes,
+    }
+
+
+def task_vector(pair):
+    """One module's LoRA update ``s B A`` as factors (merges.Factored): s B (out x r), Aᵀ (in x r)."""
+    import torch
+    from merges import Factored
+
+    return Factored(LORA_ALPHA_PER_RANK * pair.b.to(torch.float32), pair.a.to(torch.float32).T)
+
+
+def score_with_update(model, update: dict, tokenizer, eval_sets, trained: int) -> list[float | None]:
+    """score_row for the base model plus a dense update per module (``model`` is a PeftModel whose
+    LoRA layers are keyed like ``update``; its adapters are off meanwhile and its weights restored)."""
+    import torch
+
+    from mergeforget_plugin.peft_bridge import lora_layers
+
+    layers = lora_layers(model, "task1")
+    originals = {name: layers[name].base_layer.weight.detach().clone() for name in update}
+    try:
+        with torch.no_grad():
+            for name, delta in update.items():
+                layers[name].base_layer.weight += delta.to(layers[name].base_layer.weight.dtype)
+        with model.disable_adapter():
+            return score_row(model, tokenizer, eval_sets, trained)
+    finally:
+        with torch.no_grad():
+            for name, weight in originals.items():
+                layers[name].base_layer.weight.copy_(weight)
+
+
+def run_magmax(shared, base, tokenizer, tasks, eval_sets, args, out):
+    """MagMax over SeqLoRA's updates after tasks 1..t (the cell's seq run must come first)."""
+    from merges import magmax
+
+    if "seq" not in shared.loras_after_each_task:
+        raise SystemExit("magmax merges SeqLoRA's updates: list seq before magmax in --methods.")
+    started = time.time()
+    model = shared.task_loras(base, tokenizer, tasks, args, out)  # a model to score on (adapters off)
+    updates = [{n: task_vector(p) for n, p in lora.items()} for lora in shared.loras_after_each_task["seq"]]
+    matrix, sizes = [], []
+    for t in range(1, len(tasks) + 1):
+        merged = magmax(updates[:t])
+        matrix.append(score_with_update(model, merged, tokenizer, eval_sets, t))
+        sizes.append(sum(delta.numel() * delta.element_size() for delta in merged.values()))
+    return {
+        "seconds": time.time() - started,
+        "zero_shot": shared.zero_shot(model, tokenizer, eval_sets),
+        "matrix": matrix,
+        "adapter_bytes": sizes,
+    }
+
+
+def run_opcm(shared, base, tokenizer, tasks, eval_sets, args, out):
+    """OPCM over the task LoRAs (one per task, each from the base), adding task t after task t."""
+    from merges import OPCM
+
+    from mergeforget_plugin.peft_bridge import read_lora
+
+    started = time.time()
+    model = shared.task_loras(base, tokenizer, tasks, args, out)
+    running = OPCM()
+    matrix, sizes = [], []
+    for t in range(1, len(tasks) + 1):
+        running.add({n: task_vector(p) for n, p in read_lora(model, f"task{t}").items()})
+        merged = {name: factors.dense() for name, factors in running.merged.items()}
+        matrix.append(score_with_update(model, merged, tokenizer, eval_sets, t))
+        # OPCM's merge is a LoRA of rank rank(M_t): its factors are what a user would keep.
+        sizes.append(sum(4 * (f.left.shape[0] + f.right.shape[0]) * f.left.shape[1] for f in running.merged.values()))
+        del merged
+    return {
+        "seconds": time.time() - started,
+        "zero_shot": shared.zero_shot(model, tokenizer, eval_sets),
         "matrix": matrix,
         "adapter_bytes": sizes,
     }
@@ -315,6 +426,7 @@ class SharedWork:
 
     def __init__(self) -> None:
         self._model = None
+        self.loras_after_each_task: dict[str, list[dict]] = {}  # per package method, for MagMax
 
     def task_loras(self, base, tokenizer, tasks, args, out):
         if self._model is None:
@@ -477,8 +589,12 @@ def run_cell(seed: int, order: tuple[int, ...], all_tasks: dict, methods: list[s
             result = run_olora(shared, base, tokenizer, tasks, eval_sets, args, run_dir)
         elif method == "per_task":
             result = run_per_task(shared, base, tokenizer, tasks, eval_sets, args, run_dir)
-        elif method.startswith("merge_"):
+        elif method in PEFT_MERGES:
             result = run_weighted_merge(method, shared, base, tokenizer, tasks, eval_sets, args, run_dir)
+        elif method == "magmax":
+            result = run_magmax(shared, base, tokenizer, tasks, eval_sets, args, run_dir)
+        elif method == "opcm":
+            result = run_opcm(shared, base, tokenizer, tasks, eval_sets, args, run_dir)
         else:
             result = run_joint(base, tokenizer, tasks, eval_sets, args, run_dir)
         result.update(
@@ -544,7 +660,18 @@ def main() -> None:
         default="outputs/benchmark",
         help="runs and results.json go here",
     )
+    parser.add_argument(
+        "--summarize",
+        metavar="RESULTS_JSON",
+        nargs="+",
+        help="recompute the summary of stored results.json files from their runs and print the tables; "
+        "trains nothing (several files: their runs together, into --combined-output)",
+    )
+    parser.add_argument("--combined-output", metavar="FILE", help="where --summarize writes several files' runs")
     args = parser.parse_args()
+    if args.summarize:
+        resummarize([Path(p) for p in args.summarize], Path(args.combined_output) if args.combined_output else None)
+        return
 
     import torch
 
@@ -639,21 +766,29 @@ def _points(value, signed=False):
 
 
 def summarize_runs(runs: list[dict], names: list[str]) -> dict:
-    """Per method: mean and 95% interval of AA/BWT/FWT over seeds x orders, the diagonal, and order disparity;
-    plus the paired difference SLAO - SeqLoRA."""
-    from stats import mean_interval, paired_difference
+    """Per method: AA/BWT/FWT over seeds (orders averaged within a seed; the primary interval, see
+    stats.py) and over seeds x orders, the diagonal, and order disparity; and SLAO against every
+    other method, paired by seed and order (over seeds, sign count, seeds x orders)."""
+    from stats import mean_interval, over_seeds, paired_difference, paired_over_seeds, sign_count
 
     from mergeforget_plugin.evaluation.metrics import order_disparity
 
-    summary: dict = {"methods": {}}
+    summary: dict = {"methods": {}, "versus_slao": {}}
     by_method: dict[str, list[dict]] = {}
     for run in runs:
         by_method.setdefault(run["method"], []).append(run)
+
+    def values(method: str, key: str) -> dict[tuple[int, str], float]:
+        return {(r["seed"], r["order"]): r["metrics"][key] for r in by_method[method] if r["metrics"][key] is not None}
+
     for method, method_runs in by_method.items():
-        entry: dict = {"runs": len(method_runs)}
+        blind = method in ORDER_BLIND_METHODS
+        entry: dict = {"runs": len(method_runs), "seeds": len({r["seed"] for r in method_runs}), "order_blind": blind}
         for key in ("average_accuracy", "bwt", "fwt"):
-            values = [r["metrics"][key] for r in method_runs if r["metrics"][key] is not None]
-            entry[key] = mean_interval(values) if values else None
+            cells = values(method, key)
+            entry[key] = over_seeds(cells) if cells else None
+            # An order-blind method's cells of one seed are one value: no seed x order interval.
+            entry[f"{key}_seed_x_order"] = mean_interval(list(cells.values())) if cells and not blind else None
         if method not in ONE_ROW_METHODS:
             # Accuracy on each task right after training it (R[j][j]), mean over runs.
             diagonal: dict[str, list[float]] = {}
@@ -676,12 +811,22 @@ def summarize_runs(runs: list[dict], names: list[str]) -> dict:
             }
             entry["order_disparity"] = order_disparity(by_order)
         summary["methods"][method] = entry
-    if "slao" in by_method and "seq" in by_method:
-        summary["slao_minus_seq"] = {}
-        for key in ("average_accuracy", "bwt"):
-            first = {(r["seed"], r["order"]): r["metrics"][key] for r in by_method["slao"]}
-            second = {(r["seed"], r["order"]): r["metrics"][key] for r in by_method["seq"]}
-            summary["slao_minus_seq"][key] = paired_difference(first, second)
+    if "slao" in by_method:
+        for method in by_method:
+            if method == "slao":
+                continue
+            paired = {}
+            for key in ("average_accuracy", "bwt"):
+                first, second = values("slao", key), values(method, key)
+                if set(first) & set(second):
+                    paired[key] = {
+                        "over_seeds": paired_over_seeds(first, second),
+                        "signs": sign_count(first, second),
+                        "seed_x_order": paired_difference(first, second),
+                    }
+            summary["versus_slao"][method] = paired
+        if "seq" in summary["versus_slao"]:
+            summary["slao_minus_seq"] = summary["versus_slao"]["seq"]
     return summary
 
 
@@ -699,26 +844,37 @@ def print_table(results: dict, names: list[str]) -> None:
     seeds = sorted({r["seed"] for r in results["runs"]})
     orders = sorted({r["order"] for r in results["runs"]})
     print(f"\nTasks: {', '.join(names)}; seeds {seeds}; orders {orders}; device {results['device']}")
-    print("Mean over seeds x orders, [95% t interval], points:")
-    print("| method | runs | AA | BWT | FWT | MOPD | AOPD | adapter bytes after task 1 / last |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "Mean over seeds (each seed's orders averaged first), [95% t interval over seeds], points; "
+        "AA over seeds x orders beside it (none for an order-blind method):"
+    )
+    print("| method | seeds | AA | BWT | FWT | AA, seeds x orders | MOPD | AOPD | adapter bytes after task 1 / last |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for method, entry in summary["methods"].items():
         first = next(r for r in results["runs"] if r["method"] == method)
         disparity = entry.get("order_disparity")
         mopd = _points(disparity["mopd"]).strip() if disparity else "n/a"
         aopd = _points(disparity["aopd"]).strip() if disparity else "n/a"
+        cells = "order-blind" if entry["order_blind"] else _interval(entry["average_accuracy_seed_x_order"])
         print(
-            f"| {method} | {entry['runs']} | {_interval(entry['average_accuracy'])} | "
-            f"{_interval(entry['bwt'], True)} | "
-            f"{_interval(entry['fwt'], True)} | {mopd} | {aopd} | "
+            f"| {method} | {entry['seeds']} | {_interval(entry['average_accuracy'])} | "
+            f"{_interval(entry['bwt'], True)} | {_interval(entry['fwt'], True)} | {cells} | {mopd} | {aopd} | "
             f"{first['adapter_bytes'][0]} / {first['adapter_bytes'][-1]} |"
         )
-    if "slao_minus_seq" in summary:
-        paired = summary["slao_minus_seq"]
-        print(
-            f"\nSLAO - SeqLoRA, paired by seed and order: AA {_interval(paired['average_accuracy'], True)}, "
-            f"BWT {_interval(paired['bwt'], True)}"
-        )
+    if summary.get("versus_slao"):
+        print("\nSLAO minus each method, paired by seed and order, points:")
+        print("| method | AA, over seeds | SLAO wins / ties / losses | AA, seeds x orders | BWT, over seeds |")
+        print("|---|---|---|---|---|")
+        for method, paired in summary["versus_slao"].items():
+            if "average_accuracy" not in paired:
+                continue
+            aa, signs = paired["average_accuracy"], paired["average_accuracy"]["signs"]
+            bwt = _interval(paired["bwt"]["over_seeds"], True) if "bwt" in paired else "n/a"
+            wins = f"{signs['wins']} / {signs['ties']} / {signs['losses']}"
+            print(
+                f"| {method} | {_interval(aa['over_seeds'], True)} | {wins} | "
+                f"{_interval(aa['seed_x_order'], True)} | {bwt} |"
+            )
     if "seq" in summary["methods"]:
         entry = summary["methods"]["seq"]
         print("\nRight after its own training (SeqLoRA, mean over runs) vs the base model, points:")
@@ -731,6 +887,40 @@ def print_table(results: dict, names: list[str]) -> None:
                     f"{_points(diagonal - base, True).strip()} |"
                 )
     print(f"\nWall time: {results['wall_seconds']:.0f} s. Every matrix is in results.json.")
+
+
+def resummarize(paths: list[Path], output: Path | None = None) -> None:
+    """Recompute the summary of stored results.json files from their runs (nothing is trained) and
+    print the tables. One file is rewritten in place; several are combined into ``output``, where a
+    (seed, order, method) run found in more than one file must have the same accuracy matrix in
+    each (a method rerun beside new ones must reproduce), and is kept once."""
+    stored = [json.loads(path.read_text()) for path in paths]
+    results = stored[0]
+    if len(stored) > 1:
+        if output is None:
+            raise SystemExit("--summarize with several files needs --combined-output FILE.")
+        runs: dict[tuple, dict] = {}
+        for path, other in zip(paths, stored, strict=True):
+            if (
+                list(other["tasks"]) != list(results["tasks"])
+                or other["settings"]["steps"] != results["settings"]["steps"]
+            ):
+                raise SystemExit(
+                    f"{path}: other tasks or steps than {paths[0]}; its runs cannot be summarized together."
+                )
+            for run in other["runs"]:
+                key = (run["seed"], run["order"], run["method"])
+                if key in runs and runs[key]["matrix"] != run["matrix"]:
+                    raise SystemExit(
+                        f"{path}: seed {key[0]} order {key[1]} {key[2]} differs from the earlier file's run."
+                    )
+                runs.setdefault(key, run)
+        results = {**results, "command": [other["command"] for other in stored], "runs": list(runs.values())}
+        results["wall_seconds"] = sum(other["wall_seconds"] for other in stored)
+    names = list(results["tasks"])
+    results["summary"] = summarize_runs(results["runs"], names)
+    (output or paths[0]).write_text(json.dumps(results, indent=2))
+    print_table(results, names)
 
 
 if __name__ == "__main__":

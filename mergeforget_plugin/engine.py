@@ -69,7 +69,8 @@ _PROGRESS_INTERVAL = 0.5
 def is_main_process(trainer_says: bool | None = None) -> bool:
     """Whether this process writes files: what the trainer says (``TrainerState.is_world_process_zero``)
     where there is a trainer, else the ``RANK`` a launcher set. An initialized process group's rank
-    must agree: a hand-written loop's default ``TrainerState()`` says True on every process."""
+    must agree: a hand-written loop's default ``TrainerState()`` says True on every process, and so
+    did Axolotl 0.21's trainer under DeepSpeed ZeRO-3 on two CPU processes (seen in CI)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank() == 0 and trainer_says is not False
     if trainer_says is not None:
@@ -423,7 +424,7 @@ class ContinualTask:
         from .peft_bridge import read_lora, write_lora
 
         self._tokenizer = tokenizer if tokenizer is not None else self._tokenizer
-        main = self._main if main_process is None else bool(main_process)
+        main = self._main if main_process is None else is_main_process(main_process)
         state = finished_state(
             self.state, self.name, read_lora(model, self.adapter_name), extra, seconds=time.time() - self._started_at
         )

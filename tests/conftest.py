@@ -32,3 +32,17 @@ def tiny_peft_model(tiny_model_dir):
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     return get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+
+
+@pytest.fixture(scope="session")
+def axolotl_reference_run(tiny_model_dir, tmp_path_factory) -> Path:
+    """One uninterrupted `mergeforget train` of the tiny three-task recipe (3 steps a task), shared
+    by the tests that compare against it: a folder holding ``recipe.yaml`` and the run in ``out/``.
+    Read it, never write into it; a test that runs more copies it first."""
+    pytest.importorskip("axolotl", reason="the runner needs the [axolotl] extra")
+    from .axolotl_helpers import mergeforget, tiny_recipe
+
+    folder = tmp_path_factory.mktemp("axolotl-reference")
+    completed = mergeforget("train", str(tiny_recipe(folder, tiny_model_dir)), cwd=folder)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
+    return folder

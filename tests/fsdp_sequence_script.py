@@ -95,7 +95,9 @@ def main() -> None:
         if name in done:
             continue
         callback = MergeForgetCallback(out / "state", name, eval_sets=eval_sets)
-        trainer_state, control = TrainerState(max_steps=STEPS, is_world_process_zero=rank == 0), TrainerControl()
+        # A hand-written loop's TrainerState says "world process zero" on every rank; the engine's
+        # process-group rank decides who writes.
+        trainer_state, control = TrainerState(max_steps=STEPS), TrainerControl()
         callback.on_train_begin(args, trainer_state, control, model=model, processing_class=tokenizer)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
         rows = read_rows(DEMO / f"{name}.train.jsonl")

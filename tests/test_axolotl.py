@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,7 +145,7 @@ def test_recipe_runs_three_tasks_through_axolotl_train(tmp_path, tiny_model_dir,
 
 
 @pytest.mark.slow
-def test_kill_during_a_task_loses_nothing_and_resume_finishes(tmp_path, tiny_model_dir):
+def test_kill_during_a_task_loses_nothing_and_resume_finishes(tmp_path, tiny_model_dir, axolotl_reference_run):
     recipe = tiny_recipe(tmp_path, tiny_model_dir, long_task="plurals")
     env = offline_environment()
     runner = subprocess.Popen(
@@ -187,6 +188,11 @@ def test_kill_during_a_task_loses_nothing_and_resume_finishes(tmp_path, tiny_mod
     assert final.history[0] == first_task_record  # task 1 was not retrained
     assert (out / "tasks" / "task-01-antonyms" / "train.log").stat().st_mtime == first_log_mtime
     assert "[task 1/3]" not in resumed.stdout and "[task 2/3] plurals: done" in resumed.stdout
+    # Task 2 restarted from its start: the sequence ends as the uninterrupted run of the same recipe did.
+    reference = load_state(axolotl_reference_run / "out" / "state")
+    assert all(
+        torch.equal(final.merged[n].a, p.a) and torch.equal(final.merged[n].b, p.b) for n, p in reference.merged.items()
+    )
 
 
 def axolotl_config(**changes):
@@ -292,13 +298,18 @@ def test_axolotl_continual_train_command_is_registered(tmp_path, tiny_model_dir)
 
 
 @pytest.mark.slow
-def test_train_with_a_baseline_trains_both_and_prints_them_side_by_side(tmp_path, tiny_model_dir):
-    recipe = tiny_recipe(tmp_path, tiny_model_dir, max_steps=2, tasks=DEMO_TASKS[:2])
-    completed = mergeforget("train", str(recipe), "--baseline", "seq", cwd=tmp_path)
+def test_train_with_a_baseline_trains_both_and_prints_them_side_by_side(tmp_path, axolotl_reference_run):
+    # A finished SLAO run, resumed with a baseline: nothing of it retrains, the baseline trains.
+    shutil.copytree(axolotl_reference_run, tmp_path, dirs_exist_ok=True)
+    before = load_state(tmp_path / "out" / "state")
+    completed = mergeforget("train", "recipe.yaml", "--resume", "--baseline", "seq", cwd=tmp_path)
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
     slao, seq = load_state(tmp_path / "out" / "state"), load_state(tmp_path / "out-seq" / "state")
     assert slao.config.strategy == "slao" and seq.config.strategy == "seq"
-    assert slao.finished_tasks == seq.finished_tasks == list(DEMO_TASKS[:2])
+    assert slao.finished_tasks == seq.finished_tasks == list(DEMO_TASKS)
+    assert slao.history == before.history  # the SLAO run was not trained again
+    assert "[task 1/3] antonyms: done" in completed.stdout  # once, for the baseline
+    assert completed.stdout.count("[task 1/3] antonyms: done") == 1
     assert "| | out (slao) | out-seq (seq) |" in completed.stdout
     assert f"| {DEMO_TASKS[0]}: after its training → after the last task |" in completed.stdout
 
@@ -306,7 +317,6 @@ def test_train_with_a_baseline_trains_both_and_prints_them_side_by_side(tmp_path
 @pytest.mark.slow
 def test_shipped_axolotl_example_runs_with_plain_axolotl_train(tmp_path):
     """The README's Axolotl config, unchanged, run from a copy of the repository layout."""
-    import shutil
 
     (tmp_path / "recipes").symlink_to(REPO / "recipes")
     (tmp_path / "examples" / "axolotl").mkdir(parents=True)
@@ -341,16 +351,16 @@ def run_tree(root):
 
 
 @pytest.mark.slow
-def test_trl_and_axolotl_runs_of_the_same_tasks_leave_the_same_layout(tmp_path, tiny_model_dir, capsys):
+def test_trl_and_axolotl_runs_of_the_same_tasks_leave_the_same_layout(
+    tmp_path, tiny_model_dir, axolotl_reference_run, capsys
+):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
     from mergeforget_plugin import Task, train_sequence
     from mergeforget_plugin.cli import main
 
-    recipe = tiny_recipe(tmp_path, tiny_model_dir, max_steps=2)
-    completed = mergeforget("train", str(recipe), cwd=tmp_path)
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    shutil.copytree(axolotl_reference_run / "out", tmp_path / "out")  # `report` below rewrites files
     tasks = [
         Task(name, Dataset.from_list(demo_rows(name, "train")), Dataset.from_list(demo_rows(name, "test")))
         for name in DEMO_TASKS
@@ -358,7 +368,7 @@ def test_trl_and_axolotl_runs_of_the_same_tasks_leave_the_same_layout(tmp_path, 
     train_sequence(
         peft_model(tiny_model_dir),
         tasks,
-        args=sft_config(tmp_path / "trl", max_steps=2),
+        args=sft_config(tmp_path / "trl", max_steps=3),
         processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
     )
     axolotl_tree, trl_tree = run_tree(tmp_path / "out"), run_tree(tmp_path / "trl")

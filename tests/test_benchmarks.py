@@ -38,6 +38,11 @@ def test_continual_benchmark_smoke_runs_every_method_in_two_orders(tmp_path):
         "per_task",
         "merge_linear",
         "merge_ties",
+        "merge_ties_svd",
+        "merge_dare_ties",
+        "merge_cat",
+        "magmax",
+        "opcm",
         "joint",
     ]
     runs = {(r["order"], r["method"]): r for r in results["runs"]}
@@ -46,23 +51,46 @@ def test_continual_benchmark_smoke_runs_every_method_in_two_orders(tmp_path):
     for (_, method), r in runs.items():
         assert len(r["matrix"]) == (1 if method in ("per_task", "joint") else 2), method
     # One LoRA for the merging methods and the weighted merges (rank r); O-LoRA adds a block per task.
-    for method in ("slao", "seq", "b_merge", "merge_linear", "merge_ties"):
+    for method in ("slao", "seq", "b_merge", "merge_linear", "merge_ties", "merge_ties_svd", "merge_dare_ties"):
         assert runs["01", method]["adapter_bytes"][0] == runs["01", method]["adapter_bytes"][1], method
     assert runs["01", "olora"]["adapter_bytes"][1] == 2 * runs["01", "olora"]["adapter_bytes"][0]
+    # `cat` stacks the task LoRAs; MagMax keeps a dense update per module; OPCM's merge is a LoRA
+    # whose rank grows with the tasks but stays below the modules' dimensions.
+    assert runs["01", "merge_cat"]["adapter_bytes"][1] == 2 * runs["01", "merge_cat"]["adapter_bytes"][0]
+    assert runs["01", "magmax"]["adapter_bytes"][0] == runs["01", "magmax"]["adapter_bytes"][1]
+    assert runs["01", "magmax"]["adapter_bytes"][0] > runs["01", "seq"]["adapter_bytes"][0]
+    assert runs["01", "opcm"]["adapter_bytes"][0] == runs["01", "seq"]["adapter_bytes"][0]
+    sizes = [runs["01", m]["adapter_bytes"][1] for m in ("seq", "opcm", "magmax")]
+    assert sizes == sorted(sizes) and len(set(sizes)) == 3
+    # After task 1 every merge of one LoRA is that LoRA: OPCM and cat score what per-task's task 1 scores.
+    first = runs["01", "per_task"]["matrix"][0][0]
+    assert runs["01", "opcm"]["matrix"][0][0] == pytest.approx(first) == runs["01", "merge_cat"]["matrix"][0][0]
     summary = results["summary"]
     slao = summary["methods"]["slao"]
-    assert slao["runs"] == 2 and slao["average_accuracy"]["low"] <= slao["average_accuracy"]["mean"]
+    # One seed: the primary summary (over seeds) is one value, the seed x order one has both orders.
+    assert slao["runs"] == 2 and slao["seeds"] == 1 and slao["average_accuracy"]["n"] == 1
+    cells = slao["average_accuracy_seed_x_order"]
+    assert cells["n"] == 2 and cells["low"] <= cells["mean"] == pytest.approx(slao["average_accuracy"]["mean"])
     assert set(slao["order_disparity"]["opd"]) == {"language_a", "kind"} == set(slao["diagonal"])
+    # One LoRA per task, then a merge: the same number in both orders, so no seed x order interval.
+    ties = summary["methods"]["merge_ties"]
+    assert ties["order_blind"] and ties["average_accuracy_seed_x_order"] is None
+    final = {
+        o: dict(zip(runs[o, "merge_ties"]["tasks"], runs[o, "merge_ties"]["matrix"][-1], strict=True))
+        for o in ("01", "10")
+    }
+    assert final["01"] == final["10"]
     paired = summary["slao_minus_seq"]["average_accuracy"]
-    assert paired["n"] == 2 and paired["mean"] == pytest.approx(
-        sum(
-            runs[o, "slao"]["metrics"]["average_accuracy"] - runs[o, "seq"]["metrics"]["average_accuracy"]
-            for o in ("01", "10")
-        )
-        / 2
-    )
-    assert "| slao | 2 |" in completed.stdout and "| merge_ties | 2 |" in completed.stdout
-    assert "SLAO - SeqLoRA, paired by seed and order" in completed.stdout
+    differences = [
+        runs[o, "slao"]["metrics"]["average_accuracy"] - runs[o, "seq"]["metrics"]["average_accuracy"]
+        for o in ("01", "10")
+    ]
+    assert paired["seed_x_order"]["n"] == 2 and paired["over_seeds"]["n"] == 1
+    assert paired["over_seeds"]["mean"] == pytest.approx(sum(differences) / 2)
+    assert sum(paired["signs"].values()) == 2 and paired["signs"]["wins"] == sum(d > 1e-9 for d in differences)
+    assert set(summary["versus_slao"]) == set(methods) - {"slao"}
+    assert "| slao | 1 |" in completed.stdout and "| merge_ties | 1 |" in completed.stdout
+    assert "SLAO minus each method, paired by seed and order" in completed.stdout
 
 
 def test_continual_benchmark_cells_run_in_worker_processes(tmp_path):
@@ -86,6 +114,41 @@ def test_mean_interval_and_paired_difference_match_known_values():
     assert mean_interval([0.7])["low"] is None
     difference = paired_difference({("s0", "01"): 0.8, ("s0", "10"): 0.6}, {("s0", "01"): 0.5, ("s0", "10"): 0.5})
     assert difference["mean"] == pytest.approx(0.2) and difference["n"] == 2
+
+
+def test_the_stored_grid_recomputes_without_pseudo_replication(tmp_path):
+    """The committed CPU grid, summarized again: order-blind methods count once per seed, and the
+    primary intervals are over seeds with each seed's orders averaged (values checked by hand)."""
+    import shutil
+
+    stored = tmp_path / "grid.json"
+    shutil.copy(REPO / "benchmarks" / "results" / "continual_cpu_grid.json", stored)
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "continual_benchmark.py"), "--summarize", str(stored)],
+        env=offline_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(stored.read_text())
+    summary = results["summary"]
+
+    def points(interval):
+        return [round(100 * interval[k], 1) for k in ("mean", "low", "high")]
+
+    # TIES gives three distinct values (80.3, 83.6, 82.8), each counted twice before.
+    ties = summary["methods"]["merge_ties"]
+    assert ties["order_blind"] and points(ties["average_accuracy"]) == [82.2, 78.0, 86.5]
+    assert points(summary["methods"]["per_task"]["average_accuracy"]) == [85.9, 78.8, 92.9]
+    seq = summary["slao_minus_seq"]["average_accuracy"]
+    assert points(seq["over_seeds"]) == [7.4, -1.9, 16.7] and seq["over_seeds"]["n"] == 3
+    assert points(seq["seed_x_order"]) == [7.4, 2.8, 12.0] and seq["signs"] == {"wins": 6, "ties": 0, "losses": 0}
+    assert summary["versus_slao"]["merge_ties"]["average_accuracy"]["signs"] == {"wins": 1, "ties": 0, "losses": 5}
+    assert not summary["methods"]["slao"]["order_blind"] and summary["methods"]["slao"]["seeds"] == 3
+    committed = json.loads((REPO / "benchmarks" / "results" / "continual_cpu_grid.json").read_text())
+    assert results["runs"] == committed["runs"] and committed["summary"] == summary  # the committed summary is current
+    assert "| merge_ties | 3 | 82.2 [78.0, 86.5] |" in completed.stdout
 
 
 def test_boundary_cost_smoke_measures_all_three_parts(tmp_path):

@@ -20,7 +20,7 @@ from mergeforget_plugin.core.layout import RunLayout
 from mergeforget_plugin.core.state import load_state, snapshot_dirs
 from mergeforget_plugin.evaluation.report import load_evaluations
 
-from .helpers import REPO
+from .helpers import REPO, peft_model
 
 SCRIPT = str(REPO / "tests" / "ddp_sequence_script.py")
 FSDP_SCRIPT = str(REPO / "tests" / "fsdp_sequence_script.py")
@@ -58,6 +58,29 @@ def max_difference(state, reference) -> float:
         float(max((state.merged[n].a - p.a).abs().max(), (state.merged[n].b - p.b).abs().max()))
         for n, p in reference.merged.items()
     )
+
+
+def _end_a_task_on_every_rank(rank: int, init_file: str, model_dir: str, out: str) -> None:
+    from mergeforget_plugin.engine import ContinualTask
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        model = peft_model(model_dir)
+        task = ContinualTask(RunLayout(f"{out}/rank{rank}"), "antonyms")
+        # What Axolotl 0.21's trainer said under ZeRO-3 on two CPU processes: "world process zero" on both.
+        task.begin(model, main_process=True)
+        task.end(model, main_process=True)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_only_rank_zero_writes_whatever_the_trainer_says(tiny_model_dir, tmp_path):
+    # Each rank gets its own output folder, so a second writer shows as a second state.
+    torch.multiprocessing.spawn(
+        _end_a_task_on_every_rank, args=(str(tmp_path / "init"), str(tiny_model_dir), str(tmp_path)), nprocs=2
+    )
+    assert load_state(RunLayout(tmp_path / "rank0").state).finished_tasks == ["antonyms"]
+    assert snapshot_dirs(RunLayout(tmp_path / "rank1").state) == []
 
 
 @pytest.mark.slow

@@ -186,7 +186,7 @@ def test_every_error_class_is_one_family():
 def test_a_failed_process_leaves_a_record_the_runner_reads(tmp_path):
     import subprocess
 
-    from mergeforget_plugin.integrations.axolotl.failure import FAILURE_FILE_VARIABLE, read_failure
+    from mergeforget_plugin.integrations.axolotl.failure import FAILURE_FILE_VARIABLE, describe_failure, read_failure
 
     target = tmp_path / "failure.json"
     code = (
@@ -203,9 +203,34 @@ def test_a_failed_process_leaves_a_record_the_runner_reads(tmp_path):
         timeout=120,
     )
     assert completed.returncode == 1 and "StateMismatchError" in completed.stderr  # Python still reports it
-    assert read_failure(target) == {
+    record = read_failure(target)
+    assert {key: record[key] for key in ("error", "message", "ours")} == {
         "error": "StateMismatchError",
         "message": "the state was made for another base model",
         "ours": True,
     }
+    assert describe_failure(record) == "StateMismatchError: the state was made for another base model"
     assert read_failure(tmp_path / "absent.json") is None
+
+    # A crash that is not ours says where it was raised and in which process.
+    crash = tmp_path / "crash.json"
+    code = (
+        "from mergeforget_plugin.integrations.axolotl.failure import record_failures\n"
+        "record_failures()\n"
+        "def _stamp():\n"
+        "    open('/nonexistent/finetuned.safetensors')\n"
+        "_stamp()\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**__import__("os").environ, FAILURE_FILE_VARIABLE: str(crash), "RANK": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 1
+    line = describe_failure(read_failure(crash))
+    assert line.startswith(
+        "FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent/finetuned.safetensors'"
+    )
+    assert line.endswith("(raised at <string>:4 in _stamp, rank 1)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,8 +22,31 @@ FAILURE_FILE_VARIABLE = "MERGEFORGET_FAILURE_FILE"
 
 
 def failure_record(error: BaseException) -> dict[str, Any]:
-    """What the runner shows of ``error``: its type, its sentence, and whether it is one of our refusals."""
-    return {"error": type(error).__name__, "message": str(error), "ours": isinstance(error, MergeForgetError)}
+    """What the runner shows of ``error``: its type, its sentence, whether it is one of our refusals,
+    and, for a crash that is not ours, the line that raised it and the process's rank (a log of two
+    interleaved processes rarely says which one failed where)."""
+    record: dict[str, Any] = {
+        "error": type(error).__name__,
+        "message": str(error),
+        "ours": isinstance(error, MergeForgetError),
+    }
+    frames = traceback.extract_tb(error.__traceback__)
+    if frames:
+        last = frames[-1]
+        record["raised_at"] = f"{last.filename}:{last.lineno} in {last.name}"
+    if os.environ.get("RANK") is not None:
+        record["rank"] = os.environ["RANK"]
+    return record
+
+
+def describe_failure(record: dict[str, Any]) -> str:
+    """One line for the runner's error: our refusals as they read, a crash with where it happened."""
+    text = f"{record.get('error', 'Error')}: {record['message']}"
+    if record.get("ours"):
+        return text
+    where = [f"raised at {record['raised_at']}"] if record.get("raised_at") else []
+    where += [f"rank {record['rank']}"] if record.get("rank") is not None else []
+    return text + (f" ({', '.join(where)})" if where else "")
 
 
 def record_failures() -> None:

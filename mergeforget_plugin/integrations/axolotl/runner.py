@@ -41,7 +41,7 @@ from ...core.state import (
 from ...data.models import resolve_model_reference
 from ...engine import check_sequence, finish_sequence
 from ...errors import RecipeError, RunError, StateError
-from .failure import FAILURE_FILE_VARIABLE, read_failure
+from .failure import FAILURE_FILE_VARIABLE, describe_failure, read_failure
 from .recipe import LoadedRecipe, load_recipe
 
 PLUGIN_PATH = "mergeforget_plugin.MergeForgetPlugin"
@@ -291,7 +291,7 @@ def _failure_summary(failure_path: Path, log_path: Path) -> str:
     """The failed process's own record of its exception, else the end of its log (killed, say)."""
     record = read_failure(failure_path)
     if record is not None:
-        return f"{record.get('error', 'Error')}: {record['message']}"
+        return describe_failure(record)
     lines = log_path.read_text(errors="replace").splitlines() if log_path.is_file() else []
     return "\n".join(lines[-15:])
 
