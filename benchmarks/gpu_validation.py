@@ -1,0 +1,218 @@
+"""The project's GPU validation: one command, one JSON, at most about 8 minutes on one GPU.
+
+Run (on a GPU machine, from the repository root):
+    python benchmarks/gpu_validation.py --output gpu_validation.json
+On a CPU (what CI runs, seconds): the same steps at smoke size, to check the script itself:
+    python benchmarks/gpu_validation.py --cpu-check --output gpu_validation.json
+
+Three steps, each timed; a step that cannot run says why in the JSON instead of stopping the others
+(GPU time is short: one missing package must not cost the rest):
+  axolotl    recipes/gpu-qlora-smollm2.yaml trained for real through `mergeforget train` (QLoRA nf4,
+             bf16, Axolotl's fused LoRA kernels), at --axolotl-steps steps a task; the report's AA/BWT.
+             --cpu-check: the recipe's pre-flight only (`--dry-run`; Axolotl on CPU cannot run it).
+  trl_bf16   the TRL path (train_sequence) on the three demo tasks of examples/trl_sequence.py in bf16,
+             SLAO; the exported adapter reloaded in stock PEFT must give the model's logits exactly.
+  grid_slice slao and seq of benchmarks/continual_benchmark.py's gpu preset, one seed, one order.
+What must travel to an offline GPU machine is in ../shared/GPU.md (wheels on PYTHONPATH, the GGUF).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_DATA = REPO / "recipes" / "data" / "demo"
+TRL_TASKS = ("antonyms", "plurals", "capitals")
+
+
+def _versions() -> dict[str, str | None]:
+    import importlib.metadata
+
+    found = {}
+    for name in ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "axolotl"):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _run(command: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    from mergeforget_plugin.core.environment import offline_environment
+
+    return subprocess.run(command, cwd=cwd, env=offline_environment(), capture_output=True, text=True, timeout=timeout)
+
+
+def step_axolotl(out: Path, cpu_check: bool, steps: int) -> dict:
+    import importlib.util
+
+    import yaml
+
+    if importlib.util.find_spec("axolotl") is None:
+        return {"status": "skipped", "why": "axolotl is not installed here"}
+    recipe = yaml.safe_load((REPO / "recipes" / "gpu-qlora-smollm2.yaml").read_text())
+    recipe["axolotl"]["max_steps"] = steps
+    recipe["output_dir"] = str(out / "axolotl")
+    for task in recipe["tasks"]:  # the recipe's data paths are relative to recipes/
+        for entry in task.get("datasets", []) + task.get("test_datasets", []):
+            entry["path"] = str(REPO / "recipes" / entry["path"])
+    path = out / "gpu-qlora-smollm2.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    command = [sys.executable, "-m", "mergeforget_plugin.cli", "train", str(path)]
+    completed = _run(command + (["--dry-run"] if cpu_check else []), out, timeout=420)
+    result = {"status": "ok" if completed.returncode == 0 else "failed", "steps_per_task": steps}
+    if completed.returncode != 0:
+        result["stderr_tail"] = completed.stderr[-2000:]
+        return result
+    if cpu_check:
+        result["dry_run"] = [line for line in completed.stdout.splitlines() if "is valid" in line]
+        return result
+    report = json.loads((out / "axolotl" / "report.json").read_text())
+    state = json.loads(sorted((out / "axolotl" / "state").glob("task-*/manifest.json"))[-1].read_text())
+    result.update(
+        metrics=report["metrics"],
+        final_row=dict(zip(report["tasks"], report["accuracy_matrix"][-1], strict=True)),
+        seconds_per_task=[round(record["seconds"], 1) for record in state["history"]],
+    )
+    return result
+
+
+def step_trl(out: Path, cpu_check: bool, steps: int) -> dict:
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig
+
+    from mergeforget_plugin import Task, build_tiny_llama, train_sequence
+    from mergeforget_plugin.data.models import default_model_dir
+
+    def split(name: str, part: str):
+        return load_dataset("json", data_files=str(DEMO_DATA / f"{name}.{part}.jsonl"), split="train")
+
+    if cpu_check:
+        rows = [
+            json.loads(line) for n in TRL_TASKS for line in (DEMO_DATA / f"{n}.train.jsonl").read_text().splitlines()
+        ]
+        model_dir = build_tiny_llama(out / "tiny-model", [r["prompt"] + r["completion"] for r in rows])
+    else:
+        model_dir = default_model_dir()
+    dtype = torch.float32 if cpu_check else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    result = train_sequence(
+        model,
+        [Task(name, split(name, "train"), split(name, "test")) for name in TRL_TASKS],
+        args=SFTConfig(
+            output_dir=str(out / "trl"),
+            max_steps=steps,
+            per_device_train_batch_size=8,
+            learning_rate=5e-4,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=cpu_check,
+            bf16=not cpu_check,
+            gradient_checkpointing=False,
+            disable_tqdm=True,
+        ),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"),
+    )
+    # The exported adapter, reloaded in stock PEFT on a fresh base, computes what the trained model
+    # (``model``, which PEFT adapted in place and which holds the merged LoRA now) does.
+    device = next(model.parameters()).device
+    reloaded = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype), result.adapter_dir
+    )
+    reloaded.to(device).eval()
+    model.eval()
+    inputs = tokenizer("Antonym of hot:", return_tensors="pt").to(device)
+    with torch.no_grad():
+        difference = (model(**inputs).logits - reloaded(**inputs).logits).abs().max().item()
+    return {
+        "status": "ok",
+        "dtype": str(dtype).removeprefix("torch."),
+        "steps_per_task": steps,
+        "finished_tasks": result.state.finished_tasks,
+        "eval_loss": result.eval_loss,
+        "reloaded_max_logit_difference": difference,
+        "adapter_bytes": [record["adapter_bytes"] for record in result.state.history],
+    }
+
+
+def step_grid(out: Path, cpu_check: bool) -> dict:
+    command = [sys.executable, str(REPO / "benchmarks" / "continual_benchmark.py"), "--methods", "slao,seq"]
+    command += ["--seeds", "0", "--orders", "01234" if not cpu_check else "01", "--output-dir", str(out / "grid")]
+    command += ["--smoke"] if cpu_check else ["--preset", "gpu", "--device", "cuda"]
+    completed = _run(command, REPO / "benchmarks", timeout=420)
+    if completed.returncode != 0:
+        return {"status": "failed", "stderr_tail": completed.stderr[-2000:]}
+    results = json.loads((out / "grid" / "results.json").read_text())
+    return {
+        "status": "ok",
+        "preset": "smoke" if cpu_check else "gpu",
+        "runs": [
+            {"method": r["method"], "metrics": r["metrics"], "seconds": round(r["seconds"], 1)} for r in results["runs"]
+        ],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default="gpu_validation.json", help="the one JSON every step writes into")
+    parser.add_argument("--work-dir", default="outputs/gpu_validation", help="the steps' runs go here")
+    parser.add_argument(
+        "--cpu-check", action="store_true", help="smoke size on the CPU: checks the script, not the GPU"
+    )
+    parser.add_argument("--axolotl-steps", type=int, default=40, help="optimizer steps per task of the Axolotl run")
+    parser.add_argument("--trl-steps", type=int, default=40, help="optimizer steps per task of the TRL run")
+    parser.add_argument("--steps", default="axolotl,trl_bf16,grid_slice", help="which steps, comma-separated")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    import torch
+
+    if not args.cpu_check and not torch.cuda.is_available():
+        sys.exit("No GPU here: run with --cpu-check to test the script on the CPU.")
+    out = Path(args.work_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    record: dict = {
+        "command": " ".join(sys.argv),
+        "device": "cpu (--cpu-check)" if args.cpu_check else torch.cuda.get_device_name(),
+        "versions": _versions(),
+        "steps": {},
+    }
+    steps = {
+        "axolotl": lambda: step_axolotl(out, args.cpu_check, 2 if args.cpu_check else args.axolotl_steps),
+        "trl_bf16": lambda: step_trl(out, args.cpu_check, 2 if args.cpu_check else args.trl_steps),
+        "grid_slice": lambda: step_grid(out, args.cpu_check),
+    }
+    for name in [s for s in args.steps.split(",") if s]:
+        started = time.time()
+        try:
+            result = steps[name]()
+        except Exception as error:  # one failed step must not cost the others' GPU time
+            result = {
+                "status": "failed",
+                "error": f"{type(error).__name__}: {error}",
+                "traceback": traceback.format_exc()[-3000:],
+            }
+        result["seconds"] = round(time.time() - started, 1)
+        if not args.cpu_check and torch.cuda.is_available():
+            result["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        record["steps"][name] = result
+        Path(args.output).write_text(json.dumps(record, indent=2))
+        print(f"{name}: {result['status']} in {result['seconds']} s", flush=True)
+    failed = [name for name, result in record["steps"].items() if result["status"] == "failed"]
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

