@@ -124,22 +124,30 @@ def build_tasks(
             groups.setdefault(label, []).append(
                 {"prompt": TEMPLATES[name].format(text=text), "completion": f" {label}"}
             )
-        per_train, per_test = train_size // len(groups), test_size // len(groups)
-        train, test = [], []
-        for label in sorted(groups):
-            members = groups[label]
-            if len(members) < per_train + per_test:
-                raise SystemExit(
-                    f"Task {name!r}: label {label!r} has {len(members)} rows, fewer than the "
-                    f"{per_train} + {per_test} a balanced split of --train-size/--test-size needs."
-                )
-            rng.shuffle(members)
-            test += members[:per_test]
-            train += members[per_test : per_test + per_train]
-        rng.shuffle(train)
-        rng.shuffle(test)
-        tasks[name] = {"train": train, "test": test}
+        tasks[name] = balanced_split(name, groups, train_size, test_size, rng)
     return tasks
+
+
+def balanced_split(
+    name: str, groups: dict[str, list[dict[str, str]]], train_size: int, test_size: int, rng: random.Random
+) -> dict[str, list[dict[str, str]]]:
+    """``train_size // labels`` training and ``test_size // labels`` held-out rows of every label, drawn
+    with ``rng`` (the real-text suite splits its classification tasks with this too)."""
+    per_train, per_test = train_size // len(groups), test_size // len(groups)
+    train, test = [], []
+    for label in sorted(groups):
+        members = groups[label]
+        if len(members) < per_train + per_test:
+            raise SystemExit(
+                f"Task {name!r}: label {label!r} has {len(members)} rows, fewer than the "
+                f"{per_train} + {per_test} a balanced split of --train-size/--test-size needs."
+            )
+        rng.shuffle(members)
+        test += members[:per_test]
+        train += members[per_test : per_test + per_train]
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return {"train": train, "test": test}
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -105,7 +106,8 @@ PACKAGE_METHODS = {
 # Methods whose result is one row (no accuracy matrix, so no BWT/FWT).
 ONE_ROW_METHODS = ("per_task", "joint")
 # One LoRA per task from the same seeded init, then a merge that does not depend on the order
-# (up to rounding): the orders of a seed are one result, counted once (stats.py).
+# (up to rounding): the orders of a seed end with the same accuracies, so AA is counted once per
+# seed (stats.py); BWT and FWT still depend on the order.
 ORDER_BLIND_METHODS = ("per_task", "merge_linear", "merge_ties", "merge_ties_svd", "merge_cat")
 # Every linear layer of the blocks. Measured while choosing the tasks (a fresh LoRA, 12 steps, 60 test
 # rows): domain +25 and polarity +35 points over zero-shot, against +18 and +23 with q/v only.
@@ -732,8 +734,10 @@ def main() -> None:
     import transformers
     import trl
 
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
     results = {
         "command": " ".join(sys.argv),
+        "commit": commit.stdout.strip() or None,  # which code the numbers come from (the TRL path has changed them)
         "versions": {
             "python": sys.version.split()[0],
             "torch": torch.__version__,
@@ -807,8 +811,10 @@ def summarize_runs(runs: list[dict], names: list[str]) -> dict:
         for key in ("average_accuracy", "bwt", "fwt"):
             cells = values(method, key)
             entry[key] = over_seeds(cells) if cells else None
-            # An order-blind method's cells of one seed are one value: no seed x order interval.
-            entry[f"{key}_seed_x_order"] = mean_interval(list(cells.values())) if cells and not blind else None
+            # An order-blind method's final accuracies, hence its AA, are one value per seed: no seed x
+            # order interval for AA. Its BWT and FWT still depend on the order (which task is last).
+            pseudo = blind and key == "average_accuracy"
+            entry[f"{key}_seed_x_order"] = mean_interval(list(cells.values())) if cells and not pseudo else None
         if method not in ONE_ROW_METHODS:
             # Accuracy on each task right after training it (R[j][j]), mean over runs.
             diagonal: dict[str, list[float]] = {}
@@ -909,6 +915,29 @@ def print_table(results: dict, names: list[str]) -> None:
     print(f"\nWall time: {results['wall_seconds']:.0f} s. Every matrix is in results.json.")
 
 
+# What a run's numbers depend on besides the method, seed and order (not which methods, workers or
+# output folder a command had).
+_BUDGET_KEYS = (
+    "preset",
+    "device",
+    "steps",
+    "batch_size",
+    "learning_rate",
+    "rank",
+    "max_length",
+    "train_size",
+    "test_size",
+)
+
+
+def _budget(results: dict) -> dict:
+    settings = results["settings"]
+    return {key: settings.get(key) for key in _BUDGET_KEYS} | {
+        "suite": settings.get("suite", "toy"),
+        "model": results["model"],
+    }
+
+
 def resummarize(paths: list[Path], output: Path | None = None) -> None:
     """Recompute the summary of stored results.json files from their runs (nothing is trained) and
     print the tables. One file is rewritten in place; several are combined into ``output``, where a
@@ -921,12 +950,10 @@ def resummarize(paths: list[Path], output: Path | None = None) -> None:
             raise SystemExit("--summarize with several files needs --combined-output FILE.")
         runs: dict[tuple, dict] = {}
         for path, other in zip(paths, stored, strict=True):
-            if (
-                list(other["tasks"]) != list(results["tasks"])
-                or other["settings"]["steps"] != results["settings"]["steps"]
-            ):
+            if list(other["tasks"]) != list(results["tasks"]) or _budget(other) != _budget(results):
                 raise SystemExit(
-                    f"{path}: other tasks or steps than {paths[0]}; its runs cannot be summarized together."
+                    f"{path}: other tasks or settings than {paths[0]} ({_budget(other)} vs {_budget(results)}); "
+                    "its runs cannot be summarized together."
                 )
             for run in other["runs"]:
                 key = (run["seed"], run["order"], run["method"])

@@ -21,9 +21,9 @@ components in the top r x r block of that basis and on the basis's diagonal:
 ``λ_t = ‖S‖ / mean_i ‖τ_i‖`` (norms over every adapted matrix together) and ``M_t = S / λ_t``.
 One difference from the reference: it takes the full SVD and also removes the diagonal terms of
 the null space of ``M_{t-1}``, whose basis the SVD routine picks arbitrarily; here the SVD is thin
-(the rank of ``M_{t-1}`` is at most (t-1) x 2r, so this is exact and cheap), and those terms are not
-removed. Everything is kept in factored form ``L Rᵀ``, so OPCM's merge is itself a LoRA whose rank
-is the rank of ``M_t``.
+(the rank of ``M_{t-1}`` is at most (t-1) r for rank-r task vectors, so this is exact and
+cheap), and those terms are not removed. Everything is kept in factored form ``L Rᵀ``, so OPCM's
+merge is itself a LoRA whose rank is the rank of ``M_t``.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def thin_svd(matrix: Factored, tolerance: float = 1e-6) -> tuple[torch.Tensor, t
     below ``tolerance`` times the largest are dropped (they are rounding, not directions)."""
     q_left, r_left = torch.linalg.qr(matrix.left)
     q_right, r_right = torch.linalg.qr(matrix.right)
-    u, sigma, vh = torch.linalg.svd(r_left @ r_right.T)
+    u, sigma, vh = torch.linalg.svd(r_left @ r_right.T, full_matrices=False)
     keep = sigma > tolerance * sigma.max() if sigma.numel() and sigma.max() > 0 else sigma > 0
     return q_left @ u[:, keep], sigma[keep], q_right @ vh.T[:, keep]
 

@@ -37,6 +37,8 @@ import re
 import sys
 from pathlib import Path
 
+from cl_tasks import balanced_split
+
 TASK_ORDER = ("ng_rec", "reuters", "headline_a", "ng_sci", "bbc_topic", "tweets", "ng_talk", "headline_b")
 SMOKE_TASKS = ("ng_rec", "headline_a")  # one of each kind, for the seconds-long smoke run
 TEXT_WORDS = 48
@@ -218,21 +220,7 @@ def build_tasks(
         groups: dict[str, list[dict[str, str]]] = {}
         for row in rows:
             groups.setdefault(row["completion"], []).append(row)
-        per_train, per_test = train_size // len(groups), test_size // len(groups)
-        train, test = [], []
-        for label in sorted(groups):
-            members = groups[label]
-            if len(members) < per_train + per_test:
-                raise SystemExit(
-                    f"Task {name!r}: label {label!r} has {len(members)} rows, fewer than the "
-                    f"{per_train} + {per_test} a balanced split of --train-size/--test-size needs."
-                )
-            rng.shuffle(members)
-            test += members[:per_test]
-            train += members[per_test : per_test + per_train]
-        rng.shuffle(train)
-        rng.shuffle(test)
-        tasks[name] = {"train": train, "test": test}
+        tasks[name] = balanced_split(name, groups, train_size, test_size, rng)
     return tasks
 
 

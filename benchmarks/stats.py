@@ -2,8 +2,8 @@
 
 A run is one (seed, task order) cell. Two things make those cells less independent than they look:
 the orders of one seed share the seed's LoRA init and batch draws, and an order-blind method (one
-LoRA per task, then a merge) gives the same number in every order, so its cells of one seed are one
-value counted several times. The primary interval is therefore over seeds, with the orders of a
+LoRA per task, then a merge) ends with the same accuracies in every order, so its AA cells of one
+seed are one value counted several times. The primary interval is therefore over seeds, with the orders of a
 seed averaged first (:func:`over_seeds`); the seed x order interval (:func:`mean_interval` over every
 cell) and the sign count of paired wins (:func:`sign_count`) are reported beside it.
 

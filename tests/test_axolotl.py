@@ -190,6 +190,7 @@ def test_kill_during_a_task_loses_nothing_and_resume_finishes(tmp_path, tiny_mod
     assert "[task 1/3]" not in resumed.stdout and "[task 2/3] plurals: done" in resumed.stdout
     # Task 2 restarted from its start: the sequence ends as the uninterrupted run of the same recipe did.
     reference = load_state(axolotl_reference_run / "out" / "state")
+    assert reference.merged.keys() == final.merged.keys() and reference.merged
     assert all(
         torch.equal(final.merged[n].a, p.a) and torch.equal(final.merged[n].b, p.b) for n, p in reference.merged.items()
     )

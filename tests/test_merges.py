@@ -96,5 +96,25 @@ def test_opcm_first_task_is_the_task_and_its_merge_is_a_low_rank_lora():
     assert torch.allclose(running.merged["q"].dense(), vectors[0].dense(), atol=1e-5) and running.scale == 1.0
     for vector in vectors[1:]:
         running.add({"q": vector})
-    # Each step adds at most the task's rank plus the directions it subtracts: far below 30.
-    assert running.rank()["q"] <= 2 * 3 * 2
+    # The projected task vector lies in the merged matrix's spaces plus its own: the rank grows by
+    # at most the task's rank per task (here 2, 3 tasks), far below 30.
+    assert running.rank()["q"] <= 3 * 2
+
+
+def test_opcm_rescales_with_one_norm_over_every_module():
+    first = {"q": factored(10), "v": factored(11, out=4, inp=3, rank=1)}
+    second = {"q": factored(12), "v": factored(13, out=4, inp=3, rank=1)}
+    running = OPCM()
+    running.add(first)
+    running.add(second)
+
+    def norm(vectors):
+        return sum(float(v.dense().pow(2).sum()) for v in vectors.values()) ** 0.5
+
+    # λ is one number for the whole model: the merged update's norm is the mean of the task norms,
+    # while each module's share of it follows that module's own sum.
+    merged = {name: running.merged[name] for name in ("q", "v")}
+    assert norm(merged) == pytest.approx((norm(first) + norm(second)) / 2, rel=1e-5)
+    summed = {name: first[name].dense() + opcm_project(first[name], second[name]).dense() for name in ("q", "v")}
+    for name in ("q", "v"):
+        assert torch.allclose(running.merged[name].dense() * running.scale, summed[name], atol=1e-4)

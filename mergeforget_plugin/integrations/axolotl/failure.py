@@ -56,7 +56,7 @@ def record_failures() -> None:
         return
     previous = sys.excepthook
 
-    def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+    def hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
         # The first record wins: under torchrun the worker fails first, then its launcher with an
         # error that only says a worker failed.
         if not Path(target).exists():
@@ -64,7 +64,7 @@ def record_failures() -> None:
                 write_atomic(target, json.dumps(failure_record(error)))
             except OSError:
                 pass  # the log still has the traceback
-        previous(kind, error, traceback)
+        previous(kind, error, trace)
 
     hook._mergeforget = True  # type: ignore[attr-defined]
     sys.excepthook = hook
