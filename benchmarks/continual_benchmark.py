@@ -158,15 +158,27 @@ def adapter_bytes(model, adapter_names) -> int:
     )
 
 
-def score_row(model, tokenizer, eval_sets, trained: int) -> list[float | None]:
-    """The accuracy row after ``trained`` tasks, in task order, with later tasks left unscored (None).
+def row_tasks(trained: int, count: int, rows: str) -> list[int]:
+    """The tasks (0-based) the row after ``trained`` of ``count`` tasks scores.
 
-    No metric reads R[t][j] for j > t + 1, and scoring it was 6 of the 25 scorings of a five-task
-    run: leaving it out is what lets the cpu preset's grid fit in its hour.
+    ``lower``: tasks 1..t+1, the trained ones and the next. No metric reads R[t][j] for j > t + 1,
+    and scoring it was 6 of the 25 scorings of a five-task run. ``read``: only what AA, BWT and
+    FWT read, R[t][t], R[t][t+1] and the last row: 16 scorings of a six-task run instead of 26,
+    which is what lets the real-text grid fit on 2 cores (its forgetting curves are not drawn).
+
+    >>> row_tasks(2, 6, "lower"), row_tasks(2, 6, "read"), row_tasks(6, 6, "read")
+    ([0, 1, 2], [1, 2], [0, 1, 2, 3, 4, 5])
     """
+    if rows == "read" and trained < count:
+        return [trained - 1, trained]
+    return list(range(min(trained + 1, count)))
+
+
+def score_row(model, tokenizer, eval_sets, trained: int, rows: str = "lower") -> list[float | None]:
+    """The accuracy row after ``trained`` tasks, in task order, the tasks ``row_tasks`` leaves out None."""
     from mergeforget_plugin.evaluation.scoring import evaluate_all
 
-    scored = evaluate_all(model, tokenizer, eval_sets[: trained + 1])
+    scored = evaluate_all(model, tokenizer, [eval_sets[i] for i in row_tasks(trained, len(eval_sets), rows)])
     return [scored.get(eval_set.task) for eval_set in eval_sets]
 
 
@@ -188,13 +200,15 @@ def run_merging_method(method, shared, base, tokenizer, tasks, eval_sets, args, 
     from mergeforget_plugin import MergeForgetConfig, Task, train_sequence
     from mergeforget_plugin.peft_bridge import read_lora
 
+    rows_scored = args.rows  # the callback's own `args` is the trainer's
+
     class ScoreRows(TrainerCallback):
         def __init__(self) -> None:
             self.matrix: list[list[float | None]] = []
             self.loras: list[dict] = []  # the deployed LoRA after each task (MagMax merges SeqLoRA's)
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
-            self.matrix.append(score_row(model, tokenizer, eval_sets, len(self.matrix) + 1))
+            self.matrix.append(score_row(model, tokenizer, eval_sets, len(self.matrix) + 1, rows_scored))
             self.loras.append(read_lora(model))
 
     config = MergeForgetConfig(**PACKAGE_METHODS[method])
@@ -270,7 +284,7 @@ def run_olora(shared, base, tokenizer, tasks, eval_sets, args, out):
             frozen=names[:-1],
         )
         trainer.train()
-        matrix.append(score_row(model, tokenizer, eval_sets, index))
+        matrix.append(score_row(model, tokenizer, eval_sets, index, args.rows))
         sizes.append(adapter_bytes(model, names))
         assert torch.isfinite(torch.tensor([v for v in matrix[-1] if v is not None])).all()
     return {
@@ -336,7 +350,7 @@ def run_weighted_merge(method, shared, base, tokenizer, tasks, eval_sets, args, 
         torch.manual_seed(args.seed * 1000 + t)  # DARE drops entries at random
         model.add_weighted_adapter(names, adapter_name=f"{method}{t}", **PEFT_MERGES[method](t))
         model.base_model.set_adapter(f"{method}{t}")
-        matrix.append(score_row(model, tokenizer, eval_sets, t))
+        matrix.append(score_row(model, tokenizer, eval_sets, t, args.rows))
         sizes.append(adapter_bytes(model, [f"{method}{t}"]))
     return {
         "seconds": time.time() - started,
@@ -354,7 +368,7 @@ def task_vector(pair):
     return Factored(LORA_ALPHA_PER_RANK * pair.b.to(torch.float32), pair.a.to(torch.float32).T)
 
 
-def score_with_update(model, update: dict, tokenizer, eval_sets, trained: int) -> list[float | None]:
+def score_with_update(model, update: dict, tokenizer, eval_sets, trained: int, rows: str) -> list[float | None]:
     """score_row for the base model plus a dense update per module (``model`` is a PeftModel whose
     LoRA layers are keyed like ``update``; its adapters are off meanwhile and its weights restored)."""
     import torch
@@ -368,7 +382,7 @@ def score_with_update(model, update: dict, tokenizer, eval_sets, trained: int) -
             for name, delta in update.items():
                 layers[name].base_layer.weight += delta.to(layers[name].base_layer.weight.dtype)
         with model.disable_adapter():
-            return score_row(model, tokenizer, eval_sets, trained)
+            return score_row(model, tokenizer, eval_sets, trained, rows)
     finally:
         with torch.no_grad():
             for name, weight in originals.items():
@@ -387,7 +401,7 @@ def run_magmax(shared, base, tokenizer, tasks, eval_sets, args, out):
     matrix, sizes = [], []
     for t in range(1, len(tasks) + 1):
         merged = magmax(updates[:t])
-        matrix.append(score_with_update(model, merged, tokenizer, eval_sets, t))
+        matrix.append(score_with_update(model, merged, tokenizer, eval_sets, t, args.rows))
         sizes.append(sum(delta.numel() * delta.element_size() for delta in merged.values()))
     return {
         "seconds": time.time() - started,
@@ -410,7 +424,7 @@ def run_opcm(shared, base, tokenizer, tasks, eval_sets, args, out):
     for t in range(1, len(tasks) + 1):
         running.add({n: task_vector(p) for n, p in read_lora(model, f"task{t}").items()})
         merged = {name: factors.dense() for name, factors in running.merged.items()}
-        matrix.append(score_with_update(model, merged, tokenizer, eval_sets, t))
+        matrix.append(score_with_update(model, merged, tokenizer, eval_sets, t, args.rows))
         # OPCM's merge is a LoRA of rank rank(M_t): its factors are what a user would keep.
         sizes.append(sum(4 * (f.left.shape[0] + f.right.shape[0]) * f.left.shape[1] for f in running.merged.values()))
         del merged
@@ -644,8 +658,14 @@ def main() -> None:
     )
     parser.add_argument(
         "--methods",
-        default=",".join(METHODS),
-        help=f"comma-separated subset of {','.join(METHODS)}",
+        help=f"comma-separated subset of {','.join(METHODS)} (default: all; the real suite's cpu preset: "
+        "the ones its grid has time for, real_text_tasks.PRESETS)",
+    )
+    parser.add_argument(
+        "--rows",
+        choices=["lower", "read"],
+        help="what each row scores: lower (tasks 1..t+1; the toy suite's default) or read (what AA, BWT and "
+        "FWT read; the real suite's default), see row_tasks",
     )
     parser.add_argument("--seeds", help="comma-separated training seeds")
     parser.add_argument(
@@ -701,7 +721,10 @@ def main() -> None:
     suite = importlib.import_module(SUITES[args.suite])
     if args.max_length is None and hasattr(suite, "MAX_LENGTH"):  # the suite's rows are longer than the presets'
         args.max_length = suite.MAX_LENGTH
-    for key, value in PRESETS[args.preset].items():
+    if args.rows is None:
+        args.rows = getattr(suite, "ROWS", "lower")
+    # A suite's own budget for a preset comes first (real_text_tasks.PRESETS), then the preset's.
+    for key, value in {**PRESETS[args.preset], **getattr(suite, "PRESETS", {}).get(args.preset, {})}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     out = Path(args.output_dir)
@@ -725,7 +748,7 @@ def main() -> None:
         if args.orders
         else [tuple(range(len(names))), tuple(reversed(range(len(names))))]
     )
-    methods = [m for m in args.methods.split(",") if m]
+    methods = [m for m in (args.methods or ",".join(METHODS)).split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")

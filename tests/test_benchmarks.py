@@ -236,7 +236,7 @@ def test_real_text_suite_reads_the_shipped_corpora_into_balanced_paragraph_tasks
     from mergeforget_plugin.data.models import default_model_dir
 
     tasks = real_text_tasks.build_tasks(80, 40)
-    assert list(tasks) == list(real_text_tasks.TASK_ORDER) and len(tasks) == 8
+    assert list(tasks) == list(real_text_tasks.TASK_ORDER) and len(tasks) == 6
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
     texts = []
     for name, task in tasks.items():
