@@ -14,6 +14,7 @@ from importlib import import_module
 from typing import Any
 
 from .core.layout import RunLayout
+from .core.replay import ReplayConfig
 from .core.slao import (
     LoRAPair,
     MergeForgetConfig,
@@ -26,8 +27,10 @@ from .core.state import ContinualState, load_state, save_state
 from .errors import (
     DataPrepError,
     EvaluationError,
+    ForgettingGuardError,
     MergeForgetError,
     RecipeError,
+    ReplayError,
     RunError,
     SLAOMathError,
     StateError,
@@ -46,6 +49,7 @@ _LAZY = {
     "train_sequence": "integrations.trl.sequence",
     "export_adapter": "core.export",
     "EvalSet": "evaluation.scoring",
+    "ForgettingGuard": "evaluation.guard",
     "eval_set_from_rows": "evaluation.scoring",
     "LMEvalProbe": "evaluation.lm_eval_probe",
     "read_lora": "peft_bridge",
@@ -67,10 +71,13 @@ __all__ = [
     "ContinualState",
     "DataPrepError",
     "EvaluationError",
+    "ForgettingGuardError",
     "LoRAPair",
     "MergeForgetConfig",
     "MergeForgetError",
     "RecipeError",
+    "ReplayConfig",
+    "ReplayError",
     "RunError",
     "RunLayout",
     "SLAOMathError",

@@ -38,6 +38,15 @@ def _status(args: argparse.Namespace) -> int:
             f"{record.get('global_step', ''):>7}{'' if loss is None else f'{loss:.4f}':>11}"
             f"{record['merged']['b_norm_mean']:>16.4f}{'' if seconds is None else f'{seconds:.1f}':>9}"
         )
+    if state.replay is not None:
+        from .core.replay import describe
+
+        kept = describe(state.replay_buffer)
+        per_task = ", ".join(f"{task} {rows}" for task, rows in kept["rows"].items())
+        print(
+            f"\nReplay buffer ({state.replay.to_dict()}): {sum(kept['rows'].values())} rows, {kept['bytes']} bytes "
+            f"of training text; rows per task: {per_task}"
+        )
     return 0
 
 
@@ -285,7 +294,6 @@ def _add_prepare_data(commands: Any) -> None:
         help="read TASK from this Hub dataset (or local dataset directory) with the default's columns",
     )
     data.set_defaults(handler=_prepare_data)
-
 
 
 def _add_export(commands: Any) -> None:

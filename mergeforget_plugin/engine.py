@@ -53,9 +53,11 @@ from .core.atomic import write_atomic
 from .core.export import export_adapter
 from .core.faults import pause_point
 from .core.layout import RunLayout, check_task_names
+from .core.replay import ReplayConfig, add_task, describe, replayed_rows
 from .core.slao import LoRAPair, MergeForgetConfig, merge_coefficient, merge_task, task_start_weights
 from .core.state import BaseModelFingerprint, ContinualState, LoRASignature, check_writable, load_state, save_state
-from .errors import EvaluationError, RunError, StateError
+from .errors import EvaluationError, ForgettingGuardError, ReplayError, RunError, StateError
+from .evaluation.guard import ForgettingGuard, Regression, regressions
 from .evaluation.report import build_report, evaluation_record, load_evaluations, merge_records, save_row, write_report
 from .evaluation.schedule import DEFAULT_SCHEDULE, check_schedule, row_plan
 from .evaluation.scoring import EvalSet, score_all
@@ -78,6 +80,15 @@ def is_main_process(trainer_says: bool | None = None) -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _agreed(value: Any) -> Any:
+    """The first process's ``value`` on every process (the one that scored decides for all)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        holder = [value]
+        torch.distributed.broadcast_object_list(holder, src=0)
+        return holder[0]
+    return value
+
+
 def wait_for_everyone() -> None:
     """A barrier across the processes of a distributed run; nothing in a single process."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -92,6 +103,7 @@ def check_sequence(
     state: ContinualState | None = None,
     declared: tuple[LoRASignature, BaseModelFingerprint] | None = None,
     declared_in: str = "the config",
+    replay: ReplayConfig | None = None,
 ) -> ContinualState | None:
     """Pre-flight of a whole sequence before anything trains; returns the state (``None`` if new).
 
@@ -113,6 +125,7 @@ def check_sequence(
         )
     where = str(layout.state)
     state.check_config(config, where)
+    state.check_replay(replay, where)
     if declared is not None:
         state.check_compatible(*declared, where, other_name=declared_in)
     return state
@@ -134,14 +147,18 @@ def start_state(
     described: tuple[LoRASignature, BaseModelFingerprint],
     adapter_config: dict[str, Any],
     where: str,
+    replay: ReplayConfig | None = None,
 ) -> ContinualState:
     """The state a task begins from: a new one for the first task, else the saved one once it has
-    passed the compatibility checks against the loaded model and the run's config."""
+    passed the compatibility checks against the loaded model and the run's config (replay included)."""
     signature, fingerprint = described
     if state is None:
-        return ContinualState(signature=signature, base_model=fingerprint, config=config, adapter_config=adapter_config)
+        return ContinualState(
+            signature=signature, base_model=fingerprint, config=config, adapter_config=adapter_config, replay=replay
+        )
     state.check_compatible(signature, fingerprint, where)
     state.check_config(config, where)
+    state.check_replay(replay, where)
     if name in state.finished_tasks:
         raise StateError(
             f"Task {name!r} already finished (task {state.finished_tasks.index(name) + 1} of {where}). "
@@ -154,6 +171,16 @@ def starting_lora(state: ContinualState, config: MergeForgetConfig) -> dict[str,
     """The LoRA the next task of ``state`` starts training from; ``None`` for task 1 (the LoRA's own init)."""
     index = state.next_task_index
     return task_start_weights(index, state.finetuned, state.merged, config) if index >= 2 else None
+
+
+def replay_for(
+    state: ContinualState | None, name: str, own_rows: int, replay: ReplayConfig | None
+) -> list[dict[str, Any]]:
+    """The earlier tasks' rows task ``name`` trains on beside its ``own_rows`` rows, from the state
+    it starts from (``None`` before the first task, which replays nothing)."""
+    if replay is None or state is None:
+        return []
+    return replayed_rows(state.replay_buffer, name, own_rows, replay)
 
 
 def unscored(eval_sets: Sequence[Any], stored: Mapping[str, Mapping[str, float]]) -> list[Any]:
@@ -205,11 +232,18 @@ def finished_state(
     extra: Mapping[str, Any] | None = None,
     *,
     seconds: float = 0.0,
+    train_rows: Sequence[Mapping[str, Any]] | None = None,
 ) -> ContinualState:
     """The state once task ``name`` (the next of ``previous``) has trained to ``finetuned``: the
-    merged LoRA, the finished task, and the task's record in the history."""
+    merged LoRA, the finished task, the task's record in the history and, when the sequence
+    replays, the buffer with ``train_rows`` (the task's own training rows) drawn into it."""
     index, config = previous.next_task_index, previous.config
     merged = merge_task(index, previous.merged or None, finetuned, config)
+    buffer = previous.replay_buffer
+    if previous.replay is not None:
+        if train_rows is None:
+            raise ReplayError(f"Task {name!r}: the sequence replays, so the task's training rows must be given.")
+        buffer = add_task(previous.replay_buffer, name, train_rows, previous.replay)
     record = {
         "task": name,
         "task_index": index,
@@ -218,6 +252,7 @@ def finished_state(
         "finetuned": _norm_summary(finetuned),
         "merged": _norm_summary(merged),
         "adapter_bytes": sum(t.numel() * t.element_size() for pair in merged.values() for t in pair),
+        **({"replay_buffer": describe(buffer)} if previous.replay is not None else {}),
         **(extra or {}),
     }
     return dataclasses.replace(
@@ -226,7 +261,21 @@ def finished_state(
         merged=merged,
         finetuned=finetuned,
         history=[*previous.history, record],
+        replay_buffer=buffer,
     )
+
+
+def guard_verdict(
+    guard: ForgettingGuard | None,
+    records: Sequence[Mapping[str, Any]],
+    row: Mapping[str, Any] | None,
+    finished: Sequence[str],
+) -> list[Regression]:
+    """The earlier tasks that dropped more than the guard allows in ``row``, the row just scored
+    after ``finished[-1]`` (none without a guard)."""
+    if guard is None or row is None:
+        return []
+    return regressions(records, row, finished, guard.max_forgetting)
 
 
 def _norm_summary(weights: dict[str, LoRAPair]) -> dict[str, float]:
@@ -301,6 +350,11 @@ class ContinualTask:
         adapter_name: The PEFT adapter to carry.
         trackers: Where the report also goes after the task's row is scored ("tensorboard",
             "wandb"; see :mod:`mergeforget_plugin.evaluation.trackers`); :meth:`end` can name them too.
+        replay: Keep a buffer of earlier tasks' training rows in the state (:class:`ReplayConfig`);
+            must match the state's. ``train_rows`` (this task's own rows) are drawn into it.
+        train_rows: This task's training rows (plain mappings), needed when the sequence replays.
+        guard: Stop before anything of the task is written when its merge makes an earlier task
+            drop more than the guard allows (:class:`ForgettingGuard`); needs ``eval_sets``.
     """
 
     def __init__(
@@ -316,8 +370,21 @@ class ContinualTask:
         probes: Sequence[Any] = (),
         eval_schedule: str | None = None,
         sequence: Sequence[str] | None = None,
+        replay: ReplayConfig | None = None,
+        train_rows: Sequence[Mapping[str, Any]] | None = None,
+        guard: ForgettingGuard | None = None,
     ) -> None:
         check_task_names([name])
+        if guard is not None and not eval_sets:
+            raise ForgettingGuardError(
+                f"Task {name!r}: {guard.where} needs held-out rows to measure forgetting on: give the tasks "
+                "evaluation sets, or leave the guard out."
+            )
+        if replay is not None and train_rows is None:
+            raise ReplayError(f"Task {name!r}: the sequence replays, so its training rows must be given (train_rows).")
+        self.replay, self.guard = replay, guard
+        self.train_rows = [dict(row) for row in train_rows] if train_rows is not None else None
+        self.regressions: list[Regression] = []  # what the guard saw at this task's end
         self.layout = layout
         self.name = name
         self.config = config if config is not None else MergeForgetConfig()
@@ -383,6 +450,7 @@ class ContinualTask:
             described,
             adapter_config_dict(model, self.adapter_name),
             str(self.layout.state),
+            self.replay,
         )
         self.index = self.state.next_task_index
         # Sharded weights (FSDP2, ZeRO-3) run forward passes with every process (each gathers the
@@ -426,11 +494,23 @@ class ContinualTask:
         self._tokenizer = tokenizer if tokenizer is not None else self._tokenizer
         main = self._main if main_process is None else is_main_process(main_process)
         state = finished_state(
-            self.state, self.name, read_lora(model, self.adapter_name), extra, seconds=time.time() - self._started_at
+            self.state,
+            self.name,
+            read_lora(model, self.adapter_name),
+            extra,
+            seconds=time.time() - self._started_at,
+            train_rows=self.train_rows,
         )
         pause_point("merge", self.index)
         write_lora(model, state.merged, self.adapter_name)  # what evaluation and the framework's save see
         self.scores = self._score_row(model, self.index, state.finished_tasks)
+        if self.guard is not None:  # the process that scored decides for all (no collective without a guard)
+            found = guard_verdict(self.guard, load_evaluations(self.layout), self.scores, state.finished_tasks)
+            self.regressions = _agreed(found if self.scores is not None else [])
+        if self.regressions and not self.guard.accept_regression:
+            self._reject(model, state, main)
+        if self.regressions:  # taken anyway: the history says which drops were accepted
+            state.history[-1]["accepted_regressions"] = [r.to_dict() for r in self.regressions]
         if main:
             publish(
                 self.layout,
@@ -444,6 +524,32 @@ class ContinualTask:
         self.state, self._finished = state, True
         self.accuracy = self.scores["accuracy"] if self.scores is not None else None
         return state
+
+    def _reject(self, model: torch.nn.Module, state: ContinualState, main: bool) -> None:
+        """The guard's stop: the rejected LoRA and row go beside the task, the model gets the
+        previous task's merged LoRA back, and nothing of the state, adapter or report changes."""
+        from .core.state import save_lora_file
+        from .peft_bridge import write_lora
+
+        folder = self.layout.rejected(self.index, self.name)
+        limit = self.guard.max_forgetting
+        if main:
+            folder.mkdir(parents=True, exist_ok=True)
+            save_lora_file(folder / "merged.safetensors", state.merged)
+            write_atomic(folder / "evaluation.json", json.dumps(self.scores, indent=2))
+            verdict = {"task": self.name, "task_index": self.index, "max_forgetting": limit}
+            verdict["regressions"] = [r.to_dict() for r in self.regressions]
+            write_atomic(folder / "verdict.json", json.dumps(verdict, indent=2))
+        write_lora(model, self.state.merged, self.adapter_name)  # the adapter that stays deployed
+        wait_for_everyone()
+        drops = "; ".join(r.describe() for r in self.regressions)
+        raise ForgettingGuardError(
+            f"Task {self.name!r} (task {self.index}) was not taken: after its merge {drops}, more than "
+            f"{self.guard.where} = {limit:g} allows. The state, the adapter and the report stay at task "
+            f"{self.index - 1}; the rejected LoRA and its row are in {folder}. Change how {self.name!r} trains "
+            "(replay, a lower learning rate, fewer steps) and resume to retry it, or take it anyway with "
+            "--accept-regression (accept_regression=True in Python)."
+        )
 
     def after_step(self, global_step: int, max_steps: int | None = None) -> None:
         """Called by the adapters after every optimizer step: records the task's progress (see

@@ -48,3 +48,11 @@ class TaskNameError(MergeForgetError, ValueError):
 
 class DataPrepError(MergeForgetError, ValueError):
     """A benchmark source that cannot be turned into task rows: names the file, line or field."""
+
+
+class ReplayError(MergeForgetError, ValueError):
+    """Replay settings or replayed rows that cannot be used: names the field, file or task."""
+
+
+class ForgettingGuardError(MergeForgetError):
+    """A task's merge made an earlier task worse than the guard allows; the previous state is kept."""

@@ -194,6 +194,9 @@ def test_score_row_scores_the_trained_tasks_and_the_next_one(tiny_model_dir):
     assert after_one[2] is None and after_one[:2] == [accuracy(model, tokenizer, s) for s in eval_sets[:2]]
     for trained in (2, 3):
         assert None not in score_row(model, tokenizer, eval_sets, trained)
+    # "read" scores only what AA, BWT and FWT read: R[t][t], R[t][t+1], and the whole last row.
+    read = [score_row(model, tokenizer, eval_sets, trained, "read") for trained in (1, 2, 3)]
+    assert [[v is not None for v in row] for row in read] == [[True, True, False], [False, True, True], [True] * 3]
 
 
 @pytest.mark.slow

@@ -156,3 +156,8 @@ class RunLayout:
 
     def task_config(self, index: int, name: str) -> Path:
         return self.configs / f"{self.task_slug(index, name)}.yaml"
+
+    def rejected(self, index: int, name: str) -> Path:
+        """What the forgetting guard turned down for a task: ``merged.safetensors`` (the merged LoRA
+        it would have deployed), ``evaluation.json`` (its row) and ``verdict.json`` (the drops)."""
+        return self.task_dir(index, name) / "rejected"

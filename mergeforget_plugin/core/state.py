@@ -12,6 +12,9 @@ Each snapshot holds:
   the base model fingerprint, the PEFT adapter config and a SHA-256 of every tensor file.
 - ``merged.safetensors``: the running merged LoRA (what users deploy).
 - ``finetuned.safetensors``: the last task's fine-tuned LoRA (the next task starts from it).
+- ``replay.jsonl``, when the sequence replays: the buffer of earlier tasks' training rows
+  (:mod:`mergeforget_plugin.core.replay`), checksummed like the tensors, so a kill never leaves a
+  buffer that disagrees with the LoRA. Snapshots written without replay have no such file.
 
 Nothing here unpickles: tensors are read with safetensors, metadata with ``json``.
 """
@@ -35,6 +38,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import StateError, StateMismatchError
+from . import replay as replay_buffer
 from .atomic import fsync_dir, private_staging_dir, write_synced
 from .faults import pause_point
 from .slao import LoRAPair, MergeForgetConfig
@@ -43,6 +47,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MERGED_FILE = "merged.safetensors"
 FINETUNED_FILE = "finetuned.safetensors"
+REPLAY_FILE = "replay.jsonl"
 _SNAPSHOT_PATTERN = re.compile(r"^task-(\d{4,})$")
 # bf16/fp16 rounding moves an embedding value by at most 2**-8 relative; different checkpoints
 # differ by the scale of the weights themselves.
@@ -203,7 +208,9 @@ class BaseModelFingerprint:
 class ContinualState:
     """Everything a sequence needs to go on after ``len(finished_tasks)`` tasks.
 
-    ``merged`` and ``finetuned`` are empty before the first task finishes.
+    ``merged`` and ``finetuned`` are empty before the first task finishes. ``replay`` is the
+    replay settings the sequence started with (``None``: no replay) and ``replay_buffer`` the rows
+    kept, by task.
     """
 
     signature: LoRASignature
@@ -214,6 +221,8 @@ class ContinualState:
     merged: dict[str, LoRAPair] = field(default_factory=dict)
     finetuned: dict[str, LoRAPair] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    replay: replay_buffer.ReplayConfig | None = None
+    replay_buffer: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def next_task_index(self) -> int:
@@ -245,6 +254,18 @@ class ContinualState:
                 f"The continual state in {where} was made with {self.config.to_dict()}, but this run asks for "
                 f"{config.to_dict()}. A sequence keeps one strategy from start to end: use the same settings, "
                 "or start a new sequence in an empty state directory."
+            )
+
+    def check_replay(self, replay: replay_buffer.ReplayConfig | None, where: str) -> None:
+        """Raise :class:`StateMismatchError` unless ``replay`` is what the sequence started with: the
+        buffer's size and draw are fixed for a sequence, like its strategy."""
+        before = self.replay.to_dict() if self.replay is not None else None
+        now = replay.to_dict() if replay is not None else None
+        if before != now:
+            raise StateMismatchError(
+                f"The continual state in {where} was made with replay {before or 'off'}, but this run asks for "
+                f"{now or 'no replay'}. A sequence keeps its replay settings from start to end: use the same "
+                "ones, or start a new sequence in an empty state directory."
             )
 
 
@@ -307,7 +328,8 @@ _RECENT: dict[Path, tuple[Path, tuple[Any, ...], ContinualState]] = {}
 
 def _stamp(snapshot: Path) -> tuple[Any, ...]:
     """What changes when any file of ``snapshot`` is rewritten: its manifest text and each file's stat."""
-    stats = [os.stat(snapshot / name) for name in (MANIFEST, MERGED_FILE, FINETUNED_FILE)]
+    names = [MANIFEST, MERGED_FILE, FINETUNED_FILE] + ([REPLAY_FILE] if (snapshot / REPLAY_FILE).exists() else [])
+    stats = [os.stat(snapshot / name) for name in names]
     return ((snapshot / MANIFEST).read_text(), *((s.st_size, s.st_mtime_ns, s.st_ino) for s in stats))
 
 
@@ -325,6 +347,11 @@ def _tensors_of(weights: Mapping[str, LoRAPair]) -> dict[str, torch.Tensor]:
         tensors[f"{name}.lora_A"] = pair.a.detach().to("cpu").contiguous()
         tensors[f"{name}.lora_B"] = pair.b.detach().to("cpu").contiguous()
     return tensors
+
+
+def save_lora_file(path: Path, weights: Mapping[str, LoRAPair]) -> str:
+    """One LoRA as a safetensors file (``<module>.lora_A`` / ``.lora_B``, as in a snapshot); its SHA-256."""
+    return write_safetensors(path, _tensors_of(weights))
 
 
 def _weights_of(tensors: Mapping[str, torch.Tensor]) -> dict[str, LoRAPair]:
@@ -377,6 +404,10 @@ def save_state(state: ContinualState, state_dir: str | os.PathLike[str], *, keep
         for filename, weights in files.items():
             checksums[filename] = write_safetensors(staging / filename, _tensors_of(weights))
             pause_point("state-write", len(state.finished_tasks))
+        if state.replay is not None:
+            encoded = replay_buffer.encode(state.replay_buffer)
+            checksums[REPLAY_FILE] = hashlib.sha256(encoded).hexdigest()
+            write_synced(staging / REPLAY_FILE, encoded)
         manifest = {
             "format_version": FORMAT_VERSION,
             "finished_tasks": state.finished_tasks,
@@ -387,6 +418,8 @@ def save_state(state: ContinualState, state_dir: str | os.PathLike[str], *, keep
             "history": state.history,
             "sha256": checksums,
         }
+        if state.replay is not None:
+            manifest["replay"] = state.replay.to_dict()
         write_synced(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
         fsync_dir(staging)
         if final.exists():
@@ -486,6 +519,14 @@ def load_snapshot(snapshot: Path, *, previous: Path | None = None) -> ContinualS
             if not path.is_file() or _sha256(path) != expected:
                 raise StateError(f"{path} is missing or does not match the checksum in its manifest.{recovery}")
             tensors[filename] = _weights_of(load_file(str(path)))
+        replay, kept = None, {}
+        if manifest.get("replay") is not None:  # older snapshots and runs without replay have none
+            path = snapshot / REPLAY_FILE
+            data = path.read_bytes() if path.is_file() else None
+            if data is None or hashlib.sha256(data).hexdigest() != manifest["sha256"].get(REPLAY_FILE):
+                raise StateError(f"{path} is missing or does not match the checksum in its manifest.{recovery}")
+            replay = replay_buffer.ReplayConfig.from_mapping(manifest["replay"], where=f"{manifest_path}: replay")
+            kept = replay_buffer.decode(data, str(path))
         state = ContinualState(
             signature=LoRASignature.from_dict(manifest["lora"]),
             base_model=BaseModelFingerprint.from_dict(manifest["base_model"]),
@@ -495,6 +536,8 @@ def load_snapshot(snapshot: Path, *, previous: Path | None = None) -> ContinualS
             merged=tensors[MERGED_FILE],
             finetuned=tensors[FINETUNED_FILE],
             history=list(manifest.get("history", [])),
+            replay=replay,
+            replay_buffer=kept,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise StateError(f"{manifest_path} is malformed ({type(error).__name__}: {error}).{recovery}") from error
@@ -513,4 +556,5 @@ def _fresh_copy(state: ContinualState) -> ContinualState:
         finetuned=dict(state.finetuned),
         finished_tasks=list(state.finished_tasks),
         history=list(state.history),
+        replay_buffer=dict(state.replay_buffer),
     )

@@ -17,12 +17,15 @@ def build_tiny_llama(
     num_kv_heads: int = 2,
     vocab_size: int = 512,
     seed: int = 0,
+    initializer_range: float = 0.02,
 ) -> Path:
     """Train a byte-level BPE tokenizer on ``corpus``, build a random tiny Llama, save both.
 
     The directory loads with ``AutoModelForCausalLM.from_pretrained`` and
     ``AutoTokenizer.from_pretrained`` like any local checkpoint (also from Axolotl's
-    ``base_model:``). Returns the directory.
+    ``base_model:``). ``initializer_range`` is the weights' init scale: at the default (transformers'
+    0.02) the logits of so small a model barely move from uniform and a LoRA learns little; a test
+    that needs a task learned in a few steps raises it. Returns the directory.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -56,6 +59,7 @@ def build_tiny_llama(
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
         tie_word_embeddings=False,
+        initializer_range=initializer_range,
     )
     LlamaForCausalLM(config).save_pretrained(out)
     return out

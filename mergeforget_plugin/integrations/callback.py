@@ -16,9 +16,12 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..core.layout import RunLayout
+from ..core.replay import ReplayConfig, check_fields
 from ..core.slao import MergeForgetConfig
-from ..core.state import ContinualState
-from ..engine import ContinualTask, training_summary
+from ..core.state import ContinualState, load_state
+from ..engine import ContinualTask, replay_for, training_summary
+from ..errors import ReplayError
+from ..evaluation.guard import ForgettingGuard
 from ..evaluation.scoring import EvalSet
 from ..evaluation.trackers import requested
 
@@ -102,6 +105,15 @@ class MergeForgetCallback(TaskCallback):
             when `sequence` is given, else `"all"`.
         sequence (`list[str]`, *optional*):
             Every task name of the sequence in training order, which `"needed"` reads.
+        replay ([`ReplayConfig`], *optional*):
+            Keep a constant-size buffer of earlier tasks' training rows in the state and mix them
+            into this task's: give the task's own rows as `train_dataset` and train on the
+            callback's `train_dataset`, which adds the replayed ones. The buffer holds training text.
+        train_dataset (`datasets.Dataset` or `list[dict]`, *optional*):
+            This task's own training rows; needed with `replay`.
+        guard ([`ForgettingGuard`], *optional*):
+            Refuse the task, keeping the previous state, adapter and report, when its merge makes an
+            earlier task (of `eval_sets`) drop more than `guard.max_forgetting`.
 
     Example:
 
@@ -129,10 +141,15 @@ class MergeForgetCallback(TaskCallback):
         probes: Sequence[Any] = (),
         eval_schedule: str | None = None,
         sequence: Sequence[str] | None = None,
+        replay: ReplayConfig | None = None,
+        train_dataset: Any = None,
+        guard: ForgettingGuard | None = None,
     ) -> None:
+        layout = RunLayout.of_state_dir(state_dir)
+        own = dataset_rows(train_dataset, f"Task {task_name!r}") if replay is not None else None
         super().__init__(
             ContinualTask(
-                RunLayout.of_state_dir(state_dir),
+                layout,
                 task_name,
                 config,
                 eval_sets=eval_sets,
@@ -141,8 +158,22 @@ class MergeForgetCallback(TaskCallback):
                 probes=probes,
                 eval_schedule=eval_schedule,
                 sequence=sequence,
+                replay=replay,
+                train_rows=own,
+                guard=guard,
             )
         )
+        #: What the trainer trains on: ``train_dataset`` plus the rows replayed from earlier tasks.
+        self.train_dataset = train_dataset
+        self.replayed = 0
+        if replay is not None:
+            state = load_state(layout.state)
+            if state is not None:
+                state.check_replay(replay, str(layout.state))
+                fields = {task: sorted(rows[0]) for task, rows in state.replay_buffer.items() if rows}
+                check_fields(fields, task_name, sorted(own[0]) if own else [], f"replay into {task_name!r}")
+            rows = replay_for(state, task_name, len(own), replay)
+            self.train_dataset, self.replayed = with_rows(train_dataset, rows), len(rows)
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -156,3 +187,26 @@ class MergeForgetCallback(TaskCallback):
             main_process=state.is_world_process_zero,
         )
         super().on_train_begin(args, state, control, **kwargs)
+
+
+def dataset_rows(dataset: Any, where: str) -> list[dict[str, Any]]:
+    """The rows of a task's training set as plain dicts: what replay draws from."""
+    if isinstance(dataset, list | tuple):
+        return [dict(row) for row in dataset]
+    if hasattr(dataset, "to_list"):  # datasets.Dataset; an IterableDataset has no rows to draw in advance
+        return dataset.to_list()
+    raise ReplayError(
+        f"{where}: replay draws from the task's training rows before it trains, and a {type(dataset).__name__} "
+        "cannot be read that way; give a datasets.Dataset or a list of rows."
+    )
+
+
+def with_rows(dataset: Any, rows: list[dict[str, Any]]) -> Any:
+    """``dataset`` with ``rows`` (the same fields) appended; the trainer's sampler mixes them."""
+    if not rows:
+        return dataset
+    if isinstance(dataset, list | tuple):
+        return [*dataset, *rows]
+    from datasets import Dataset, concatenate_datasets
+
+    return concatenate_datasets([dataset, Dataset.from_list(rows, features=dataset.features)])

@@ -16,14 +16,16 @@ from typing import Any
 import torch
 
 from ...core.layout import RunLayout
+from ...core.replay import ReplayConfig, check_fields
 from ...core.slao import MergeForgetConfig
 from ...core.state import ContinualState
 from ...engine import check_sequence, finish_sequence
 from ...errors import EvaluationError, StateError
+from ...evaluation.guard import ForgettingGuard
 from ...evaluation.metrics import SCORABLE
 from ...evaluation.schedule import DEFAULT_SCHEDULE, check_schedule
 from ...evaluation.scoring import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP, EvalSet, eval_set_from_rows
-from ..callback import MergeForgetCallback
+from ..callback import MergeForgetCallback, dataset_rows
 
 
 @dataclass
@@ -119,6 +121,8 @@ def train_sequence(
     loss_matrix: bool = True,
     probes: list[Any] | None = None,
     eval_schedule: str = DEFAULT_SCHEDULE,
+    replay: ReplayConfig | None = None,
+    guard: ForgettingGuard | None = None,
 ) -> SequenceResult:
     """Train ``tasks`` in order with ``SFTTrainer`` and SLAO; export one standard PEFT adapter.
 
@@ -143,6 +147,12 @@ def train_sequence(
         probes: Evaluation-only sets never trained on ([`EvalSet`], e.g. from `eval_set_from_rows`,
             or [`LMEvalProbe`]), scored with the tasks; the report shows their change from the base.
         eval_schedule: `"needed"` (default) or `"all"`; see `mergeforget_plugin.evaluation.schedule`.
+        replay: Keep a constant-size buffer of earlier tasks' training rows in the state and mix
+            them into every later task's training set ([`ReplayConfig`]); every task needs the
+            same fields. Off by default: the buffer holds training text.
+        guard: Stop, keeping the previous task's state, adapter and report, when a task's merge
+            makes an earlier task drop more than `guard.max_forgetting` ([`ForgettingGuard`];
+            `accept_regression=True` takes it anyway). Resuming retries the task.
 
     Returns:
         A [`SequenceResult`] with the final state, the adapter folder and the loss matrix.
@@ -151,9 +161,13 @@ def train_sequence(
 
     config = config if config is not None else MergeForgetConfig()
     layout = RunLayout(output_dir if output_dir is not None else args.output_dir)
-    state = check_sequence(layout, [task.name for task in tasks], config)
+    state = check_sequence(layout, [task.name for task in tasks], config, replay=replay)
     check_schedule(eval_schedule)
     eval_sets, probes = _checked_evaluation(tasks, probes)
+    if guard is not None and not eval_sets:
+        raise EvaluationError(f"{guard.where} measures forgetting on held-out rows: give the tasks eval_dataset.")
+    if replay is not None:
+        _check_replay_fields(tasks, state)
     model = _peft_model(model, peft_config, args.seed, state, len(tasks))
     if (eval_sets or probes) and processing_class is None:
         from transformers import AutoTokenizer
@@ -173,12 +187,15 @@ def train_sequence(
             probes=probes,
             eval_schedule=eval_schedule,
             sequence=[t.name for t in tasks],
+            replay=replay,
+            train_dataset=task.train_dataset,
+            guard=guard,
         )
         task_args = dataclasses.replace(args, output_dir=str(layout.task_dir(index, task.name)), **task.overrides)
         trainer = SFTTrainer(
             model=model,
             args=task_args,
-            train_dataset=task.train_dataset,
+            train_dataset=callback.train_dataset,
             eval_dataset=eval_datasets or None,
             processing_class=processing_class,
             callbacks=[callback, *(callbacks or [])],
@@ -209,6 +226,16 @@ def _checked_evaluation(tasks: list[Task], probes: list[Any] | None) -> tuple[li
         if hasattr(probe, "check_available"):
             probe.check_available()
     return eval_sets, probes
+
+
+def _check_replay_fields(tasks: list[Task], state: ContinualState | None) -> None:
+    """Before anything trains: every task's rows can be replayed into every later one (one row format)."""
+    fields = {name: sorted(rows[0]) for name, rows in (state.replay_buffer if state else {}).items() if rows}
+    for task in tasks:
+        rows = dataset_rows(task.train_dataset, f"Task {task.name!r}, train_dataset")
+        own = sorted(rows[0]) if rows else []
+        check_fields(fields, task.name, own, f"Task {task.name!r}, train_dataset (replay)")
+        fields.setdefault(task.name, own)
 
 
 def _peft_model(model: Any, peft_config: Any, seed: int, state: ContinualState | None, tasks: int) -> Any:
