@@ -27,6 +27,9 @@ mergeforget_plugin.evaluation.scoring):
   magmax        MagMax: entry-wise max-magnitude merge of SeqLoRA's updates after each task, x 0.5 (dense)
   opcm          OPCM: each task LoRA's update projected off the merged one's principal subspace, rescaled
   joint         one LoRA on the union of all tasks, T x the steps (multi-task upper bound; AA only)
+  slao+replay, seq+replay
+                slao and seq with replay (the package's ReplayConfig): a buffer of REPLAY_BUFFER_ROWS
+                earlier training rows, a fifth of every later task's rows replayed, same steps
 The merge_*, magmax and opcm rows are after every task t: the first t task LoRAs (magmax: SeqLoRA's
 first t updates) merged, post hoc, from LoRAs other methods of the same cell trained (merges.py).
 
@@ -78,6 +81,8 @@ METHODS = (
     "magmax",
     "opcm",
     "joint",
+    "slao+replay",
+    "seq+replay",
 )
 # PEFT's add_weighted_adapter over the first t task LoRAs, after every task t. TIES and DARE keep
 # the top half of each task's entries (density 0.5); the SVD variants refactor to rank r; `cat`
@@ -102,7 +107,14 @@ PACKAGE_METHODS = {
     "b_merge": {"b_init": "merge"},
     "inv": {"lambda_schedule": "inv"},
     "const": {"lambda_schedule": "constant", "lambda_constant": 0.5},
+    "slao+replay": {},
+    "seq+replay": {"strategy": "seq"},
 }
+# The replay methods' buffer: as many rows as one task trains on (the cpu presets' 64 in all,
+# whatever the number of tasks), a fifth of every later task's rows replayed. The steps per task
+# stay the same, so replay costs no extra optimizer steps, only the rows it displaces.
+REPLAY_BUFFER_ROWS = 64
+REPLAY_FRACTION = 0.2
 # Methods whose result is one row (no accuracy matrix, so no BWT/FWT).
 ONE_ROW_METHODS = ("per_task", "joint")
 # One LoRA per task from the same seeded init, then a merge that does not depend on the order
@@ -211,7 +223,10 @@ def run_merging_method(method, shared, base, tokenizer, tasks, eval_sets, args, 
             self.matrix.append(score_row(model, tokenizer, eval_sets, len(self.matrix) + 1, rows_scored))
             self.loras.append(read_lora(model))
 
+    from mergeforget_plugin import ReplayConfig
+
     config = MergeForgetConfig(**PACKAGE_METHODS[method])
+    replay = ReplayConfig(REPLAY_BUFFER_ROWS, fraction=REPLAY_FRACTION, seed=args.seed) if "+replay" in method else None
     sequence = [Task(name, Dataset.from_list(tasks[name]["train"])) for name in tasks]
     rows = ScoreRows()
     started = time.time()
@@ -225,14 +240,19 @@ def run_merging_method(method, shared, base, tokenizer, tasks, eval_sets, args, 
         peft_config=lora_config(args),
         config=config,
         callbacks=[rows],
+        replay=replay,
     )
     shared.loras_after_each_task[method] = rows.loras
-    return {
+    measured = {
         "seconds": time.time() - started,
         "zero_shot": zero_shot,
         "matrix": rows.matrix,
         "adapter_bytes": [h["adapter_bytes"] for h in result.state.history],
+        "task_seconds": [h["seconds"] for h in result.state.history],
     }
+    if replay is not None:
+        measured["replay_bytes"] = [h["replay_buffer"]["bytes"] for h in result.state.history]
+    return measured
 
 
 def run_olora(shared, base, tokenizer, tasks, eval_sets, args, out):
@@ -935,7 +955,10 @@ def print_table(results: dict, names: list[str]) -> None:
                     f"| {task} | {_points(diagonal).strip()} | {_points(base).strip()} | "
                     f"{_points(diagonal - base, True).strip()} |"
                 )
-    print(f"\nWall time: {results['wall_seconds']:.0f} s. Every matrix is in results.json.")
+    if "wall_seconds" in results:
+        print(f"\nWall time: {results['wall_seconds']:.0f} s. Every matrix is in results.json.")
+    else:  # a grid stopped before its last cell: results.json holds the cells that finished
+        print("\nNo wall time: the grid was stopped before its end. Every finished matrix is in results.json.")
 
 
 # What a run's numbers depend on besides the method, seed and order (not which methods, workers or
@@ -950,12 +973,15 @@ _BUDGET_KEYS = (
     "max_length",
     "train_size",
     "test_size",
+    "rows",
 )
+# What a results file written before a setting existed ran with.
+_BUDGET_DEFAULTS = {"rows": "lower"}
 
 
 def _budget(results: dict) -> dict:
     settings = results["settings"]
-    return {key: settings.get(key) for key in _BUDGET_KEYS} | {
+    return {key: settings.get(key, _BUDGET_DEFAULTS.get(key)) for key in _BUDGET_KEYS} | {
         "suite": settings.get("suite", "toy"),
         "model": results["model"],
     }

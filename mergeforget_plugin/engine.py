@@ -53,7 +53,7 @@ from .core.atomic import write_atomic
 from .core.export import export_adapter
 from .core.faults import pause_point
 from .core.layout import RunLayout, check_task_names
-from .core.replay import ReplayConfig, add_task, describe, replayed_rows
+from .core.replay import ReplayConfig, add_task, describe, plain_rows, replayed_rows
 from .core.slao import LoRAPair, MergeForgetConfig, merge_coefficient, merge_task, task_start_weights
 from .core.state import BaseModelFingerprint, ContinualState, LoRASignature, check_writable, load_state, save_state
 from .errors import EvaluationError, ForgettingGuardError, ReplayError, RunError, StateError
@@ -270,12 +270,20 @@ def guard_verdict(
     records: Sequence[Mapping[str, Any]],
     row: Mapping[str, Any] | None,
     finished: Sequence[str],
+    history: Sequence[Mapping[str, Any]] = (),
 ) -> list[Regression]:
     """The earlier tasks that dropped more than the guard allows in ``row``, the row just scored
-    after ``finished[-1]`` (none without a guard)."""
+    after ``finished[-1]`` (none without a guard). A drop the run accepted earlier (``history``:
+    the state's, whose records name their ``accepted_regressions``) is the task's new level: only
+    a further drop from there counts."""
     if guard is None or row is None:
         return []
-    return regressions(records, row, finished, guard.max_forgetting)
+    accepted = {
+        regression["task"]: record["task_index"]
+        for record in history
+        for regression in record.get("accepted_regressions", ())
+    }
+    return regressions(records, row, finished, guard.max_forgetting, since=accepted)
 
 
 def _norm_summary(weights: dict[str, LoRAPair]) -> dict[str, float]:
@@ -375,7 +383,7 @@ class ContinualTask:
         guard: ForgettingGuard | None = None,
     ) -> None:
         check_task_names([name])
-        if guard is not None and not eval_sets:
+        if guard is not None and not eval_sets:  # the same refusal train_sequence gives up front
             raise ForgettingGuardError(
                 f"Task {name!r}: {guard.where} needs held-out rows to measure forgetting on: give the tasks "
                 "evaluation sets, or leave the guard out."
@@ -383,7 +391,8 @@ class ContinualTask:
         if replay is not None and train_rows is None:
             raise ReplayError(f"Task {name!r}: the sequence replays, so its training rows must be given (train_rows).")
         self.replay, self.guard = replay, guard
-        self.train_rows = [dict(row) for row in train_rows] if train_rows is not None else None
+        # As the state will store them, so a run that goes on in memory replays what a resumed one does.
+        self.train_rows = plain_rows(train_rows, f"Task {name!r}, training rows") if train_rows is not None else None
         self.regressions: list[Regression] = []  # what the guard saw at this task's end
         self.layout = layout
         self.name = name
@@ -505,7 +514,8 @@ class ContinualTask:
         write_lora(model, state.merged, self.adapter_name)  # what evaluation and the framework's save see
         self.scores = self._score_row(model, self.index, state.finished_tasks)
         if self.guard is not None:  # the process that scored decides for all (no collective without a guard)
-            found = guard_verdict(self.guard, load_evaluations(self.layout), self.scores, state.finished_tasks)
+            records = load_evaluations(self.layout) if self.scores is not None else []
+            found = guard_verdict(self.guard, records, self.scores, state.finished_tasks, self.state.history)
             self.regressions = _agreed(found if self.scores is not None else [])
         if self.regressions and not self.guard.accept_regression:
             self._reject(model, state, main)
@@ -543,12 +553,13 @@ class ContinualTask:
         write_lora(model, self.state.merged, self.adapter_name)  # the adapter that stays deployed
         wait_for_everyone()
         drops = "; ".join(r.describe() for r in self.regressions)
+        levers = "more replay, " if self.state.replay is not None else ""
         raise ForgettingGuardError(
             f"Task {self.name!r} (task {self.index}) was not taken: after its merge {drops}, more than "
             f"{self.guard.where} = {limit:g} allows. The state, the adapter and the report stay at task "
             f"{self.index - 1}; the rejected LoRA and its row are in {folder}. Change how {self.name!r} trains "
-            "(replay, a lower learning rate, fewer steps) and resume to retry it, or take it anyway with "
-            "--accept-regression (accept_regression=True in Python)."
+            f"({levers}a lower learning rate, fewer steps) and run again to retry it, or take it anyway with "
+            "ForgettingGuard(..., accept_regression=True)."
         )
 
     def after_step(self, global_step: int, max_steps: int | None = None) -> None:

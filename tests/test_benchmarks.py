@@ -44,6 +44,8 @@ def test_continual_benchmark_smoke_runs_every_method_in_two_orders(tmp_path):
         "magmax",
         "opcm",
         "joint",
+        "slao+replay",
+        "seq+replay",
     ]
     runs = {(r["order"], r["method"]): r for r in results["runs"]}
     assert [r["method"] for r in results["runs"] if r["order"] == "01"] == methods
@@ -62,6 +64,12 @@ def test_continual_benchmark_smoke_runs_every_method_in_two_orders(tmp_path):
     assert runs["01", "opcm"]["adapter_bytes"][0] == runs["01", "seq"]["adapter_bytes"][0]
     sizes = [runs["01", m]["adapter_bytes"][1] for m in ("seq", "opcm", "magmax")]
     assert sizes == sorted(sizes) and len(set(sizes)) == 3
+    # Replay: the same LoRA size, and a buffer that holds the first task's rows (up to its 64) after task 1.
+    for method in ("slao+replay", "seq+replay"):
+        run_ = runs["01", method]
+        assert run_["adapter_bytes"] == runs["01", "slao"]["adapter_bytes"] and run_["replay_bytes"][0] > 0, method
+    # Task 1 replays nothing, so slao+replay's first row is slao's.
+    assert runs["01", "slao+replay"]["matrix"][0] == runs["01", "slao"]["matrix"][0]
     # After task 1 every merge of one LoRA is that LoRA: OPCM and cat score what per-task's task 1 scores.
     first = runs["01", "per_task"]["matrix"][0][0]
     assert runs["01", "opcm"]["matrix"][0][0] == pytest.approx(first) == runs["01", "merge_cat"]["matrix"][0][0]

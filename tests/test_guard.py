@@ -42,10 +42,28 @@ def test_the_task_just_trained_and_unscored_tasks_are_not_judged():
     assert regressions([row(1, {"a": 0.9})], now, ["a", "b"], limit=1) == []
 
 
+def test_an_accepted_drop_is_the_task_s_new_level():
+    stored = [row(1, {"a": 0.9}), row(2, {"a": 0.5, "b": 0.8})]
+    history = [{"task_index": 1}, {"task_index": 2, "accepted_regressions": [{"task": "a", "drop": 40.0}]}]
+    now = row(3, {"a": 0.45, "b": 0.8, "c": 0.6})
+    assert guard_verdict(ForgettingGuard(10), stored, now, ["a", "b", "c"], history) == []
+    # Without the accepted drop on record, a is 45 points below its best.
+    assert [r.task for r in guard_verdict(ForgettingGuard(10), stored, now, ["a", "b", "c"])] == ["a"]
+    lower = row(3, {"a": 0.3, "b": 0.8, "c": 0.6})
+    assert [round(r.drop, 6) for r in guard_verdict(ForgettingGuard(10), stored, lower, ["a", "b", "c"], history)] == [
+        20.0
+    ]
+
+
 def test_no_guard_no_verdict():
     now = row(2, {"a": 0.0, "b": 0.9})
     assert guard_verdict(None, [row(1, {"a": 1.0})], now, ["a", "b"]) == []
     assert [r.task for r in guard_verdict(ForgettingGuard(5), [row(1, {"a": 1.0})], now, ["a", "b"])] == ["a"]
+
+
+def test_accept_regression_must_be_a_boolean():
+    with pytest.raises(ForgettingGuardError, match="accept_regression: must be True or False"):
+        ForgettingGuard(5, accept_regression="yes")
 
 
 @pytest.mark.parametrize("limit", [0, -3, float("inf"), float("nan"), True, "5"])

@@ -15,10 +15,11 @@ def python_blocks() -> list[str]:
 
 def test_readme_has_the_trl_examples():
     blocks = python_blocks()
-    assert len(blocks) == 2 and "MergeForgetCallback" in blocks[0] and "train_sequence" in blocks[1]
+    assert len(blocks) == 3 and "MergeForgetCallback" in blocks[0] and "train_sequence" in blocks[1]
+    assert "ReplayConfig" in blocks[2] and "ForgettingGuard" in blocks[2]
 
 
-@pytest.mark.parametrize("index", [0, 1])
+@pytest.mark.parametrize("index", [0, 1, 2])
 def test_readme_python_example_runs(index, tiny_model_dir, tmp_path, monkeypatch):
     import torch
     from datasets import Dataset
@@ -39,7 +40,7 @@ def test_readme_python_example_runs(index, tiny_model_dir, tmp_path, monkeypatch
         "train_b": datasets["plurals"],
         "test_b": tests["plurals"],
     }
-    if index == 1:  # the second block continues from the first block's `model`
+    if index >= 1:  # the later blocks continue from the first block's `model`
         from peft import LoraConfig, get_peft_model
 
         namespace["model"] = get_peft_model(
@@ -53,6 +54,15 @@ def test_readme_python_example_runs(index, tiny_model_dir, tmp_path, monkeypatch
         # What a CPU-only user adds (README, "Notes for CPU runs"), plus a short budget.
         return real_config(**{"use_cpu": True, "bf16": False, "max_steps": 3, "report_to": [], **kwargs})
 
+    if index == 2:  # the replay and guard block names its tasks and arguments as the second block does
+        from mergeforget_plugin import Task
+
+        namespace["tasks"] = [
+            Task("sentiment", datasets["antonyms"], tests["antonyms"]),
+            Task("topics", datasets["plurals"], tests["plurals"]),
+        ]
+        namespace["args"] = cpu_config(output_dir="out")
+
     monkeypatch.setattr(trl, "SFTConfig", cpu_config)
     exec(compile(python_blocks()[index], f"README.md block {index}", "exec"), namespace)
 
@@ -61,3 +71,5 @@ def test_readme_python_example_runs(index, tiny_model_dir, tmp_path, monkeypatch
     state = load_state(tmp_path / "out" / "state")
     assert state.finished_tasks == (["sentiment", "topics", "qa"] if index == 0 else ["sentiment", "topics"])
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+    if index == 2:  # the buffer is in the state, at its size: 200 rows asked, the 32 the two tasks have
+        assert state.replay.buffer_rows == 200 and sum(len(rows) for rows in state.replay_buffer.values()) == 32

@@ -14,6 +14,7 @@ from mergeforget_plugin.core.replay import (
     decode,
     describe,
     encode,
+    plain_rows,
     replay_count,
     replayed_rows,
     shares,
@@ -76,6 +77,20 @@ def test_fraction_is_the_replayed_share_of_the_mixed_training_set():
     assert len(replayed) == 10 and {json.dumps(r) for r in replayed} == {json.dumps(r) for r in buffer["a"]}
     assert replayed == replayed_rows(buffer, "b", 40, config)  # seeded
     assert replayed_rows({}, "b", 40, config) == []
+
+
+def test_rows_with_line_separators_and_tasks_that_keep_no_row_survive_the_round_trip():
+    config = ReplayConfig(buffer_rows=2, count=1)
+    buffer = add_task({}, "odd", [{"prompt": "a\u2028b\x85c\u2029d", "completion": " x"}], config)
+    buffer = add_task(add_task(buffer, "b", rows("b", 3), config), "c", rows("c", 3), config)
+    assert [len(kept) for kept in buffer.values()] == [1, 1, 0]  # three tasks share two rows
+    assert decode(encode(buffer), "replay.jsonl") == buffer
+
+
+def test_rows_that_json_cannot_hold_are_refused_naming_the_row():
+    assert plain_rows([{"b": (1, 2), "a": "x"}], "here") == [{"a": "x", "b": [1, 2]}]
+    with pytest.raises(ReplayError, match=r"Task 'a', training rows, row 2: replay keeps training rows as JSON"):
+        plain_rows([{"text": "ok"}, {"image": b"\x89PNG"}], "Task 'a', training rows")
 
 
 def test_the_buffer_round_trips_through_its_bytes():

@@ -64,7 +64,7 @@ def test_the_guard_stops_a_task_that_overwrites_an_earlier_one_and_keeps_the_pre
         ForgettingGuardError, match=r"Task 'unlearn' \(task 2\) was not taken: after its merge 'learn' fell"
     ) as raised:
         train_sequence(model, tasks, args=args, processing_class=tokenizer, guard=guard)
-    assert "guard.max_forgetting = 10" in str(raised.value) and "--accept-regression" in str(raised.value)
+    assert "guard.max_forgetting = 10" in str(raised.value) and "accept_regression=True" in str(raised.value)
 
     # Nothing of the good state was overwritten: state, adapter, report and rows stay at task 1.
     state = load_state(tmp_path / "state")

@@ -115,6 +115,22 @@ def _draw_seed(seed: int, task: str) -> str:
     return f"mergeforget-replay:{seed}:{task}"
 
 
+def plain_rows(rows: Sequence[Mapping[str, Any]], where: str) -> list[dict[str, Any]]:
+    """``rows`` as the JSON the state stores them as (keys sorted, tuples as lists), so a run that
+    goes on in memory holds the same rows as one resumed from disk; a value JSON cannot hold is
+    refused before the task trains."""
+    plain = []
+    for number, row in enumerate(rows, start=1):
+        try:
+            plain.append(json.loads(json.dumps(dict(row), sort_keys=True, ensure_ascii=False)))
+        except (TypeError, ValueError) as error:
+            raise ReplayError(
+                f"{where}, row {number}: replay keeps training rows as JSON in the state, and this row cannot be "
+                f"written as JSON ({error}). Give rows of text and numbers, or turn replay off."
+            ) from error
+    return plain
+
+
 def add_task(
     buffer: Mapping[str, Sequence[Mapping[str, Any]]],
     task: str,
@@ -125,11 +141,14 @@ def add_task(
     if task in buffer:
         raise ReplayError(f"Task {task!r} is in the replay buffer already; a task's rows are added once.")
     kept = {name: list(task_rows) for name, task_rows in buffer.items()}
-    drawn = [dict(row) for row in rows]
-    random.Random(_draw_seed(config.seed, task)).shuffle(drawn)
-    kept[task] = drawn
-    for (name, task_rows), share in zip(kept.items(), shares(config.buffer_rows, len(kept)), strict=True):
-        kept[name] = task_rows[:share]
+    share = shares(config.buffer_rows, len(kept) + 1)
+    # The draw shuffles positions, not rows: the same permutation as shuffling the rows, and only
+    # the rows kept are copied.
+    order = list(range(len(rows)))
+    random.Random(_draw_seed(config.seed, task)).shuffle(order)
+    kept[task] = [dict(rows[i]) for i in order[: share[-1]]]
+    for (name, task_rows), size in zip(kept.items(), share, strict=True):
+        kept[name] = task_rows[:size]
     return kept
 
 
@@ -160,22 +179,25 @@ def replayed_rows(
 
 
 def encode(buffer: Mapping[str, Sequence[Mapping[str, Any]]]) -> bytes:
-    """The buffer as JSON lines (``{"task": ..., "row": {...}}``), the bytes the state stores."""
-    lines = [
-        json.dumps({"task": name, "row": row}, sort_keys=True, ensure_ascii=False)
-        for name in buffer
-        for row in buffer[name]
-    ]
-    return ("\n".join(lines) + "\n" if lines else "").encode()
+    """The buffer as JSON lines, the bytes the state stores: ``{"task": ..., "row": {...}}`` per row,
+    ``{"task": ...}`` for a task that keeps no row (so the tasks and their order survive a resume)."""
+    lines = []
+    for name, rows in buffer.items():
+        entries = [{"task": name, "row": row} for row in rows] or [{"task": name}]
+        lines += [json.dumps(entry, sort_keys=True, ensure_ascii=False) for entry in entries]
+    return "".join(line + "\n" for line in lines).encode()
 
 
 def decode(data: bytes, where: str) -> Buffer:
     """The buffer :func:`encode` wrote; ``where`` names the file in errors."""
     buffer: Buffer = {}
-    for number, line in enumerate(data.decode().splitlines(), start=1):
+    # Split on newlines only: str.splitlines would also split inside a row holding U+2028 or U+0085.
+    for number, line in enumerate(data.decode().split("\n")[:-1], start=1):
         try:
             entry = json.loads(line)
-            buffer.setdefault(str(entry["task"]), []).append(dict(entry["row"]))
+            rows = buffer.setdefault(str(entry["task"]), [])
+            if "row" in entry:
+                rows.append(dict(entry["row"]))
         except (ValueError, KeyError, TypeError) as error:
             raise ReplayError(f"{where}, line {number}: not a replay row ({error}).") from error
     return buffer

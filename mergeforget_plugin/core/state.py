@@ -556,5 +556,5 @@ def _fresh_copy(state: ContinualState) -> ContinualState:
         finetuned=dict(state.finetuned),
         finished_tasks=list(state.finished_tasks),
         history=list(state.history),
-        replay_buffer=dict(state.replay_buffer),
+        replay_buffer={task: [dict(row) for row in rows] for task, rows in state.replay_buffer.items()},
     )

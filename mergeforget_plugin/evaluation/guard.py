@@ -44,6 +44,8 @@ class ForgettingGuard:
                 f"{self.where}: the largest drop allowed must be a positive number of points (or nats for a "
                 f"loss), got {value!r}; for example 5 stops a task that costs an earlier one 5 accuracy points."
             )
+        if not isinstance(self.accept_regression, bool):
+            raise ForgettingGuardError(f"accept_regression: must be True or False, got {self.accept_regression!r}.")
 
 
 @dataclass(frozen=True)
@@ -84,19 +86,24 @@ def drop_of(metric: str, best: float, now: float) -> float:
 
 
 def regressions(
-    records: Sequence[Mapping[str, Any]], row: Mapping[str, Any], finished: Sequence[str], limit: float
+    records: Sequence[Mapping[str, Any]],
+    row: Mapping[str, Any],
+    finished: Sequence[str],
+    limit: float,
+    since: Mapping[str, int] | None = None,
 ) -> list[Regression]:
     """The earlier tasks of ``row`` (the row after ``finished[-1]``) that dropped more than ``limit``.
 
     ``records`` are the stored rows (normalized, by ``task_index``); task ``finished[j]`` was
     trained in row ``j + 1``, so its best is over the rows from ``j + 1`` on, ``row`` included.
+    ``since`` moves a task's first row later: the row where a drop of it was accepted.
     """
     found = []
     for position, task in enumerate(finished[:-1]):
         metric = row.get("primary_metric", {}).get(task)
         if metric is None or task not in row.get("scores", {}):
             continue  # not scored in this row
-        trained_at = position + 1
+        trained_at = max(position + 1, (since or {}).get(task, 0))
         history = [
             (record["task_index"], record["scores"][task][metric])
             for record in records

@@ -146,7 +146,12 @@ class MergeForgetCallback(TaskCallback):
         guard: ForgettingGuard | None = None,
     ) -> None:
         layout = RunLayout.of_state_dir(state_dir)
-        own = dataset_rows(train_dataset, f"Task {task_name!r}") if replay is not None else None
+        if replay is not None and train_dataset is None:
+            raise ReplayError(
+                f"Task {task_name!r}: replay draws from the task's own rows: pass them as train_dataset, and train "
+                "on the callback's train_dataset (which adds the replayed rows)."
+            )
+        own = dataset_rows(train_dataset, f"Task {task_name!r}, train_dataset") if replay is not None else None
         super().__init__(
             ContinualTask(
                 layout,

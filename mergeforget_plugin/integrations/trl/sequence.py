@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from ...core.layout import RunLayout
-from ...core.replay import ReplayConfig, check_fields
+from ...core.replay import ReplayConfig, check_fields, plain_rows
 from ...core.slao import MergeForgetConfig
 from ...core.state import ContinualState
 from ...engine import check_sequence, finish_sequence
-from ...errors import EvaluationError, StateError
+from ...errors import EvaluationError, ForgettingGuardError, StateError
 from ...evaluation.guard import ForgettingGuard
 from ...evaluation.metrics import SCORABLE
 from ...evaluation.schedule import DEFAULT_SCHEDULE, check_schedule
@@ -165,7 +165,7 @@ def train_sequence(
     check_schedule(eval_schedule)
     eval_sets, probes = _checked_evaluation(tasks, probes)
     if guard is not None and not eval_sets:
-        raise EvaluationError(f"{guard.where} measures forgetting on held-out rows: give the tasks eval_dataset.")
+        raise ForgettingGuardError(f"{guard.where} measures forgetting on held-out rows: give the tasks eval_dataset.")
     if replay is not None:
         _check_replay_fields(tasks, state)
     model = _peft_model(model, peft_config, args.seed, state, len(tasks))
@@ -232,8 +232,13 @@ def _check_replay_fields(tasks: list[Task], state: ContinualState | None) -> Non
     """Before anything trains: every task's rows can be replayed into every later one (one row format)."""
     fields = {name: sorted(rows[0]) for name, rows in (state.replay_buffer if state else {}).items() if rows}
     for task in tasks:
-        rows = dataset_rows(task.train_dataset, f"Task {task.name!r}, train_dataset")
-        own = sorted(rows[0]) if rows else []
+        where, data = f"Task {task.name!r}, train_dataset", task.train_dataset
+        if not isinstance(data, list | tuple) and not hasattr(data, "to_list"):
+            dataset_rows(data, where)  # refuses what cannot be read row by row in advance
+        # The first row stands for the rest (a Dataset has one type per column): its fields, and
+        # whether the state can keep it as JSON; the whole set is read when the task begins.
+        first = plain_rows([data[0]], where) if len(data) else []
+        own = sorted(first[0]) if first else []
         check_fields(fields, task.name, own, f"Task {task.name!r}, train_dataset (replay)")
         fields.setdefault(task.name, own)
 
