@@ -208,6 +208,11 @@ def describe(buffer: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any
     return {"rows": {name: len(rows) for name, rows in buffer.items()}, "bytes": len(encode(buffer))}
 
 
+def buffer_fields(buffer: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, list[str]]:
+    """The fields of each task's kept rows (a task's rows share one format), for :func:`check_fields`."""
+    return {task: sorted(rows[0]) for task, rows in buffer.items() if rows}
+
+
 def check_fields(buffer_fields: Mapping[str, Sequence[str]], task: str, task_fields: Sequence[str], where: str) -> None:
     """Refuse replaying into ``task`` rows whose fields differ from the task's own (``buffer_fields``:
     the fields of each earlier task's rows)."""

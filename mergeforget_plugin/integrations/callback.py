@@ -16,7 +16,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..core.layout import RunLayout
-from ..core.replay import ReplayConfig, check_fields
+from ..core.replay import ReplayConfig, buffer_fields, check_fields
 from ..core.slao import MergeForgetConfig
 from ..core.state import ContinualState, load_state
 from ..engine import ContinualTask, replay_for, training_summary
@@ -175,7 +175,7 @@ class MergeForgetCallback(TaskCallback):
             state = load_state(layout.state)
             if state is not None:
                 state.check_replay(replay, str(layout.state))
-                fields = {task: sorted(rows[0]) for task, rows in state.replay_buffer.items() if rows}
+                fields = buffer_fields(state.replay_buffer)
                 check_fields(fields, task_name, sorted(own[0]) if own else [], f"replay into {task_name!r}")
             rows = replay_for(state, task_name, len(own), replay)
             self.train_dataset, self.replayed = with_rows(train_dataset, rows), len(rows)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ...core.layout import RunLayout
-from ...core.replay import ReplayConfig, check_fields, plain_rows
+from ...core.replay import ReplayConfig, buffer_fields, check_fields, plain_rows
 from ...core.slao import MergeForgetConfig
 from ...core.state import ContinualState
 from ...engine import check_sequence, finish_sequence
@@ -230,7 +230,7 @@ def _checked_evaluation(tasks: list[Task], probes: list[Any] | None) -> tuple[li
 
 def _check_replay_fields(tasks: list[Task], state: ContinualState | None) -> None:
     """Before anything trains: every task's rows can be replayed into every later one (one row format)."""
-    fields = {name: sorted(rows[0]) for name, rows in (state.replay_buffer if state else {}).items() if rows}
+    fields = buffer_fields(state.replay_buffer) if state else {}
     for task in tasks:
         where, data = f"Task {task.name!r}, train_dataset", task.train_dataset
         if not isinstance(data, list | tuple) and not hasattr(data, "to_list"):
