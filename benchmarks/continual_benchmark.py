@@ -1012,7 +1012,10 @@ def resummarize(paths: list[Path], output: Path | None = None) -> None:
                     )
                 runs.setdefault(key, run)
         results = {**results, "command": [other["command"] for other in stored], "runs": list(runs.values())}
-        results["wall_seconds"] = sum(other["wall_seconds"] for other in stored)
+        # A file from a grid stopped early has no wall time: then the sum would be a number no run took.
+        results.pop("wall_seconds", None)
+        if all("wall_seconds" in other for other in stored):
+            results["wall_seconds"] = sum(other["wall_seconds"] for other in stored)
     names = list(results["tasks"])
     results["summary"] = summarize_runs(results["runs"], names)
     (output or paths[0]).write_text(json.dumps(results, indent=2))

@@ -559,7 +559,7 @@ class ContinualTask:
             f"{self.guard.where} = {limit:g} allows. The state, the adapter and the report stay at task "
             f"{self.index - 1}; the rejected LoRA and its row are in {folder}. Change how {self.name!r} trains "
             f"({levers}a lower learning rate, fewer steps) and run again to retry it, or take it anyway with "
-            "ForgettingGuard(..., accept_regression=True)."
+            f"{self.guard.accept_with}."
         )
 
     def after_step(self, global_step: int, max_steps: int | None = None) -> None:

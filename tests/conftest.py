@@ -24,6 +24,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), corpus)
 
 
+@pytest.fixture(scope="session")
+def learning_model_dir(tmp_path_factory) -> Path:
+    """A tiny model whose LoRA learns the weather task in a few steps (the shared one's logits barely move)."""
+    from mergeforget_plugin import build_tiny_llama
+
+    corpus = [row["prompt"] + row["completion"] for name in DEMO_TASKS for row in demo_rows(name, "train")]
+    return build_tiny_llama(tmp_path_factory.mktemp("learning-model"), corpus, initializer_range=0.3)
+
+
 @pytest.fixture
 def tiny_peft_model(tiny_model_dir):
     """A fresh float32 tiny Llama with LoRA r=4 on q_proj/v_proj."""

@@ -129,3 +129,12 @@ def read_only(directory, how: str):
     if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode != 0:
         pytest.skip("running as root on a file system without chattr +i: cannot make a read-only directory")
     return lambda: subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+def weather(swapped: bool) -> list[dict[str, str]]:
+    """Two prompts and their answers; ``swapped`` teaches the opposite answers to the same prompts."""
+    # The prompts differ in their last word, which even a tiny random model learns to read in a few steps.
+    answers = {"Wear a coat when it is hot": " no", "Wear a coat when it is cold": " yes"}
+    if swapped:
+        answers = {prompt: " yes" if answer == " no" else " no" for prompt, answer in answers.items()}
+    return [{"prompt": prompt, "completion": answer} for prompt, answer in answers.items()] * 12

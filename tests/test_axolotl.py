@@ -19,7 +19,7 @@ from mergeforget_plugin.core.environment import offline_environment  # noqa: E40
 from mergeforget_plugin.core.state import load_state, snapshot_dirs  # noqa: E402
 
 from .axolotl_helpers import mergeforget, tiny_recipe  # noqa: E402
-from .helpers import DEMO_TASKS, REPO, demo_rows, peft_model, sft_config  # noqa: E402
+from .helpers import DEMO_TASKS, REPO, demo_rows, peft_model, sft_config, weather  # noqa: E402
 
 HEADLINES = REPO / "recipes" / "data" / "generative" / "headline.test.jsonl"
 
@@ -145,6 +145,7 @@ def test_recipe_runs_three_tasks_through_axolotl_train(tmp_path, tiny_model_dir,
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("axolotl_reference_run")
 def test_kill_during_a_task_loses_nothing_and_resume_finishes(tmp_path, tiny_model_dir, axolotl_reference_run):
     recipe = tiny_recipe(tmp_path, tiny_model_dir, long_task="plurals")
     env = offline_environment()
@@ -299,6 +300,7 @@ def test_axolotl_continual_train_command_is_registered(tmp_path, tiny_model_dir)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("axolotl_reference_run")
 def test_train_with_a_baseline_trains_both_and_prints_them_side_by_side(tmp_path, axolotl_reference_run):
     # A finished SLAO run, resumed with a baseline: nothing of it retrains, the baseline trains.
     shutil.copytree(axolotl_reference_run, tmp_path, dirs_exist_ok=True)
@@ -352,6 +354,7 @@ def run_tree(root):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("axolotl_reference_run")
 def test_trl_and_axolotl_runs_of_the_same_tasks_leave_the_same_layout(
     tmp_path, tiny_model_dir, axolotl_reference_run, capsys
 ):
@@ -386,3 +389,81 @@ def test_trl_and_axolotl_runs_of_the_same_tasks_leave_the_same_layout(
         assert main(["export", str(root / "state"), str(tmp_path / f"export-{root.name}")]) == 0
     printed = capsys.readouterr().out
     assert printed.count("Finished tasks: 3; next task index: 4") == 2 and printed.count("| capitals |") >= 2
+
+
+@pytest.mark.slow
+def test_recipe_replays_earlier_rows_and_its_guard_stops_a_task_that_overwrites_an_earlier_one(
+    tmp_path, learning_model_dir
+):
+    from safetensors.torch import load_file
+
+    from mergeforget_plugin import ReplayConfig
+    from mergeforget_plugin.engine import replay_for
+
+    # Task 2 trains the same two prompts with the answers swapped: it overwrites task 1.
+    recipe_path = tiny_recipe(tmp_path, learning_model_dir, max_steps=12)
+    recipe = yaml.safe_load(recipe_path.read_text())
+    recipe["axolotl"].update(learning_rate=1e-2, micro_batch_size=4)
+    replay = {"buffer_rows": 8, "count": 4, "seed": 1}
+    recipe.update(replay=replay, guard={"max_forgetting": 10})
+    template = recipe["tasks"][0]
+    recipe["tasks"] = []
+    for name, swapped in (("learn", False), ("unlearn", True)):
+        rows = weather(swapped)
+        for split, part in (("train", rows), ("test", rows[:2])):
+            (tmp_path / f"{name}.{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in part))
+        recipe["tasks"].append(
+            {
+                "name": name,
+                "datasets": [{**template["datasets"][0], "path": str(tmp_path / f"{name}.train.jsonl")}],
+                "test_datasets": [{**template["test_datasets"][0], "path": str(tmp_path / f"{name}.test.jsonl")}],
+            }
+        )
+    recipe_path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "out"
+
+    stopped = mergeforget("train", str(recipe_path), cwd=tmp_path)
+    assert stopped.returncode != 0
+    message = stopped.stdout + stopped.stderr
+    assert "Task 'unlearn' (task 2) was not taken: after its merge 'learn' fell" in message, message[-3000:]
+    assert f"more than guard.max_forgetting in {recipe_path} = 10 allows" in message
+    assert f"mergeforget train {recipe_path} --resume --accept-regression" in message
+
+    # The state, the adapter and the rows stay at task 1 (the runner exports what was taken); the
+    # rejected LoRA and row are beside task 2.
+    assert "1 task(s) finished. Merged adapter:" in stopped.stdout
+    state = load_state(out / "state")
+    assert state.finished_tasks == ["learn"] and not (out / "evaluations" / "after-02.json").exists()
+    exported = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.equal(exported[k], v) for k, v in _peft_tensors(state.merged).items())
+    verdict = json.loads((out / "tasks" / "task-02-unlearn" / "rejected" / "verdict.json").read_text())
+    assert verdict["regressions"][0]["task"] == "learn" and verdict["regressions"][0]["drop"] > 10
+
+    # Task 2 trained on its own rows plus task 1's replayed ones: one more dataset of its Axolotl
+    # config, in its format, drawn from the state's buffer (so a resumed run writes the same rows).
+    config = yaml.safe_load((out / "configs" / "task-02-unlearn.yaml").read_text())
+    replayed_path = out / "tasks" / "task-02-unlearn" / "replayed.jsonl"
+    assert config["datasets"][1]["path"] == str(replayed_path)
+    replayed = [json.loads(line) for line in replayed_path.read_text().splitlines()]
+    assert state.replay_buffer.keys() == {"learn"} and len(state.replay_buffer["learn"]) == 8
+    assert replayed == replay_for(state, "unlearn", 24, ReplayConfig.from_mapping(replay))
+    assert len(replayed) == 4 and all(row in weather(False) for row in replayed)
+    status = mergeforget("status", str(out / "state"), cwd=tmp_path)
+    assert "learn" in status.stdout and "bytes" in status.stdout, status.stdout
+
+    # Resume with --accept-regression: the task is taken, and the history says which drop was accepted.
+    taken = mergeforget("train", str(recipe_path), "--resume", "--accept-regression", cwd=tmp_path)
+    assert taken.returncode == 0, taken.stdout[-2000:] + taken.stderr[-4000:]
+    state = load_state(out / "state")
+    assert state.finished_tasks == ["learn", "unlearn"]
+    assert [r["task"] for r in state.history[-1]["accepted_regressions"]] == ["learn"]
+    assert {name: len(rows) for name, rows in state.replay_buffer.items()} == {"learn": 4, "unlearn": 4}
+
+
+def _peft_tensors(merged):
+    """The state's merged LoRA under the names PEFT saves it with."""
+    return {
+        f"base_model.model.{name}.lora_{side}.weight": getattr(pair, side.lower())
+        for name, pair in merged.items()
+        for side in ("A", "B")
+    }

@@ -74,6 +74,7 @@ def is_running(pid: int) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("axolotl_reference_run")
 def test_every_kill_point_resumes_to_a_bit_identical_sequence(tmp_path, tiny_model_dir, axolotl_reference_run):
     assert {point for point, _ in KILLS} == set(POINTS)
     reference_dir, killed_dir = axolotl_reference_run, tmp_path / "killed"

@@ -232,3 +232,71 @@ def test_gpu_qlora_recipe_passes_the_pre_flight_with_its_gpu_settings(tmp_path):
     config = yaml.safe_load(runs[0].config_path.read_text())
     assert config["adapter"] == "qlora" and config["load_in_4bit"] is True and config["bf16"] == "auto"
     assert config["lora_mlp_kernel"] and config["lora_qkv_kernel"] and config["lora_o_kernel"]
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ({"replay": {"buffer_rows": 0, "fraction": 0.2}}, r"replay.buffer_rows: must be a positive whole number"),
+        ({"replay": {"buffer_rows": 16, "fraction": 1.0}}, r"replay.fraction: the replayed share .* \[0, 1\)"),
+        ({"replay": {"buffer_rows": 16}}, r"replay: say how much to replay"),
+        ({"replay": {"buffer_rows": 16, "fraction": 0.2, "size": 3}}, r"replay: unknown key\(s\) \['size'\]"),
+        ({"guard": {"max_forgetting": -5}}, r"guard.max_forgetting: the largest drop allowed must be a positive"),
+        ({"guard": {"max_forgetting": 5, "accept_regression": True}}, r"pass --accept-regression"),
+        ({"guard": {"max_forgetting": 5}}, r"guard: measures forgetting on held-out rows, but no task has"),
+    ],
+)
+def test_replay_and_guard_settings_are_refused_naming_the_field(block, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(minimal_recipe(**block), "recipe.yaml")
+
+
+def test_replay_needs_rows_of_one_format_in_local_json_files(tmp_path, tiny_model_dir):
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"question": "q", "answer": " a"}\n')
+    recipe = minimal_recipe(tiny_model_dir, replay={"buffer_rows": 8, "fraction": 0.2})
+    recipe["tasks"][1]["datasets"][0]["path"] = str(other)
+    with pytest.raises(
+        RecipeError,
+        match=r"task 2 \('plurals'\), datasets.0 .*other.jsonl\): task 'plurals' has the fields \['answer', "
+        r"'question'\], but task 'antonyms', whose rows would be replayed into it, has \['completion', 'prompt'\]",
+    ):
+        run_recipe(write(tmp_path, recipe), dry_run=True)
+    parquet = tmp_path / "rows.parquet"
+    parquet.write_bytes(b"PAR1")
+    recipe["tasks"][1]["datasets"][0] = {"path": str(parquet), "ds_type": "parquet", "type": "alpaca"}
+    with pytest.raises(RecipeError, match=r"task 2 \('plurals'\), datasets.0: replay keeps training rows from local"):
+        run_recipe(write(tmp_path, recipe), dry_run=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_replayed_rows_are_one_more_dataset_in_the_tasks_own_format(tmp_path, tiny_model_dir):
+    recipe = minimal_recipe(tiny_model_dir, replay={"buffer_rows": 8, "fraction": 0.2, "seed": 3})
+    paths = write_task_configs(load_recipe(write(tmp_path, recipe)))
+    first, second = (yaml.safe_load(path.read_text()) for path in paths)
+    assert len(first["datasets"]) == 1  # nothing to replay into the first task
+    own, replayed = second["datasets"]
+    assert replayed == {
+        "path": str(tmp_path / "out" / "tasks" / "task-02-plurals" / "replayed.jsonl"),
+        "ds_type": "json",
+        "type": own["type"],
+    }
+    assert second["mergeforget"]["replay"] == {"buffer_rows": 8, "fraction": 0.2, "count": None, "seed": 3}
+    assert second["mergeforget"]["train_files"] == [own["path"]]
+    assert "writes" in paths[1].read_text().splitlines()[2]  # the header says where the rows come from
+
+
+def test_accept_regression_needs_a_guard_and_reaches_every_task_config(tmp_path, tiny_model_dir):
+    from mergeforget_plugin.integrations.axolotl.options import run_arguments
+
+    path = write(tmp_path, minimal_recipe(tiny_model_dir))
+    with pytest.raises(RecipeError, match="--accept-regression takes a task the guard refused, but .* sets no guard"):
+        run_recipe(path, **{**run_arguments({}), "accept_regression": True})
+    recipe = minimal_recipe(tiny_model_dir, guard={"max_forgetting": 5})
+    for task in recipe["tasks"]:
+        task["test_datasets"] = [{**task["datasets"][0], "split": "train"}]
+    loaded = load_recipe(write(tmp_path, recipe))
+    guard = task_config(loaded, 2, accept_regression=True)["mergeforget"]["guard"]
+    assert guard["max_forgetting"] == 5 and guard["accept_regression"] is True
+    assert "--resume --accept-regression" in guard["accept_with"]
+    assert task_config(loaded, 2)["mergeforget"]["guard"]["accept_regression"] is False

@@ -20,27 +20,9 @@ from mergeforget_plugin.core.state import REPLAY_FILE, load_state, snapshot_dirs
 from mergeforget_plugin.errors import ForgettingGuardError, ReplayError
 from mergeforget_plugin.peft_bridge import read_lora
 
-from .helpers import DEMO_TASKS, demo_rows, demo_tasks, peft_model, sft_config
+from .helpers import demo_tasks, peft_model, sft_config, weather
 
 SCRIPT = Path(__file__).with_name("replay_sequence_script.py")
-
-
-def weather(swapped: bool) -> list[dict[str, str]]:
-    """Two prompts and their answers; ``swapped`` teaches the opposite answers to the same prompts."""
-    # The prompts differ in their last word, which even a tiny random model learns to read in a few steps.
-    answers = {"Wear a coat when it is hot": " no", "Wear a coat when it is cold": " yes"}
-    if swapped:
-        answers = {prompt: " yes" if answer == " no" else " no" for prompt, answer in answers.items()}
-    return [{"prompt": prompt, "completion": answer} for prompt, answer in answers.items()] * 12
-
-
-@pytest.fixture(scope="module")
-def learning_model_dir(tmp_path_factory) -> Path:
-    """A tiny model whose LoRA learns the weather task in a few steps (the shared one's logits barely move)."""
-    from mergeforget_plugin import build_tiny_llama
-
-    corpus = [row["prompt"] + row["completion"] for name in DEMO_TASKS for row in demo_rows(name, "train")]
-    return build_tiny_llama(tmp_path_factory.mktemp("learning-model"), corpus, initializer_range=0.3)
 
 
 def test_the_guard_stops_a_task_that_overwrites_an_earlier_one_and_keeps_the_previous_adapter(

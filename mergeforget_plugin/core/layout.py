@@ -161,3 +161,8 @@ class RunLayout:
         """What the forgetting guard turned down for a task: ``merged.safetensors`` (the merged LoRA
         it would have deployed), ``evaluation.json`` (its row) and ``verdict.json`` (the drops)."""
         return self.task_dir(index, name) / "rejected"
+
+    def replayed_rows(self, index: int, name: str) -> Path:
+        """The earlier tasks' rows a recipe task trains on beside its own (JSON Lines, one more
+        dataset of its Axolotl config), written from the state just before the task starts."""
+        return self.task_dir(index, name) / "replayed.jsonl"

@@ -31,11 +31,14 @@ class ForgettingGuard:
         accept_regression: Take a task that breaks the limit anyway (its regressions are recorded
             in the state's history).
         where: Where the limit is set, for error messages.
+        accept_with: How the user of this adapter takes a refused task anyway, for error messages
+            (the recipe runner names its ``--accept-regression``).
     """
 
     max_forgetting: float
     accept_regression: bool = False
     where: str = "guard.max_forgetting"
+    accept_with: str = "ForgettingGuard(..., accept_regression=True)"
 
     def __post_init__(self) -> None:
         value = self.max_forgetting
@@ -46,6 +49,22 @@ class ForgettingGuard:
             )
         if not isinstance(self.accept_regression, bool):
             raise ForgettingGuardError(f"accept_regression: must be True or False, got {self.accept_regression!r}.")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], where: str = "guard", known: Sequence[str] = ()) -> ForgettingGuard:
+        """From a recipe's or a plugin block's ``guard`` mapping (``known``: the keys it may hold,
+        default every field), refusing unknown keys by name."""
+        known = tuple(known) or ("max_forgetting", "accept_regression", "where", "accept_with")
+        if not isinstance(data, Mapping):
+            raise ForgettingGuardError(f"{where}: must be a mapping with max_forgetting, got {data!r}.")
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ForgettingGuardError(f"{where}: unknown key(s) {unknown}; known: {', '.join(sorted(known))}.")
+        if "max_forgetting" not in data:
+            raise ForgettingGuardError(
+                f"{where}.max_forgetting: missing; say how many points an earlier task may drop (5, say)."
+            )
+        return cls(**{"where": f"{where}.max_forgetting", **data})
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,11 @@ from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from ...core.replay import ReplayConfig
 from ...core.slao import MergeForgetConfig
 from ...core.state import pickled_adapter_problem
+from ...errors import MergeForgetError
+from ...evaluation.guard import ForgettingGuard
 from ...evaluation.scoring import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP, EvalSet, eval_set_from_rows, read_rows
 
 
@@ -194,6 +197,49 @@ class MergeForgetSettings(StrategySettings):  # type: ignore[misc, valid-type]
     sequence: list[str] | None = Field(
         None, description="every task name of the sequence in order (default: the tasks of `evaluation`)"
     )
+    replay: dict[str, Any] | None = Field(
+        None,
+        description="keep a buffer of training rows in the state (buffer_rows, fraction or count, seed; "
+        "ReplayConfig): the recipe runner sets it and adds the replayed rows as one more dataset",
+    )
+    train_files: list[str] = Field(
+        default_factory=list,
+        description="this task's own training rows (JSON or JSON Lines), which replay draws into the buffer",
+    )
+    guard: dict[str, Any] | None = Field(
+        None,
+        description="the forgetting guard (max_forgetting, accept_regression; ForgettingGuard): refuse this task "
+        "when its merge makes an earlier task drop more than max_forgetting",
+    )
+
+    @model_validator(mode="after")
+    def _levers(self) -> MergeForgetSettings:
+        # Built once here so a bad block stops Axolotl's config validation, not the task's end.
+        try:
+            self.replay_config()
+            self.forgetting_guard()
+        except MergeForgetError as error:  # a ValueError is what pydantic reports as the field's problem
+            raise ValueError(str(error)) from None
+        if self.replay is not None and not self.train_files:
+            raise ValueError(
+                "mergeforget.replay needs mergeforget.train_files, the task's own training rows (JSON or JSON "
+                "Lines) that the buffer keeps; the recipe runner writes both"
+            )
+        if self.guard is not None and not self.evaluation:
+            raise ValueError("mergeforget.guard measures forgetting on held-out rows: give mergeforget.evaluation")
+        return self
+
+    def replay_config(self) -> ReplayConfig | None:
+        return None if self.replay is None else ReplayConfig.from_mapping(self.replay, "mergeforget.replay")
+
+    def forgetting_guard(self) -> ForgettingGuard | None:
+        return None if self.guard is None else ForgettingGuard.from_mapping(self.guard, "mergeforget.guard")
+
+    def train_rows(self) -> list[dict[str, Any]] | None:
+        """The task's own training rows, when the sequence replays (read from ``train_files``)."""
+        if self.replay is None:
+            return None
+        return [row for path in self.train_files for row in read_rows(path)]
 
 
 class MergeForgetArgs(BaseModel):

@@ -45,6 +45,12 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
         metavar="N",
     ),
     TrainOption(
+        "--accept-regression",
+        "accept_regression",
+        "take the task the recipe's guard refused (with --resume): its drops are recorded in the state's history",
+        is_flag=True,
+    ),
+    TrainOption(
         "--baseline",
         "baseline",
         "then train the same tasks with this strategy into OUTPUT-BASELINE (OUTPUT: the first run's "

@@ -63,6 +63,9 @@ class MergeForgetPlugin(BasePlugin):
             probes=probes,
             eval_schedule=settings.eval_schedule,
             sequence=settings.sequence,
+            replay=settings.replay_config(),
+            train_rows=settings.train_rows(),
+            guard=settings.forgetting_guard(),
         )
         tokenizer = None
         if eval_sets or probes:

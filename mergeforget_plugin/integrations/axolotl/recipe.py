@@ -6,6 +6,8 @@ output_dir: ../outputs/demo          # relative paths are relative to this file
 base_config: my-axolotl-config.yaml  # model, LoRA and trainer settings shared by all tasks
 axolotl: {learning_rate: 5.0e-4}     # optional keys applied on top of base_config
 mergeforget: {strategy: slao}        # MergeForgetConfig fields
+replay: {buffer_rows: 64, fraction: 0.2}  # optional: mix earlier tasks' rows into later ones
+guard: {max_forgetting: 5}           # optional: stop when an earlier task drops more than 5 points
 tasks:
   - name: antonyms
     datasets: [{path: data/demo/antonyms.train.jsonl, ds_type: json, type: ...}]
@@ -27,8 +29,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ...core.layout import RunLayout, repeated_names, task_name_problem
+from ...core.replay import ReplayConfig, check_fields, replay_count
 from ...core.state import pickled_adapter_problem
 from ...errors import MergeForgetError, RecipeError
+from ...evaluation.guard import ForgettingGuard
 from ...evaluation.schedule import DEFAULT_SCHEDULE
 from .args import EvalSettings, EvalSpec, ProbeSpec, StrategySettings
 
@@ -131,6 +135,41 @@ class Recipe(BaseModel):
         default_factory=list, description="evaluation-only sets never trained on, scored after every task"
     )
     eval: SequenceEvalSettings = Field(default_factory=SequenceEvalSettings, description="the evaluation schedule")
+    replay: dict[str, Any] | None = Field(
+        None,
+        description="mix rows of earlier tasks into each later task: buffer_rows (rows kept in all, in the state), "
+        "fraction (the replayed share of a task's rows) or count, seed. Off by default; the buffer holds training text",
+    )
+    guard: dict[str, Any] | None = Field(
+        None,
+        description="max_forgetting: stop the run, keeping the previous task's state, adapter and report, when a "
+        "task's merge makes an earlier task drop more than this from its best (points; nats for a loss)",
+    )
+
+    @field_validator("replay")
+    @classmethod
+    def _replay(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                ReplayConfig.from_mapping(value, "replay")
+            except MergeForgetError as error:
+                raise ValueError(str(error)) from None
+        return value
+
+    @field_validator("guard")
+    @classmethod
+    def _guard(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            if isinstance(value, dict) and "accept_regression" in value:
+                raise ValueError(
+                    "guard.accept_regression: a recipe does not take regressions for good; pass --accept-regression "
+                    "to the run that should take the task the guard refused"
+                )
+            try:
+                ForgettingGuard.from_mapping(value, "guard", known=("max_forgetting",))
+            except MergeForgetError as error:
+                raise ValueError(str(error)) from None
+        return value
 
     @model_validator(mode="after")
     def _unique_names(self) -> Recipe:
@@ -151,6 +190,11 @@ class Recipe(BaseModel):
                     f"tasks[{index}] ({task.name!r}) eval: {metrics} score held-out rows with references, but the task "
                     "has no test_datasets; add them or leave eval.metric(s) out"
                 )
+        if self.guard is not None and not any(task.test_datasets for task in self.tasks):
+            raise ValueError(
+                "guard: measures forgetting on held-out rows, but no task has test_datasets; add them or leave the "
+                "guard out"
+            )
         if not self.base_config and "base_model" not in self.axolotl:
             raise ValueError("give base_config (an Axolotl YAML) or at least axolotl.base_model")
         runner = sorted(RUNNER_KEYS & set(self.axolotl))
@@ -173,12 +217,13 @@ def _format_validation_error(error: ValidationError, recipe: dict[str, Any] | No
             where = f"{label}, {field}"
         else:
             where = ".".join(str(part) for part in location) or "recipe"
-        message = problem["msg"]
+        message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see the recipe format in the README)"
         elif problem["type"] == "missing":
             message = "required, but missing"
-        lines.append(f"  - {where}: {message.removeprefix('Value error, ')}")
+        # A message that names its own field (replay.fraction: ...) is not prefixed a second time.
+        lines.append(f"  - {message}" if message.startswith(where) else f"  - {where}: {message}")
     return f"{source} is not a valid recipe:\n" + "\n".join(lines)
 
 
@@ -211,6 +256,72 @@ class LoadedRecipe:
         self.path = path
         self.root = path.parent
         self._base: dict[str, Any] | None = None  # the base config, read once (see base_axolotl_config)
+        self._row_counts: dict[int, int] = {}  # training rows per task, counted once
+
+    @property
+    def replay(self) -> ReplayConfig | None:
+        """The recipe's replay settings (``None``: replay is off)."""
+        if self.recipe.replay is None:
+            return None
+        return ReplayConfig.from_mapping(self.recipe.replay, f"replay in {self.path}")
+
+    def guard_settings(self, accept_regression: bool = False) -> dict[str, Any] | None:
+        """The ``guard`` block each task's plugin gets (``None``: no guard); ``accept_regression``
+        is the command line's ``--accept-regression``."""
+        if self.recipe.guard is None:
+            return None
+        return {
+            "max_forgetting": self.recipe.guard["max_forgetting"],
+            "accept_regression": accept_regression,
+            "where": f"guard.max_forgetting in {self.path}",
+            "accept_with": f"`mergeforget train {self.path} --resume --accept-regression`",
+        }
+
+    def train_files(self, index: int) -> list[Path]:
+        """The training files of task ``index`` (1-based), resolved."""
+        return [self.resolve(entry["path"]) for entry in self.recipe.tasks[index - 1].datasets]
+
+    def train_row_count(self, index: int) -> int:
+        """How many training rows task ``index`` (1-based) has in its local JSON (Lines) files."""
+        from ...evaluation.scoring import check_rows
+
+        if index not in self._row_counts:
+            self._row_counts[index] = sum(check_rows(path) for path in self.train_files(index))
+        return self._row_counts[index]
+
+    def replayed_row_count(self, index: int) -> int:
+        """How many replayed rows task ``index`` (1-based) trains on beside its own (0 without replay)."""
+        replay = self.replay
+        if replay is None or index == 1:
+            return 0
+        return replay_count(self.train_row_count(index), replay, buffered=1)
+
+    def replay_problems(self) -> list[str]:
+        """Why the recipe's tasks cannot replay into each other: every training file must be local JSON
+        or JSON Lines (the buffer keeps rows as JSON), and every task's rows must have the same fields,
+        since any task's rows are replayed into every later one in that task's own format."""
+        if self.recipe.replay is None:
+            return []
+        from ...evaluation.scoring import read_rows
+
+        problems: list[str] = []
+        fields: dict[str, list[str]] = {}  # of the tasks checked so far
+        for index, task in enumerate(self.recipe.tasks, start=1):
+            for number, path in enumerate(self.train_files(index)):
+                where = f"task {index} ({task.name!r}), datasets.{number}"
+                if path.suffix not in (".json", ".jsonl") or not path.is_file():
+                    problems.append(
+                        f"{where}: replay keeps training rows from local JSON or JSON Lines files, and {path} is "
+                        "not one; convert it, or leave replay out"
+                    )
+                    continue
+                own = sorted(read_rows(path)[0])
+                try:
+                    check_fields(fields, task.name, own, f"{where} ({path})")
+                except MergeForgetError as error:
+                    problems.append(str(error))
+                fields.setdefault(task.name, own)
+        return problems
 
     def resolve(self, value: str) -> Path:
         candidate = Path(os.path.expanduser(value))
@@ -398,6 +509,9 @@ def load_recipe(path: str | os.PathLike[str], *, check_files: bool = True) -> Lo
         data = loaded.data_problems()
         if data:
             raise RecipeError(f"{recipe_path} names data that cannot be read or scored:\n  - " + "\n  - ".join(data))
+        replay = loaded.replay_problems()
+        if replay:
+            raise RecipeError(f"{recipe_path} cannot replay its tasks' rows:\n  - " + "\n  - ".join(replay))
         settings = loaded.setting_problems()
         if settings:
             raise RecipeError(f"{recipe_path} has settings no task can train with:\n  - " + "\n  - ".join(settings))

@@ -28,6 +28,7 @@ import yaml
 from ...core.atomic import write_atomic
 from ...core.environment import offline_environment
 from ...core.layout import RunLayout
+from ...core.replay import buffer_fields, check_fields
 from ...core.state import (
     BaseModelFingerprint,
     ContinualState,
@@ -39,8 +40,8 @@ from ...core.state import (
     tidy_state_dir,
 )
 from ...data.models import resolve_model_reference
-from ...engine import check_sequence, finish_sequence
-from ...errors import RecipeError, RunError, StateError
+from ...engine import check_sequence, finish_sequence, replay_for
+from ...errors import ForgettingGuardError, MergeForgetError, RecipeError, RunError, StateError
 from .failure import FAILURE_FILE_VARIABLE, describe_failure, read_failure
 from .recipe import LoadedRecipe, load_recipe
 
@@ -119,13 +120,45 @@ def base_config(loaded: LoadedRecipe) -> dict[str, Any]:
     return base
 
 
-def task_config(loaded: LoadedRecipe, index: int, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The complete Axolotl config for task ``index`` (1-based) of the recipe."""
+# Keys of a task's first dataset entry that say where its rows are, not how they read: the
+# replayed rows' entry takes the rest (the task's own format) with its own local path.
+_SOURCE_KEYS = ("path", "data_files", "name", "revision", "split", "shards", "ds_type")
+
+
+def replayed_dataset(loaded: LoadedRecipe, index: int) -> dict[str, Any] | None:
+    """The dataset entry of task ``index``'s replayed rows (``None`` when it replays none): the rows
+    are written from the state just before the task starts (:func:`write_replayed_rows`)."""
+    if loaded.replayed_row_count(index) == 0:
+        return None
+    task = loaded.recipe.tasks[index - 1]
+    own = {key: value for key, value in task.datasets[0].items() if key not in _SOURCE_KEYS}
+    return {"path": str(loaded.layout.replayed_rows(index, task.name)), "ds_type": "json", **own}
+
+
+def write_replayed_rows(loaded: LoadedRecipe, index: int) -> Path | None:
+    """Write the rows task ``index`` replays, drawn from the state the earlier tasks left: a function
+    of that state, so a resumed run writes the same rows an uninterrupted one did."""
+    if replayed_dataset(loaded, index) is None:
+        return None
+    task = loaded.recipe.tasks[index - 1]
+    rows = replay_for(load_state(loaded.layout.state), task.name, loaded.train_row_count(index), loaded.replay)
+    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return write_atomic(loaded.layout.replayed_rows(index, task.name), lines)
+
+
+def task_config(
+    loaded: LoadedRecipe, index: int, base: dict[str, Any] | None = None, *, accept_regression: bool = False
+) -> dict[str, Any]:
+    """The complete Axolotl config for task ``index`` (1-based) of the recipe (``accept_regression``:
+    the guard takes a task whose merge breaks its limit)."""
     recipe, layout = loaded.recipe, loaded.layout
     task = recipe.tasks[index - 1]
     config = dict(base if base is not None else base_config(loaded))
     config.update(task.overrides)
     config["datasets"] = [{**entry, "path": str(loaded.resolve(entry["path"]))} for entry in task.datasets]
+    replayed = replayed_dataset(loaded, index)
+    if replayed is not None:
+        config["datasets"].append(replayed)
     if task.test_datasets:
         config["test_datasets"] = [
             {**entry, "path": str(loaded.resolve(entry["path"]))} for entry in task.test_datasets
@@ -146,10 +179,18 @@ def task_config(loaded: LoadedRecipe, index: int, base: dict[str, Any] | None = 
         "eval_schedule": recipe.eval.schedule,
         "sequence": [entry.name for entry in recipe.tasks],
     }
+    if loaded.replay is not None:
+        config["mergeforget"]["replay"] = loaded.replay.to_dict()
+        config["mergeforget"]["train_files"] = [str(path) for path in loaded.train_files(index)]
+    guard = loaded.guard_settings(accept_regression)
+    if guard is not None:
+        config["mergeforget"]["guard"] = guard
     return config
 
 
-def write_task_configs(loaded: LoadedRecipe, base: dict[str, Any] | None = None) -> list[Path]:
+def write_task_configs(
+    loaded: LoadedRecipe, base: dict[str, Any] | None = None, *, accept_regression: bool = False
+) -> list[Path]:
     """Write one Axolotl YAML per task into the layout's ``configs/`` and return their paths
     (``base``: :func:`base_config`'s result when the caller has it)."""
     base = base if base is not None else base_config(loaded)
@@ -158,7 +199,10 @@ def write_task_configs(loaded: LoadedRecipe, base: dict[str, Any] | None = None)
     for index, task in enumerate(tasks, start=1):
         path = loaded.layout.task_config(index, task.name)
         header = f"# Task {index} of {len(tasks)} of {loaded.path}\n# Run by hand: axolotl train {path}\n"
-        body = yaml.dump(task_config(loaded, index, base), Dumper=_PlainDumper, sort_keys=False)
+        if replayed_dataset(loaded, index) is not None:
+            header += f"# (the runner writes {loaded.layout.replayed_rows(index, task.name)} from the state first)\n"
+        config = task_config(loaded, index, base, accept_regression=accept_regression)
+        body = yaml.dump(config, Dumper=_PlainDumper, sort_keys=False)
         paths.append(write_atomic(path, header + body))
     return paths
 
@@ -337,9 +381,29 @@ def _checked_state(loaded: LoadedRecipe, base: dict[str, Any], resume: bool) -> 
             state=state,
             declared=declared_setup(base, state),
             declared_in="the recipe's Axolotl settings",
+            replay=loaded.replay,
         )
+        _check_buffer_fields(loaded, state)
     check_writable(layout.root, "output directory")
     return state
+
+
+def _check_buffer_fields(loaded: LoadedRecipe, state: ContinualState) -> None:
+    """On resume, the rows the state's buffer holds must read as every unfinished task's rows do
+    (the recipe's files may have changed since the earlier tasks trained)."""
+    from ...evaluation.scoring import read_rows
+
+    fields = buffer_fields(state.replay_buffer)
+    if loaded.replay is None or not fields:
+        return
+    for index, task in enumerate(loaded.recipe.tasks, start=1):
+        if task.name in state.finished_tasks:
+            continue
+        own = sorted(read_rows(loaded.train_files(index)[0])[0])
+        try:
+            check_fields(fields, task.name, own, f"{loaded.path}: task {index} ({task.name!r}), datasets.0")
+        except MergeForgetError as error:
+            raise RecipeError(f"{error} (the rows are in {loaded.layout.state}'s replay buffer)") from None
 
 
 def _training_environment() -> dict[str, str]:
@@ -354,15 +418,18 @@ def plan_run(
     resume: bool = False,
     strategy: str | None = None,
     output_dir: str | os.PathLike[str] | None = None,
+    accept_regression: bool = False,
 ) -> RunPlan:
     """Every check a run makes before it trains, each file read once: the recipe, the model, the
     state, the per-task configs (written) and Axolotl's own validation of them."""
     loaded = load_recipe(recipe_path).with_overrides(
         strategy=strategy, output_dir=None if output_dir is None else str(output_dir)
     )
+    if accept_regression and loaded.recipe.guard is None:
+        raise RecipeError(f"--accept-regression takes a task the guard refused, but {loaded.path} sets no guard.")
     base = base_config(loaded)
     state = _checked_state(loaded, base, resume)
-    config_paths = write_task_configs(loaded, base)
+    config_paths = write_task_configs(loaded, base, accept_regression=accept_regression)
     environment = _training_environment()
     check_axolotl_configs(loaded, config_paths, environment)
     runs = [
@@ -388,6 +455,7 @@ def _train_task(
     run.output_dir.mkdir(parents=True, exist_ok=True)
     for stale in (layout.task_progress(run.index, run.name), layout.task_failure(run.index, run.name)):
         stale.unlink(missing_ok=True)  # a killed attempt's
+    write_replayed_rows(plan.loaded, run.index)
     log_path, failure_path = layout.task_log(run.index, run.name), layout.task_failure(run.index, run.name)
     started = time.time()
     with open(log_path, "w") as log:
@@ -403,6 +471,9 @@ def _train_task(
             progress.poll(run)
             time.sleep(0.5)
     run.seconds = time.time() - started
+    record = read_failure(failure_path) if returncode != 0 else None
+    if record is not None and record.get("error") == ForgettingGuardError.__name__:
+        raise ForgettingGuardError(record["message"])  # the guard's own sentence: what stayed, how to go on
     if returncode != 0 or run.name not in finished_task_names(layout.state):
         raise RunError(
             f"Task {run.index} ({run.name}) did not finish (axolotl exited with {returncode}). "
@@ -438,13 +509,18 @@ def _train_tasks(
         os.close(lock)
 
 
-def _finish(plan: RunPlan, echo: Callable[[str], None]) -> None:
+def _finish(plan: RunPlan, echo: Callable[[str], None], *, stopped: bool = False) -> None:
+    """The merged adapter and the report of the state's finished tasks (``stopped``: the guard
+    refused the next task, so these are the last tasks it took)."""
     layout = plan.layout
     final = load_state(layout.state)
     if final is None:
+        if stopped:
+            return  # the guard cannot refuse task 1: nothing to measure forgetting on
         raise StateError(f"No state in {layout.state} after the run.")
     reports = finish_sequence(layout, final, recipe=str(plan.loaded.path))
-    echo(f"All {len(final.finished_tasks)} task(s) finished. Merged adapter: {layout.adapter}")
+    done = f"{len(final.finished_tasks)} task(s)" if stopped else f"All {len(final.finished_tasks)} task(s)"
+    echo(f"{done} finished. Merged adapter: {layout.adapter}")
     echo(f"Report: {', '.join(str(path) for path in reports)}")
 
 
@@ -473,6 +549,7 @@ def run_recipe(
     output_dir: str | os.PathLike[str] | None = None,
     processes: int | None = None,
     baseline: str | None = None,
+    accept_regression: bool = False,
 ) -> list[TaskRun]:
     """Validate the recipe, then train every unfinished task with ``axolotl train``.
 
@@ -484,16 +561,26 @@ def run_recipe(
     ``--launcher torchrun`` (one per GPU, sharing the recipe's ``deepspeed`` or ``fsdp_config``);
     ``None`` runs one plain process (``--launcher python``). ``baseline`` then trains the same
     tasks with that strategy into :func:`baseline_dir` and echoes both runs side by side.
+    ``accept_regression`` lets the recipe's guard take a task whose merge breaks its limit (the
+    drops are recorded in the state's history); without it such a task stops the run with a
+    :class:`~mergeforget_plugin.errors.ForgettingGuardError`, the earlier tasks kept.
     ``echo`` prints the runner's own lines (default: above the progress bar, on stdout); the
     training processes' output goes to each task's log, or to the console with ``stream_output``.
     """
     if processes is not None and processes < 1:
         raise RunError(f"--nproc-per-node must be at least 1, got {processes}.")
-    plan = plan_run(recipe_path, resume=resume, strategy=strategy, output_dir=output_dir)
+    plan = plan_run(
+        recipe_path, resume=resume, strategy=strategy, output_dir=output_dir, accept_regression=accept_regression
+    )
     if dry_run:
         _echo_dry_run(plan, echo or print)
         return plan.runs
-    _train_tasks(plan, echo, stream_output=bool(stream_output), processes=processes)
+    try:
+        _train_tasks(plan, echo, stream_output=bool(stream_output), processes=processes)
+    except ForgettingGuardError:
+        # The adapter and the report a user deploys and reads are those of the tasks taken so far.
+        _finish(plan, echo or print, stopped=True)
+        raise
     _finish(plan, echo or print)
     if baseline is not None:
         second = baseline_dir(plan.layout.root, baseline)
@@ -505,6 +592,7 @@ def run_recipe(
             strategy=baseline,
             output_dir=second,
             processes=processes,
+            accept_regression=accept_regression,
         )
         from ...evaluation.report import compare_runs
 
