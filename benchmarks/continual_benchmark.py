@@ -880,22 +880,30 @@ def summarize_runs(runs: list[dict], names: list[str]) -> dict:
             }
             entry["order_disparity"] = order_disparity(by_order)
         summary["methods"][method] = entry
+    def paired(first_method: str, second_method: str) -> dict:
+        """first − second, AA and BWT, over the (seed, order) runs both have."""
+        found = {}
+        for key in ("average_accuracy", "bwt"):
+            first, second = values(first_method, key), values(second_method, key)
+            if set(first) & set(second):
+                found[key] = {
+                    "over_seeds": paired_over_seeds(first, second),
+                    "signs": sign_count(first, second),
+                    "seed_x_order": paired_difference(first, second),
+                }
+        return found
+
     if "slao" in by_method:
         for method in by_method:
-            if method == "slao":
-                continue
-            paired = {}
-            for key in ("average_accuracy", "bwt"):
-                first, second = values("slao", key), values(method, key)
-                if set(first) & set(second):
-                    paired[key] = {
-                        "over_seeds": paired_over_seeds(first, second),
-                        "signs": sign_count(first, second),
-                        "seed_x_order": paired_difference(first, second),
-                    }
-            summary["versus_slao"][method] = paired
+            if method != "slao":
+                summary["versus_slao"][method] = paired("slao", method)
         if "seq" in summary["versus_slao"]:
             summary["slao_minus_seq"] = summary["versus_slao"]["seq"]
+    # What replay changes: each replay method minus the same method without it.
+    replays = {method: method.removesuffix("+replay") for method in by_method if method.endswith("+replay")}
+    replay_pairs = {method: paired(method, plain) for method, plain in replays.items() if plain in by_method}
+    if replay_pairs:  # (summaries of grids without replay keep their form)
+        summary["replay_minus_plain"] = replay_pairs
     return summary
 
 
@@ -943,6 +951,19 @@ def print_table(results: dict, names: list[str]) -> None:
             print(
                 f"| {method} | {_interval(aa['over_seeds'], True)} | {wins} | "
                 f"{_interval(aa['seed_x_order'], True)} | {bwt} |"
+            )
+    if summary.get("replay_minus_plain"):
+        print("\nEach replay method minus the same method without replay, paired by seed and order, points:")
+        print("| method | AA, over seeds | wins / ties / losses | AA, seeds x orders | BWT, over seeds |")
+        print("|---|---|---|---|---|")
+        for method, found in summary["replay_minus_plain"].items():
+            if "average_accuracy" not in found:
+                continue
+            aa, signs = found["average_accuracy"], found["average_accuracy"]["signs"]
+            bwt = _interval(found["bwt"]["over_seeds"], True) if "bwt" in found else "n/a"
+            print(
+                f"| {method} | {_interval(aa['over_seeds'], True)} | {signs['wins']} / {signs['ties']} / "
+                f"{signs['losses']} | {_interval(aa['seed_x_order'], True)} | {bwt} |"
             )
     if "seq" in summary["methods"]:
         entry = summary["methods"]["seq"]

@@ -99,6 +99,15 @@ def test_continual_benchmark_smoke_runs_every_method_in_two_orders(tmp_path):
     assert set(summary["versus_slao"]) == set(methods) - {"slao"}
     assert "| slao | 1 |" in completed.stdout and "| merge_ties | 1 |" in completed.stdout
     assert "SLAO minus each method, paired by seed and order" in completed.stdout
+    # What replay changes, paired with the same method without it.
+    gain = summary["replay_minus_plain"]["slao+replay"]["average_accuracy"]["seed_x_order"]
+    replay_differences = [
+        runs[o, "slao+replay"]["metrics"]["average_accuracy"] - runs[o, "slao"]["metrics"]["average_accuracy"]
+        for o in ("01", "10")
+    ]
+    assert set(summary["replay_minus_plain"]) == {"slao+replay", "seq+replay"}
+    assert gain["n"] == 2 and gain["mean"] == pytest.approx(sum(replay_differences) / 2)
+    assert "Each replay method minus the same method without replay" in completed.stdout
 
 
 def test_continual_benchmark_cells_run_in_worker_processes(tmp_path):
