@@ -916,6 +916,22 @@ def _interval(summary: dict | None, signed: bool = False) -> str:
     return f"{text} [{_points(summary['low'], signed).strip()}, {_points(summary['high'], signed).strip()}]"
 
 
+def _print_paired(title: str, wins_label: str, pairs: dict) -> None:
+    """One table of paired differences (``summarize_runs``' ``paired``: AA and BWT per method)."""
+    print(f"\n{title}, paired by seed and order, points:")
+    print(f"| method | AA, over seeds | {wins_label} / ties / losses | AA, seeds x orders | BWT, over seeds |")
+    print("|---|---|---|---|---|")
+    for method, paired in pairs.items():
+        if "average_accuracy" not in paired:
+            continue
+        aa, signs = paired["average_accuracy"], paired["average_accuracy"]["signs"]
+        bwt = _interval(paired["bwt"]["over_seeds"], True) if "bwt" in paired else "n/a"
+        print(
+            f"| {method} | {_interval(aa['over_seeds'], True)} | {signs['wins']} / {signs['ties']} / "
+            f"{signs['losses']} | {_interval(aa['seed_x_order'], True)} | {bwt} |"
+        )
+
+
 def print_table(results: dict, names: list[str]) -> None:
     summary = results["summary"]
     seeds = sorted({r["seed"] for r in results["runs"]})
@@ -939,32 +955,11 @@ def print_table(results: dict, names: list[str]) -> None:
             f"{first['adapter_bytes'][0]} / {first['adapter_bytes'][-1]} |"
         )
     if summary.get("versus_slao"):
-        print("\nSLAO minus each method, paired by seed and order, points:")
-        print("| method | AA, over seeds | SLAO wins / ties / losses | AA, seeds x orders | BWT, over seeds |")
-        print("|---|---|---|---|---|")
-        for method, paired in summary["versus_slao"].items():
-            if "average_accuracy" not in paired:
-                continue
-            aa, signs = paired["average_accuracy"], paired["average_accuracy"]["signs"]
-            bwt = _interval(paired["bwt"]["over_seeds"], True) if "bwt" in paired else "n/a"
-            wins = f"{signs['wins']} / {signs['ties']} / {signs['losses']}"
-            print(
-                f"| {method} | {_interval(aa['over_seeds'], True)} | {wins} | "
-                f"{_interval(aa['seed_x_order'], True)} | {bwt} |"
-            )
+        _print_paired("SLAO minus each method", "SLAO wins", summary["versus_slao"])
     if summary.get("replay_minus_plain"):
-        print("\nEach replay method minus the same method without replay, paired by seed and order, points:")
-        print("| method | AA, over seeds | wins / ties / losses | AA, seeds x orders | BWT, over seeds |")
-        print("|---|---|---|---|---|")
-        for method, found in summary["replay_minus_plain"].items():
-            if "average_accuracy" not in found:
-                continue
-            aa, signs = found["average_accuracy"], found["average_accuracy"]["signs"]
-            bwt = _interval(found["bwt"]["over_seeds"], True) if "bwt" in found else "n/a"
-            print(
-                f"| {method} | {_interval(aa['over_seeds'], True)} | {signs['wins']} / {signs['ties']} / "
-                f"{signs['losses']} | {_interval(aa['seed_x_order'], True)} | {bwt} |"
-            )
+        _print_paired(
+            "Each replay method minus the same method without replay", "wins", summary["replay_minus_plain"]
+        )
     if "seq" in summary["methods"]:
         entry = summary["methods"]["seq"]
         print("\nRight after its own training (SeqLoRA, mean over runs) vs the base model, points:")
