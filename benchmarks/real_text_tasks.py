@@ -29,26 +29,16 @@ Long documents are cut to their first ``TEXT_WORDS`` words (headline tasks: the 
 cut the same way), so a row is 32-49 SmolLM2 tokens of real text on average. Splits are balanced
 over labels and fixed by ``seed``; test rows never appear in training.
 
-Calibration (SmolLM2-135M-Instruct, 2 CPU threads, 2026-12-01; 24 test rows per task, seed 0):
-zero-shot, then a fresh LoRA after one epoch of 64 training rows (8 steps of 8) at lr 2e-3 /
-4e-3 (``continual_benchmark.py --suite real --methods per_task --seeds 0 --steps 8 --train-size 64
---test-size 24 --learning-rate ...``), in points (ROUGE-L x 100 for the headlines):
-
-  ng_rec 33.3 -> 45.8 / 50.0     reuters 54.2 -> 75.0 / 58.3    headline_a 9.8 -> 24.5 / 23.2
-  ng_sci 87.5 -> 83.3 / 58.3     bbc_topic 80.0 -> 85.0 / 90.0  tweets 54.2 -> 79.2 / 75.0
-  ng_talk 50.0 -> 33.3 / 62.5    headline_b 11.7 -> 31.1 / 28.7
-
-These splits were drawn with the whole catalogue in order; ``build_tasks`` draws the tasks' splits
-from one seeded generator in turn, so the grid's six tasks have other held-out rows (its zero-shot
-tweets is 70.8 and bbc_topic 70.0, RESULTS.md). Seeding each task's split by its name would end
-that; it would also change the grid's rows, so it waits for the grid's next full run.
-
-ng_sci starts at 87.5 (no room to show forgetting) and ng_talk lost 17 points at lr 2e-3, so the
-grid leaves both out and runs at 2e-3 (the toy grid's rate; 4e-3 was worse on five of eight).
-bbc_topic starts at 80.0 and gains 5: it stays, as the topic task that shares labels with Reuters
-(business, politics), though it cannot show 20 points of learning. With one epoch of 64 rows
-most tasks fall short of 20 points above zero-shot; more epochs do not fit the cpu preset's 90
-minutes on 2 cores (a training step is about 3.7 s there), see RESULTS.md.
+Calibration. The grid's six tasks were chosen on 2026-12-01 from fresh-LoRA runs of every task
+(one epoch of 64 rows at lr 2e-3 and 4e-3); ng_sci started too high (87.5) and ng_talk lost
+points at 2e-3, so both were left out, and the grid runs at 2e-3. Those runs drew every task's
+split from one generator in turn, so a task's rows depended on the tasks built before it; since
+2026-12-02 each task's split has its own generator, seeded by the seed and the task's name, so a
+task has the same rows whichever tasks are built (the stored grid, RESULTS.md §1a, ran before that
+and records its commit). ``task_calibration.py`` measures the room each task leaves at a given
+budget, on these splits (RESULTS.md §1b): at one epoch of 64 rows most tasks gain less than the 20
+points over zero-shot the grid wants, and more epochs do not fit the cpu preset's 90 minutes on 2
+cores.
 """
 
 from __future__ import annotations
@@ -65,7 +55,7 @@ from cl_tasks import balanced_split
 # The grid's tasks, in the given order (the reverse is the second order).
 TASK_ORDER = ("ng_rec", "reuters", "headline_a", "tweets", "bbc_topic", "headline_b")
 # Every task the suite can build (the calibration above measured all of them).
-CATALOGUE = ("ng_rec", "reuters", "headline_a", "ng_sci", "bbc_topic", "tweets", "ng_talk", "headline_b")
+CATALOGUE = ("ng_rec", "reuters", "headline_a", "ng_sci", "ng_comp", "bbc_topic", "tweets", "ng_talk", "headline_b")
 SMOKE_TASKS = ("ng_rec", "headline_a")  # one of each kind, for the seconds-long smoke run
 TEXT_WORDS = 32
 # Tokens per training example: the longest row is 104 SmolLM2 tokens (bbc_topic; 34-71 on average
@@ -84,6 +74,12 @@ NEWSGROUPS = {
         "sci.electronics": "electronics",
         "sci.med": "medicine",
         "sci.space": "space",
+    },
+    "ng_comp": {
+        "comp.graphics": "graphics",
+        "comp.os.ms-windows.misc": "windows",
+        "comp.sys.mac.hardware": "mac",
+        "comp.windows.x": "x window",
     },
     "ng_talk": {
         "talk.politics.guns": "guns",
@@ -113,6 +109,7 @@ HEADLINE_TOPICS = {"headline_a": ("business", "politics"), "headline_b": ("enter
 TEMPLATES = {
     "ng_rec": "Post: {text}\nTopic:",
     "ng_sci": "Post: {text}\nTopic:",
+    "ng_comp": "Post: {text}\nTopic:",
     "ng_talk": "Post: {text}\nTopic:",
     "reuters": "Story: {text}\nTopic:",
     "bbc_topic": "Article: {text}\nTopic:",
@@ -240,9 +237,10 @@ def build_tasks(
 ) -> dict[str, dict[str, list[dict[str, str]]]]:
     """Train/test rows ``{"prompt", "completion"}`` for each task, in ``names`` order: balanced over
     labels for classification, a seeded draw for the headline tasks."""
-    rng = random.Random(seed)
     tasks = {}
     for name in names:
+        # Each task's split from its own seeded generator: the same rows whichever tasks are built.
+        rng = random.Random(f"{seed}:{name}")
         pairs = list(dict.fromkeys(labelled_rows(name, seed)))  # the corpora repeat a few texts
         # A text found under two answers (a cross-posted message, say) cannot be labelled.
         answers_of: dict[str, int] = {}

