@@ -880,6 +880,7 @@ def summarize_runs(runs: list[dict], names: list[str]) -> dict:
             }
             entry["order_disparity"] = order_disparity(by_order)
         summary["methods"][method] = entry
+
     def paired(first_method: str, second_method: str) -> dict:
         """first − second, AA and BWT, over the (seed, order) runs both have."""
         found = {}
@@ -957,9 +958,7 @@ def print_table(results: dict, names: list[str]) -> None:
     if summary.get("versus_slao"):
         _print_paired("SLAO minus each method", "SLAO wins", summary["versus_slao"])
     if summary.get("replay_minus_plain"):
-        _print_paired(
-            "Each replay method minus the same method without replay", "wins", summary["replay_minus_plain"]
-        )
+        _print_paired("Each replay method minus the same method without replay", "wins", summary["replay_minus_plain"])
     if "seq" in summary["methods"]:
         entry = summary["methods"]["seq"]
         print("\nRight after its own training (SeqLoRA, mean over runs) vs the base model, points:")

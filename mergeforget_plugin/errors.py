@@ -9,6 +9,9 @@ working.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 
 class MergeForgetError(Exception):
     """Base of every error mergeforget-plugin raises on purpose."""
@@ -56,3 +59,25 @@ class ReplayError(MergeForgetError, ValueError):
 
 class ForgettingGuardError(MergeForgetError):
     """A task's merge made an earlier task worse than the guard allows; the previous state is kept."""
+
+
+def check_mapping(
+    data: Any,
+    where: str,
+    known: Iterable[str],
+    required: Mapping[str, str],
+    error: type[MergeForgetError],
+    holds: str,
+) -> None:
+    """Refuse a settings block (a recipe's ``replay:``, a plugin's ``guard:``) that is not a mapping,
+    has a key outside ``known``, or lacks a ``required`` key (mapped to what to say instead), with
+    ``error`` naming the block by ``where``. ``holds`` says what the mapping should hold."""
+    if not isinstance(data, Mapping):
+        raise error(f"{where}: must be a mapping with {holds}, got {data!r}.")
+    known = set(known)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise error(f"{where}: unknown key(s) {unknown}; known: {', '.join(sorted(known))}.")
+    for key, what_to_say in required.items():
+        if key not in data:
+            raise error(f"{where}.{key}: missing; {what_to_say}.")

@@ -270,6 +270,29 @@ def test_replay_needs_rows_of_one_format_in_local_json_files(tmp_path, tiny_mode
     assert not (tmp_path / "out").exists()
 
 
+def test_resume_refuses_a_replay_buffer_whose_rows_no_longer_fit_an_unfinished_task(tmp_path, tiny_model_dir):
+    import dataclasses
+
+    from mergeforget_plugin import ReplayConfig
+
+    # The first task trained on question/answer rows; the recipe's second task now reads prompt/completion.
+    state = dataclasses.replace(
+        _finished_state(4, {"model_type": "llama", "hidden_size": 64}),
+        replay=ReplayConfig(8, fraction=0.2),
+        replay_buffer={"antonyms": [{"question": "hot", "answer": " cold"}]},
+    )
+    save_state(state, tmp_path / "out" / "state")
+    path = write(tmp_path, minimal_recipe(tiny_model_dir, replay={"buffer_rows": 8, "fraction": 0.2}))
+    with pytest.raises(
+        RecipeError,
+        match=r"task 2 \('plurals'\), datasets.0: task 'plurals' has the fields \['completion', 'prompt'\], but "
+        r"task 'antonyms', whose rows would be replayed into it, has \['answer', 'question'\]. .*: .*out/state's "
+        r"replay buffer holds the earlier rows, so give the task rows with their fields, or start a new sequence",
+    ):
+        run_recipe(path, resume=True, dry_run=True)
+    assert not (tmp_path / "out" / "tasks").exists()
+
+
 def test_replayed_rows_are_one_more_dataset_in_the_tasks_own_format(tmp_path, tiny_model_dir):
     recipe = minimal_recipe(tiny_model_dir, replay={"buffer_rows": 8, "fraction": 0.2, "seed": 3})
     paths = write_task_configs(load_recipe(write(tmp_path, recipe)))

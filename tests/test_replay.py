@@ -17,6 +17,7 @@ from mergeforget_plugin.core.replay import (
     plain_rows,
     replay_count,
     replayed_rows,
+    resumed_advice,
     shares,
 )
 from mergeforget_plugin.core.slao import LoRAPair, MergeForgetConfig
@@ -133,8 +134,13 @@ def test_a_recipe_mapping_with_an_unknown_key_is_refused_where_it_is_set():
 
 def test_replayed_rows_must_have_the_later_task_s_fields():
     check_fields({"a": ["completion", "prompt"]}, "b", ["prompt", "completion"], "here")
-    with pytest.raises(ReplayError, match=r"task 'b' has the fields \['messages'\], but task 'a'"):
+    with pytest.raises(ReplayError, match=r"task 'b' has the fields \['messages'\], but task 'a'.* turn replay off\.$"):
         check_fields({"a": ["completion", "prompt"]}, "b", ["messages"], "here")
+    # Rows already kept in a state: a resumed sequence keeps replay on, so the refusal says what else to do.
+    with pytest.raises(ReplayError) as raised:
+        check_fields({"a": ["completion", "prompt"]}, "b", ["messages"], "here", resumed_advice("out/state"))
+    assert "out/state's replay buffer holds the earlier rows" in str(raised.value)
+    assert "turn replay off" not in str(raised.value)
 
 
 def _state(replay: ReplayConfig | None) -> ContinualState:

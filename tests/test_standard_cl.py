@@ -116,9 +116,7 @@ def test_hub_layout_through_datasets(tmp_path):
         rows = [{"text": f"story {n} of class {label}", "label": label} for n in range(count) for label in range(4)]
         (hub / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
-    manifest = prepare(
-        tmp_path / "out", ["agnews"], hub_ids={"agnews": str(hub)}, train_per_class=6, test_per_task=8
-    )
+    manifest = prepare(tmp_path / "out", ["agnews"], hub_ids={"agnews": str(hub)}, train_per_class=6, test_per_task=8)
 
     assert manifest["source"] == {"agnews": str(hub)}
     rows = read_rows(tmp_path / "out" / "agnews" / "train.jsonl")

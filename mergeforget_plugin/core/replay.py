@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ReplayError
+from ..errors import ReplayError, check_mapping
 
 # Replayed rows, by task name in the order the tasks finished.
 Buffer = dict[str, list[dict[str, Any]]]
@@ -83,14 +83,14 @@ class ReplayConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], where: str = "replay") -> ReplayConfig:
         """From a recipe's or a state's ``replay`` mapping, refusing unknown keys by name."""
-        if not isinstance(data, Mapping):
-            raise ReplayError(f"{where}: must be a mapping with buffer_rows and fraction or count, got {data!r}.")
-        known = {"buffer_rows", "fraction", "count", "seed"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ReplayError(f"{where}: unknown key(s) {unknown}; known: {', '.join(sorted(known))}.")
-        if "buffer_rows" not in data:
-            raise ReplayError(f"{where}.buffer_rows: missing; say how many rows the buffer keeps in all.")
+        check_mapping(
+            data,
+            where,
+            known=("buffer_rows", "fraction", "count", "seed"),
+            required={"buffer_rows": "say how many rows the buffer keeps in all"},
+            error=ReplayError,
+            holds="buffer_rows and fraction or count",
+        )
         return cls(
             buffer_rows=data["buffer_rows"],
             fraction=data.get("fraction"),
@@ -213,14 +213,29 @@ def buffer_fields(buffer: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str
     return {task: sorted(rows[0]) for task, rows in buffer.items() if rows}
 
 
-def check_fields(buffer_fields: Mapping[str, Sequence[str]], task: str, task_fields: Sequence[str], where: str) -> None:
+def resumed_advice(state_dir: str) -> str:
+    """:func:`check_fields`'s last sentence when the earlier rows are in a state's buffer: a resumed
+    sequence keeps its replay settings, so turning replay off is no way out."""
+    return (
+        f"{state_dir}'s replay buffer holds the earlier rows, so give the task rows with their fields, "
+        "or start a new sequence in another output directory"
+    )
+
+
+def check_fields(
+    buffer_fields: Mapping[str, Sequence[str]],
+    task: str,
+    task_fields: Sequence[str],
+    where: str,
+    what_to_do: str = "give the tasks the same fields, or turn replay off",
+) -> None:
     """Refuse replaying into ``task`` rows whose fields differ from the task's own (``buffer_fields``:
-    the fields of each earlier task's rows)."""
+    the fields of each earlier task's rows; ``what_to_do``: the refusal's last sentence, see
+    :func:`resumed_advice`)."""
     own = sorted(task_fields)
     for name, fields in buffer_fields.items():
         if sorted(fields) != own:
             raise ReplayError(
                 f"{where}: task {task!r} has the fields {own}, but task {name!r}, whose rows would be replayed "
-                f"into it, has {sorted(fields)}. Replay needs one row format for the whole sequence: give the "
-                "tasks the same fields, or turn replay off."
+                f"into it, has {sorted(fields)}. Replay needs one row format for the whole sequence: {what_to_do}."
             )

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ForgettingGuardError
+from ..errors import ForgettingGuardError, check_mapping
 from .metrics import metric_info
 
 
@@ -55,15 +55,14 @@ class ForgettingGuard:
         """From a recipe's or a plugin block's ``guard`` mapping (``known``: the keys it may hold,
         default every field), refusing unknown keys by name."""
         known = tuple(known) or ("max_forgetting", "accept_regression", "where", "accept_with")
-        if not isinstance(data, Mapping):
-            raise ForgettingGuardError(f"{where}: must be a mapping with max_forgetting, got {data!r}.")
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ForgettingGuardError(f"{where}: unknown key(s) {unknown}; known: {', '.join(sorted(known))}.")
-        if "max_forgetting" not in data:
-            raise ForgettingGuardError(
-                f"{where}.max_forgetting: missing; say how many points an earlier task may drop (5, say)."
-            )
+        check_mapping(
+            data,
+            where,
+            known=known,
+            required={"max_forgetting": "say how many points an earlier task may drop (5, say)"},
+            error=ForgettingGuardError,
+            holds="max_forgetting",
+        )
         return cls(**{"where": f"{where}.max_forgetting", **data})
 
 

@@ -16,7 +16,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..core.layout import RunLayout
-from ..core.replay import ReplayConfig, buffer_fields, check_fields
+from ..core.replay import ReplayConfig, buffer_fields, check_fields, resumed_advice
 from ..core.slao import MergeForgetConfig
 from ..core.state import ContinualState, load_state
 from ..engine import ContinualTask, replay_for, training_summary
@@ -176,7 +176,9 @@ class MergeForgetCallback(TaskCallback):
             if state is not None:
                 state.check_replay(replay, str(layout.state))
                 fields = buffer_fields(state.replay_buffer)
-                check_fields(fields, task_name, sorted(own[0]) if own else [], f"replay into {task_name!r}")
+                own_fields = sorted(own[0]) if own else []
+                advice = resumed_advice(str(layout.state))
+                check_fields(fields, task_name, own_fields, f"replay into {task_name!r}", what_to_do=advice)
             rows = replay_for(state, task_name, len(own), replay)
             self.train_dataset, self.replayed = with_rows(train_dataset, rows), len(rows)
 

@@ -28,7 +28,7 @@ import yaml
 from ...core.atomic import write_atomic
 from ...core.environment import offline_environment
 from ...core.layout import RunLayout
-from ...core.replay import buffer_fields, check_fields
+from ...core.replay import buffer_fields, check_fields, resumed_advice
 from ...core.state import (
     BaseModelFingerprint,
     ContinualState,
@@ -401,9 +401,15 @@ def _check_buffer_fields(loaded: LoadedRecipe, state: ContinualState) -> None:
             continue
         own = sorted(read_rows(loaded.train_files(index)[0])[0])
         try:
-            check_fields(fields, task.name, own, f"{loaded.path}: task {index} ({task.name!r}), datasets.0")
+            check_fields(
+                fields,
+                task.name,
+                own,
+                f"{loaded.path}: task {index} ({task.name!r}), datasets.0",
+                what_to_do=resumed_advice(str(loaded.layout.state)),
+            )
         except MergeForgetError as error:
-            raise RecipeError(f"{error} (the rows are in {loaded.layout.state}'s replay buffer)") from None
+            raise RecipeError(str(error)) from None
 
 
 def _training_environment() -> dict[str, str]:

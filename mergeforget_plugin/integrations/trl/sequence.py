@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ...core.layout import RunLayout
-from ...core.replay import ReplayConfig, buffer_fields, check_fields, plain_rows
+from ...core.replay import ReplayConfig, buffer_fields, check_fields, plain_rows, resumed_advice
 from ...core.slao import MergeForgetConfig
 from ...core.state import ContinualState
 from ...engine import check_sequence, finish_sequence
@@ -167,7 +167,7 @@ def train_sequence(
     if guard is not None and not eval_sets:
         raise ForgettingGuardError(f"{guard.where} measures forgetting on held-out rows: give the tasks eval_dataset.")
     if replay is not None:
-        _check_replay_fields(tasks, state)
+        _check_replay_fields(tasks, state, str(layout.state))
     model = _peft_model(model, peft_config, args.seed, state, len(tasks))
     if (eval_sets or probes) and processing_class is None:
         from transformers import AutoTokenizer
@@ -228,9 +228,11 @@ def _checked_evaluation(tasks: list[Task], probes: list[Any] | None) -> tuple[li
     return eval_sets, probes
 
 
-def _check_replay_fields(tasks: list[Task], state: ContinualState | None) -> None:
+def _check_replay_fields(tasks: list[Task], state: ContinualState | None, state_dir: str) -> None:
     """Before anything trains: every task's rows can be replayed into every later one (one row format)."""
     fields = buffer_fields(state.replay_buffer) if state else {}
+    # Rows kept in a state cannot be dropped by turning replay off (the state keeps its settings).
+    advice = {"what_to_do": resumed_advice(state_dir)} if fields else {}
     for task in tasks:
         where, data = f"Task {task.name!r}, train_dataset", task.train_dataset
         if not isinstance(data, list | tuple) and not hasattr(data, "to_list"):
@@ -239,7 +241,7 @@ def _check_replay_fields(tasks: list[Task], state: ContinualState | None) -> Non
         # whether the state can keep it as JSON; the whole set is read when the task begins.
         first = plain_rows([data[0]], where) if len(data) else []
         own = sorted(first[0]) if first else []
-        check_fields(fields, task.name, own, f"Task {task.name!r}, train_dataset (replay)")
+        check_fields(fields, task.name, own, f"Task {task.name!r}, train_dataset (replay)", **advice)
         fields.setdefault(task.name, own)
 
 
