@@ -293,6 +293,36 @@ def test_resume_refuses_a_replay_buffer_whose_rows_no_longer_fit_an_unfinished_t
     assert not (tmp_path / "out" / "tasks").exists()
 
 
+def test_row_summary_counts_rows_and_names_the_first_rows_fields_in_one_pass(tmp_path):
+    from mergeforget_plugin.errors import EvaluationError
+    from mergeforget_plugin.evaluation.scoring import row_summary
+
+    lines = tmp_path / "rows.jsonl"
+    lines.write_text('{"prompt": "hot", "completion": " cold"}\n\n{"prompt": "up", "completion": " down"}\n')
+    assert row_summary(lines) == (2, ["completion", "prompt"])
+    document = tmp_path / "rows.json"
+    document.write_text('[{"text": "a"}, {"text": "b", "label": 1}]')
+    assert row_summary(document) == (2, ["text"])
+    lines.write_text('{"prompt": "hot", "completion": " cold"}\n["not", "a", "row"]\n')
+    with pytest.raises(EvaluationError, match=r"rows.jsonl:2: list, not an object of named fields"):
+        row_summary(lines)
+
+
+def test_replay_reads_each_training_file_once_before_task_one(tmp_path, tiny_model_dir, monkeypatch):
+    from pathlib import Path
+
+    from mergeforget_plugin.evaluation import scoring
+
+    read, real = [], scoring.row_summary
+    monkeypatch.setattr(scoring, "row_summary", lambda path: read.append(Path(path)) or real(path))
+    recipe = minimal_recipe(tiny_model_dir, replay={"buffer_rows": 8, "fraction": 0.2})
+    path = write(tmp_path, recipe)
+    run_recipe(path, dry_run=True)
+    files = {Path(dataset["path"]).resolve() for task in recipe["tasks"] for dataset in task["datasets"]}
+    # Counted for the steps, compared for replay's one row format: one pass over each file.
+    assert sorted(read) == sorted(files), read
+
+
 def test_replayed_rows_are_one_more_dataset_in_the_tasks_own_format(tmp_path, tiny_model_dir):
     recipe = minimal_recipe(tiny_model_dir, replay={"buffer_rows": 8, "fraction": 0.2, "seed": 3})
     paths = write_task_configs(load_recipe(write(tmp_path, recipe)))

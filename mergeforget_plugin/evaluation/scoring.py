@@ -193,9 +193,10 @@ def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def check_rows(path: str | os.PathLike[str]) -> int:
+def row_summary(path: str | os.PathLike[str]) -> tuple[int, list[str]]:
     """What :func:`read_rows` would refuse in ``path``, found line by line without keeping the rows
-    (a training file may be large); returns the number of rows."""
+    (a training file may be large); returns the number of rows and the first row's fields, sorted
+    (replay compares every task's fields before anything trains)."""
     path = Path(path)
     try:
         with open(path, "rb") as handle:
@@ -203,14 +204,16 @@ def check_rows(path: str | os.PathLike[str]) -> int:
             handle.seek(0)
             first = handle.readline().strip()
     except OSError:
-        return len(read_rows(path))  # read_rows names what is wrong
+        rows = read_rows(path)  # read_rows names what is wrong
+        return len(rows), sorted(rows[0])
     try:
         one_line_object = first.startswith(b"{") and isinstance(json.loads(first), dict)
     except (json.JSONDecodeError, UnicodeDecodeError):
         one_line_object = False
     if not start or start.startswith(b"[") or (start.startswith(b"{") and not one_line_object):
-        return len(read_rows(path))  # one JSON document (or nothing): read as a whole
-    count = 0
+        rows = read_rows(path)  # one JSON document (or nothing): read as a whole
+        return len(rows), sorted(rows[0])
+    count, fields = 0, None
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -222,10 +225,11 @@ def check_rows(path: str | os.PathLike[str]) -> int:
             row = _json_line(line, path, number)
             if not isinstance(row, dict):
                 raise EvaluationError(f"{path}:{number}: {type(row).__name__}, not an object of named fields.")
+            fields = sorted(row) if fields is None else fields
             count += 1
     if not count:
         raise EvaluationError(f"{path} holds no rows.")
-    return count
+    return count, fields
 
 
 def eval_set_from_rows(

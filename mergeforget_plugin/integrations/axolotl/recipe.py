@@ -256,7 +256,7 @@ class LoadedRecipe:
         self.path = path
         self.root = path.parent
         self._base: dict[str, Any] | None = None  # the base config, read once (see base_axolotl_config)
-        self._row_counts: dict[int, int] = {}  # training rows per task, counted once
+        self._summaries: dict[Path, tuple[int, list[str]]] = {}  # rows and fields per training file, read once
 
     @property
     def replay(self) -> ReplayConfig | None:
@@ -281,13 +281,18 @@ class LoadedRecipe:
         """The training files of task ``index`` (1-based), resolved."""
         return [self.resolve(entry["path"]) for entry in self.recipe.tasks[index - 1].datasets]
 
+    def file_rows(self, path: Path) -> tuple[int, list[str]]:
+        """How many rows a local JSON (Lines) training file holds and its first row's fields, read once
+        for the row counts, the replay checks and the resume checks together."""
+        from ...evaluation.scoring import row_summary
+
+        if path not in self._summaries:
+            self._summaries[path] = row_summary(path)
+        return self._summaries[path]
+
     def train_row_count(self, index: int) -> int:
         """How many training rows task ``index`` (1-based) has in its local JSON (Lines) files."""
-        from ...evaluation.scoring import check_rows
-
-        if index not in self._row_counts:
-            self._row_counts[index] = sum(check_rows(path) for path in self.train_files(index))
-        return self._row_counts[index]
+        return sum(self.file_rows(path)[0] for path in self.train_files(index))
 
     def replayed_row_count(self, index: int) -> int:
         """How many replayed rows task ``index`` (1-based) trains on beside its own (0 without replay)."""
@@ -302,8 +307,6 @@ class LoadedRecipe:
         since any task's rows are replayed into every later one in that task's own format."""
         if self.recipe.replay is None:
             return []
-        from ...evaluation.scoring import read_rows
-
         problems: list[str] = []
         fields: dict[str, list[str]] = {}  # of the tasks checked so far
         for index, task in enumerate(self.recipe.tasks, start=1):
@@ -315,7 +318,7 @@ class LoadedRecipe:
                         "not one; convert it, or leave replay out"
                     )
                     continue
-                own = sorted(read_rows(path)[0])
+                own = self.file_rows(path)[1]
                 try:
                     check_fields(fields, task.name, own, f"{where} ({path})")
                 except MergeForgetError as error:
@@ -341,7 +344,11 @@ class LoadedRecipe:
             except ValidationError as error:
                 problems = "; ".join(problem["msg"].removeprefix("Value error, ") for problem in error.errors())
                 raise RecipeError(f"--strategy {strategy}: {problems}") from None
-        return LoadedRecipe(self.recipe.model_copy(update=update), self.path) if update else self
+        if not update:
+            return self
+        overridden = LoadedRecipe(self.recipe.model_copy(update=update), self.path)
+        overridden._summaries = self._summaries  # the same training files: read once for both
+        return overridden
 
     @property
     def layout(self) -> RunLayout:
@@ -461,8 +468,6 @@ class LoadedRecipe:
         """What reading the data would refuse, before any task trains: every local JSON or JSON
         Lines dataset parsed (a bad line is named by file and line), and every held-out set and
         probe built as the training processes will build it (fields, metrics, references)."""
-        from ...evaluation.scoring import check_rows
-
         problems: list[str] = []
         checked: set[Path] = set()
         for index, task in enumerate(self.recipe.tasks, start=1):
@@ -473,7 +478,7 @@ class LoadedRecipe:
                         continue
                     checked.add(path)
                     try:
-                        check_rows(path)
+                        self.file_rows(path)
                     except MergeForgetError as error:
                         problems.append(f"task {index} ({task.name!r}), {field}.{number}: {error}")
         if problems:

@@ -391,15 +391,13 @@ def _checked_state(loaded: LoadedRecipe, base: dict[str, Any], resume: bool) -> 
 def _check_buffer_fields(loaded: LoadedRecipe, state: ContinualState) -> None:
     """On resume, the rows the state's buffer holds must read as every unfinished task's rows do
     (the recipe's files may have changed since the earlier tasks trained)."""
-    from ...evaluation.scoring import read_rows
-
     fields = buffer_fields(state.replay_buffer)
     if loaded.replay is None or not fields:
         return
     for index, task in enumerate(loaded.recipe.tasks, start=1):
         if task.name in state.finished_tasks:
             continue
-        own = sorted(read_rows(loaded.train_files(index)[0])[0])
+        own = loaded.file_rows(loaded.train_files(index)[0])[1]
         try:
             check_fields(
                 fields,
