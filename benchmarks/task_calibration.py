@@ -13,8 +13,9 @@ init for every task), for each budget in --budgets (``BATCHxSTEPS``, the epochs 
 training rows). Each (task, budget) is one job; jobs run in --workers processes of one thread.
 
 The table gives zero-shot, trained and their difference in points (ROUGE-L x 100 for the headline
-tasks), the epochs, and the training seconds of each job; --output-dir/calibration.json keeps them
-with the command, commit, versions and wall time.
+tasks), the epochs, and the training seconds of each job; --output-dir/calibration.json keeps them,
+with the trained model's answer to every held-out row (and, for a label task, how often it gave
+each label), the command, commit, versions and wall time.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def parse_budget(text: str) -> tuple[int, int]:
 
 def run_job(name: str, budget: tuple[int, int], args: argparse.Namespace) -> dict:
     """Zero-shot and trained score of one task at one budget, in this worker's base model."""
-    from mergeforget_plugin.evaluation.scoring import accuracy, eval_set_from_rows
+    from collections import Counter
+
+    from mergeforget_plugin.evaluation.scoring import accuracy, choice_predictions, eval_set_from_rows, generate_greedy
 
     base, tokenizer = grid._LOADED["base"], grid._LOADED["tokenizer"]
     task = real_text_tasks.build_tasks(args.train_size, args.test_size, names=(name,))[name]
@@ -61,6 +64,9 @@ def run_job(name: str, budget: tuple[int, int], args: argparse.Namespace) -> dic
     model = grid.train_task_loras(base, tokenizer, {name: task}, job_args, run_dir)
     seconds = time.time() - started
     model.base_model.set_adapter("task1")
+    # What the trained model answers, so a score can be read (one label for every row, say).
+    answer = choice_predictions if scoring["metric"] == "choice" else generate_greedy
+    answers = answer(model, tokenizer, eval_set)
     return {
         "task": name,
         "metric": scoring["metric"],
@@ -72,6 +78,8 @@ def run_job(name: str, budget: tuple[int, int], args: argparse.Namespace) -> dic
         "zero_shot": zero_shot,
         "trained": accuracy(model, tokenizer, eval_set),
         "train_seconds": seconds,
+        "trained_answers": answers,
+        "trained_answer_counts": dict(Counter(answers)) if scoring["metric"] == "choice" else None,
     }
 
 

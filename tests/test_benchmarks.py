@@ -344,7 +344,11 @@ def test_task_calibration_smoke_scores_each_task_before_and_after_its_own_lora(t
         assert (job["batch_size"], job["steps"], job["train_rows"]) == (8, 2, 20), job
         assert job["epochs"] == pytest.approx(16 / 20)
         assert 0.0 <= job["zero_shot"] <= 1.0 and 0.0 <= job["trained"] <= 1.0
+        assert len(job["trained_answers"]) == job["test_rows"]
+        if job["metric"] == "choice":  # every answer is one of the task's labels, counted
+            assert sum(job["trained_answer_counts"].values()) == job["test_rows"]
+            assert set(job["trained_answer_counts"]) <= {" baseball", " cars", " hockey", " motorcycles"}
         # The printed table says what the JSON holds.
-        difference = f"{100 * job['trained'] - 100 * job['zero_shot']:+.1f}"
-        assert f"| {job['task']} | {job['metric']} | 8 x 2 | 0.80 |" in completed.stdout
-        assert difference in completed.stdout, (difference, completed.stdout[-1500:])
+        zero, trained = 100 * job["zero_shot"], 100 * job["trained"]
+        row = f"| {job['task']} | {job['metric']} | 8 x 2 | 0.80 | {zero:.1f} | {trained:.1f} | {trained - zero:+.1f} |"
+        assert row in completed.stdout, (row, completed.stdout[-1500:])
