@@ -303,6 +303,8 @@ def test_row_summary_counts_rows_and_names_the_first_rows_fields_in_one_pass(tmp
     document = tmp_path / "rows.json"
     document.write_text('[{"text": "a"}, {"text": "b", "label": 1}]')
     assert row_summary(document) == (2, ["text"])
+    document.write_text('{"data": [{"text": "a", "label": 0}, {"text": "b", "label": 1}]}\n')  # one line, one document
+    assert row_summary(document) == (2, ["label", "text"])
     lines.write_text('{"prompt": "hot", "completion": " cold"}\n["not", "a", "row"]\n')
     with pytest.raises(EvaluationError, match=r"rows.jsonl:2: list, not an object of named fields"):
         row_summary(lines)
@@ -317,10 +319,13 @@ def test_replay_reads_each_training_file_once_before_task_one(tmp_path, tiny_mod
     monkeypatch.setattr(scoring, "row_summary", lambda path: read.append(Path(path)) or real(path))
     recipe = minimal_recipe(tiny_model_dir, replay={"buffer_rows": 8, "fraction": 0.2})
     path = write(tmp_path, recipe)
-    run_recipe(path, dry_run=True)
     files = {Path(dataset["path"]).resolve() for task in recipe["tasks"] for dataset in task["datasets"]}
-    # Counted for the steps, compared for replay's one row format: one pass over each file.
-    assert sorted(read) == sorted(files), read
+    # Counted for the steps, compared for replay's one row format: one pass over each file, also
+    # when the command line moves the output directory (a second view of the recipe).
+    for options in ({}, {"output_dir": str(tmp_path / "elsewhere")}):
+        read.clear()
+        run_recipe(path, dry_run=True, **options)
+        assert sorted(read) == sorted(files), (options, read)
 
 
 def test_replayed_rows_are_one_more_dataset_in_the_tasks_own_format(tmp_path, tiny_model_dir):

@@ -134,7 +134,11 @@ def test_a_recipe_mapping_with_an_unknown_key_is_refused_where_it_is_set():
 
 def test_replayed_rows_must_have_the_later_task_s_fields():
     check_fields({"a": ["completion", "prompt"]}, "b", ["prompt", "completion"], "here")
-    with pytest.raises(ReplayError, match=r"task 'b' has the fields \['messages'\], but task 'a'.* turn replay off\.$"):
+    refusal = (
+        r"task 'b' has the fields \['messages'\], but task 'a'.* turn replay off \(a sequence already started keeps "
+        r"its replay settings: start a new one in another output directory\)\.$"
+    )
+    with pytest.raises(ReplayError, match=refusal):
         check_fields({"a": ["completion", "prompt"]}, "b", ["messages"], "here")
     # Rows already kept in a state: a resumed sequence keeps replay on, so the refusal says what else to do.
     with pytest.raises(ReplayError) as raised:

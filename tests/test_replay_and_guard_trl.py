@@ -127,3 +127,21 @@ def test_a_run_with_replay_killed_mid_snapshot_resumes_bit_identical_with_its_bu
     assert main(["status", str(killed / "state")]) == 0
     shown = capsys.readouterr().out
     assert f"Replay buffer ({REPLAY.to_dict()}): 6 rows, " in shown and f"{TASKS[0]} 3, {TASKS[1]} 3" in shown
+
+
+def test_resuming_with_rows_of_other_fields_than_the_buffer_says_what_a_resumed_sequence_can_do(
+    tiny_model_dir, tmp_path
+):
+    first = [Task(t.name, t.train_dataset) for t in demo_tasks()][:1]
+    replay = ReplayConfig(4, fraction=0.5)
+    train_sequence(peft_model(tiny_model_dir), first, args=sft_config(tmp_path, max_steps=1), replay=replay)
+    chat = Task("chat", Dataset.from_list([{"messages": [{"role": "user", "content": "hi"}]}]))
+    with pytest.raises(ReplayError) as raised:
+        train_sequence(
+            peft_model(tiny_model_dir), [*first, chat], args=sft_config(tmp_path, max_steps=1), replay=replay
+        )
+    # The buffer is in the state, and the state keeps replay on: turning it off is no way out.
+    message = str(raised.value)
+    assert f"{RunLayout(tmp_path).state}'s replay buffer holds the earlier rows" in message, message
+    assert "turn replay off" not in message
+    assert load_state(RunLayout(tmp_path).state).finished_tasks == [first[0].name]

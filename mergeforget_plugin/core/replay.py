@@ -227,7 +227,10 @@ def check_fields(
     task: str,
     task_fields: Sequence[str],
     where: str,
-    what_to_do: str = "give the tasks the same fields, or turn replay off",
+    what_to_do: str = (
+        "give the tasks the same fields, or turn replay off (a sequence already started keeps its replay "
+        "settings: start a new one in another output directory)"
+    ),
 ) -> None:
     """Refuse replaying into ``task`` rows whose fields differ from the task's own (``buffer_fields``:
     the fields of each earlier task's rows; ``what_to_do``: the refusal's last sentence, see

@@ -225,10 +225,14 @@ def row_summary(path: str | os.PathLike[str]) -> tuple[int, list[str]]:
             row = _json_line(line, path, number)
             if not isinstance(row, dict):
                 raise EvaluationError(f"{path}:{number}: {type(row).__name__}, not an object of named fields.")
-            fields = sorted(row) if fields is None else fields
+            if fields is None:
+                fields = sorted(row)
             count += 1
     if not count:
         raise EvaluationError(f"{path} holds no rows.")
+    if count == 1:  # one line may be one JSON document ({"data": [...]}): read as read_rows reads it
+        rows = read_rows(path)
+        return len(rows), sorted(rows[0])
     return count, fields
 
 
