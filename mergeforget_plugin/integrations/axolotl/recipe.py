@@ -256,7 +256,7 @@ class LoadedRecipe:
         self.path = path
         self.root = path.parent
         self._base: dict[str, Any] | None = None  # the base config, read once (see base_axolotl_config)
-        self._summaries: dict[Path, tuple[int, list[str]]] = {}  # rows and fields per training file, read once
+        self._summaries: dict[Path, tuple[int, list[str]]] = {}  # rows and fields per dataset file, read once
 
     @property
     def replay(self) -> ReplayConfig | None:
@@ -282,8 +282,8 @@ class LoadedRecipe:
         return [self.resolve(entry["path"]) for entry in self.recipe.tasks[index - 1].datasets]
 
     def file_rows(self, path: Path) -> tuple[int, list[str]]:
-        """How many rows a local JSON (Lines) training file holds and its first row's fields, read once
-        for the row counts, the replay checks and the resume checks together."""
+        """How many rows a local JSON (Lines) dataset file holds and its first row's fields, read once
+        for the data checks, the row counts, the replay checks and the resume checks together."""
         from ...evaluation.scoring import row_summary
 
         if path not in self._summaries:
