@@ -774,25 +774,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
 
-    import peft
-    import transformers
-    import trl
-
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
     results = {
-        "command": " ".join(sys.argv),
-        "commit": commit.stdout.strip() or None,  # which code the numbers come from (the TRL path has changed them)
-        "versions": {
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-            "trl": trl.__version__,
-        },
-        "device": f"cpu ({os.cpu_count()} cores)" if args.device == "cpu" else torch.cuda.get_device_name(),
-        "model": str(model_dir),
+        **provenance(model_dir, args),
         "tasks": {name: {"train": len(t["train"]), "test": len(t["test"])} for name, t in all_tasks.items()},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("output_dir",)},
         "runs": [],
     }
     cells = [(int(seed), order) for seed in args.seeds.split(",") for order in orders]
@@ -824,6 +808,32 @@ def main() -> None:
     results["summary"] = summarize_runs(results["runs"], names)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print_table(results, names)
+
+
+def provenance(model_dir, args: argparse.Namespace) -> dict:
+    """What a benchmark's JSON records about its run: the command, the commit (which code the
+    numbers come from; the TRL path has changed them), the versions, the device, the model and the
+    settings (every option but --output-dir)."""
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    return {
+        "command": " ".join(sys.argv),
+        "commit": commit.stdout.strip() or None,
+        "versions": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "trl": trl.__version__,
+        },
+        "device": f"cpu ({os.cpu_count()} cores)" if args.device == "cpu" else torch.cuda.get_device_name(),
+        "model": str(model_dir),
+        "settings": {k: v for k, v in vars(args).items() if k != "output_dir"},
+    }
 
 
 def _points(value, signed=False):

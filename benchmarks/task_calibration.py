@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -131,25 +129,8 @@ def main() -> None:
     budgets = [parse_budget(b) for b in args.budgets.split(",")]
     jobs = [(name, budget) for name in names for budget in budgets]
 
-    import peft
-    import torch
-    import transformers
-    import trl
-
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
     results = {
-        "command": " ".join(sys.argv),
-        "commit": commit.stdout.strip() or None,
-        "versions": {
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-            "trl": trl.__version__,
-        },
-        "device": f"cpu ({os.cpu_count()} cores)",
-        "model": str(model_dir),
-        "settings": {k: v for k, v in vars(args).items() if k != "output_dir"},
+        **grid.provenance(model_dir, args),
         "jobs": [],
     }
     started = time.time()
