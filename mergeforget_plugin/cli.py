@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,16 +12,20 @@ from typing import Any
 from .core.layout import RunLayout
 from .core.state import load_state
 from .data.standard_cl import MAX_TEXT_CHARS, TEST_PER_TASK, TRAIN_PER_CLASS
-from .errors import DataPrepError, MergeForgetError, StateError
+from .errors import DataPrepError, MergeForgetError, RunError, StateError
+
+AXOLOTL_EXTRA = 'pip install "mergeforget-plugin[axolotl]"'
+RUN_OR_STATE = "a run folder or its state folder"
 
 
 def _status(args: argparse.Namespace) -> int:
-    state = load_state(args.state_dir)
+    layout = RunLayout.of_run_or_state_dir(args.state_dir)
+    state = load_state(layout.state)
     if state is None:
-        print(f"{args.state_dir}: no finished task yet.")
+        print(f"{layout.state}: no finished task yet (the state folder of the run in {layout.root}).")
         return 0
     ranks = sorted(set(state.signature.ranks.values()))
-    print(f"State: {args.state_dir}")
+    print(f"State: {layout.state}")
     print(f"Strategy: {state.config.to_dict()}")
     print(
         f"LoRA: r={','.join(map(str, ranks))}, alpha={state.signature.lora_alpha:g}, "
@@ -51,13 +56,13 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .core.export import export_adapter, report_fits
+    from .evaluation.model_card import export_adapter, report_fits
 
-    state = load_state(args.state_dir)
+    layout = RunLayout.of_run_or_state_dir(args.state_dir)
+    state = load_state(layout.state)
     if state is None:
-        raise StateError(f"{args.state_dir} holds no finished task, so there is no adapter to export.")
+        raise StateError(f"{layout.state} holds no finished task, so there is no adapter to export.")
     # The run's evaluations, when they lie beside the state, go into the adapter's model card.
-    layout = RunLayout.of_state_dir(args.state_dir)
     report = None
     if layout.evaluation_rows():
         from .evaluation.report import build_report
@@ -84,7 +89,18 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def require_axolotl() -> None:
+    """Refuse to train without Axolotl, naming the extra, before any child process would fail on its import."""
+    if importlib.util.find_spec("axolotl") is None:
+        raise RunError(
+            f"`mergeforget train` runs Axolotl, which is not installed for {sys.executable}. Install the extra: "
+            f"{AXOLOTL_EXTRA}, then run the command again (status, report, compare, export and prepare-data do "
+            "not need it)."
+        )
+
+
 def _train(args: argparse.Namespace) -> int:
+    require_axolotl()
     from .integrations.axolotl.options import run_arguments
     from .integrations.axolotl.runner import run_recipe
 
@@ -102,7 +118,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .evaluation.report import write_report
 
-    layout = RunLayout(args.output_dir)
+    layout = RunLayout.of_run_or_state_dir(args.output_dir)
     for path in write_report(layout, load_state(layout.state)):
         print(f"Wrote {path}")
     print()
@@ -214,8 +230,14 @@ def _add_compare(commands: Any) -> None:
     compare = commands.add_parser(
         "compare",
         help="print runs of the same tasks side by side: AA, BWT, FWT and what each task kept",
+        description=(
+            "Put runs of the same tasks (same names, same order, same metric per task) side by side; runs whose "
+            "tasks or metrics differ are refused."
+        ),
     )
-    compare.add_argument("output_dirs", nargs="+", help="run output directories (each holds evaluations/)")
+    compare.add_argument(
+        "output_dirs", nargs="+", help=f"the runs: each {RUN_OR_STATE} (the run must hold evaluations/)"
+    )
     compare.add_argument(
         "--plot",
         metavar="PNG",
@@ -227,7 +249,7 @@ def _add_compare(commands: Any) -> None:
 
 def _add_status(commands: Any) -> None:
     status = commands.add_parser("status", help="show the finished tasks and per-task merge history of a state")
-    status.add_argument("state_dir", help="the continual state directory (e.g. outputs/run/state)")
+    status.add_argument("state_dir", help=f"{RUN_OR_STATE} (e.g. outputs/run or outputs/run/state)")
     status.set_defaults(handler=_status)
 
 
@@ -237,10 +259,11 @@ def _add_report(commands: Any) -> None:
         help="render report.json, report.md and accuracy_matrix.png of a finished or interrupted run",
         description=(
             "Collect OUTPUT_DIR/evaluations (accuracy on every task after every task) and OUTPUT_DIR/state "
-            "into the accuracy matrix with AA, BWT, FWT and forgetting per task."
+            "into the accuracy matrix with AA, BWT, FWT and forgetting per task, written into OUTPUT_DIR. "
+            "OUTPUT_DIR may be given as the run's state folder too."
         ),
     )
-    report.add_argument("output_dir", help="a run's output directory (holds state/ and evaluations/)")
+    report.add_argument("output_dir", help=f"{RUN_OR_STATE} (the run holds state/ and evaluations/)")
     report.set_defaults(handler=_report)
 
 
@@ -298,7 +321,7 @@ def _add_prepare_data(commands: Any) -> None:
 
 def _add_export(commands: Any) -> None:
     export = commands.add_parser("export", help="write the merged LoRA of a state as a standard PEFT adapter")
-    export.add_argument("state_dir", help="the continual state directory")
+    export.add_argument("state_dir", help=f"{RUN_OR_STATE} (e.g. outputs/run or outputs/run/state)")
     export.add_argument("output_dir", help="where to write adapter_config.json and adapter_model.safetensors")
     export.set_defaults(handler=_export)
 
@@ -308,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mergeforget",
         description=(
             "Continual LoRA fine-tuning with SLAO (Merge before Forget): one adapter carried across a "
-            "sequence of tasks. `train` runs a recipe through Axolotl; `status` and `export` inspect and "
-            "export what any sequence (Axolotl or TRL) left in its state directory."
+            "sequence of tasks. `train` runs a recipe through Axolotl; `status`, `report`, `compare` and `export` "
+            "read what any sequence (Axolotl or TRL) left in its run folder (or the run's state folder)."
         ),
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -63,6 +63,7 @@ def test_status_and_export_commands(tiny_example_run, tmp_path, capsys):
 
 
 def test_export_of_an_empty_state_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "none").mkdir()  # an existing, empty run folder (a path that does not exist is refused as such)
     assert main(["export", str(tmp_path / "none"), str(tmp_path / "adapter")]) == 2
     assert "holds no finished task" in capsys.readouterr().err
 

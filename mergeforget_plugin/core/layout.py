@@ -22,11 +22,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import TaskNameError
+from ..errors import StateError, TaskNameError
 
 # A task's name becomes a folder name (``tasks/task-02-NAME``) and a key of the report: the one rule.
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TASK_NAME_RULE = "must start with a letter or digit and use only letters, digits, '_', '-', '.'"
+# What a state folder holds: ``task-0003/`` snapshots and, while one is written, ``.task-0003.*.tmp``
+# staging folders (the names core/state.py gives them; this layer cannot import it).
+_STATE_ENTRY = re.compile(r"^(task-\d{4,}|\.task-\d{4,}\..*\.tmp)$")
+EXPECTED_FOLDER = (
+    "a run folder (a run's output_dir, holding state/ and evaluations/) or its state folder (holding task-NNNN/ "
+    "snapshots)"
+)
 
 
 def task_name_problem(name: object) -> str | None:
@@ -78,6 +85,47 @@ class RunLayout:
     def of_state_dir(cls, state_dir: str | os.PathLike[str]) -> RunLayout:
         """The layout around a state directory: evaluations, report and adapter go beside it."""
         return cls(Path(state_dir).parent, state_dir)
+
+    @classmethod
+    def of_run_or_state_dir(cls, path: str | os.PathLike[str]) -> RunLayout:
+        """The layout of what a user typed: a run folder, or the state folder of one.
+
+        A folder holding ``task-NNNN/`` snapshots (or a snapshot being written) is a state folder,
+        and so is an empty folder named ``state``; a folder holding any of a run's entries
+        (``state/``, ``evaluations/``, ``adapter/``, ``configs/``, ``tasks/``, ``report.json``...) is
+        a run folder, and so is an empty one (a run that has written nothing yet). Raises
+        :class:`StateError` naming the path for a path that does not exist, a file, or a folder
+        that holds something else; it creates nothing.
+        """
+        folder = Path(path)
+        if not folder.exists():
+            raise StateError(f"{folder} does not exist: expected {EXPECTED_FOLDER}. Check the path.")
+        if not folder.is_dir():
+            raise StateError(f"{folder} is a file, not a folder: expected {EXPECTED_FOLDER}.")
+        names = {entry.name for entry in folder.iterdir()}
+        run = cls(folder)
+        if any(_STATE_ENTRY.match(name) for name in names) or (not names and folder.name == run.state.name):
+            return cls.of_state_dir(folder)
+        if not names or names & {entry.name for entry in run._entries()}:
+            return run
+        hint = _looks_like(folder, names)
+        raise StateError(f"{folder} is neither a run folder nor a state folder{hint}: expected {EXPECTED_FOLDER}.")
+
+    def _entries(self) -> tuple[Path, ...]:
+        """What a run writes directly in ``root`` (any one of them marks a run folder)."""
+        return (
+            self.state,
+            self.evaluations,
+            self.adapter,
+            self.report_json,
+            self.report_markdown,
+            self.accuracy_heatmap,
+            self.configs,
+            self.prepared,
+            self.lock,
+            self.root / "tasks",
+            self.root / "runs",
+        )
 
     @property
     def evaluations(self) -> Path:
@@ -166,3 +214,14 @@ class RunLayout:
         """The earlier tasks' rows a recipe task trains on beside its own (JSON Lines, one more
         dataset of its Axolotl config), written from the state just before the task starts."""
         return self.task_dir(index, name) / "replayed.jsonl"
+
+
+def _looks_like(folder: Path, names: set[str]) -> str:
+    """What a folder that is no run or state folder looks like, when it is a part of one."""
+    if "manifest.json" in names:
+        return f" (it looks like one snapshot of a state: give {folder.parent} instead)"
+    if any(re.match(r"^after-\d+\.json$", name) for name in names):
+        return f" (it looks like a run's evaluations: give {folder.parent} instead)"
+    if "adapter_config.json" in names:
+        return " (it looks like an exported adapter: give the run folder it was exported from)"
+    return ""

@@ -558,18 +558,64 @@ def plot_forgetting_curves(reports: list[dict[str, Any]]) -> bytes:
     return buffer.getvalue()
 
 
+def comparison_problems(reports: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Why runs cannot be put side by side: each run whose tasks (names and order) or whose primary
+    metric of a task differ from the first run's, one line each; empty when they can be."""
+    first = reports[0]
+    problems = []
+    for report in reports[1:]:
+        pair = f"{first['output_dir']} and {report['output_dir']}"
+        tasks, other = first["tasks"], report["tasks"]
+        if other != tasks:
+            lacks = [task for task in tasks if task not in other]
+            adds = [task for task in other if task not in tasks]
+            parts = [f"the second {verb} {names}" for verb, names in (("lacks", lacks), ("adds", adds)) if names]
+            difference = "; ".join(parts) or "the same tasks in another order"
+            problems.append(f"{pair} evaluate different tasks ({difference}): {tasks} vs {other}")
+            continue
+        metrics = [first.get("primary_metric", {}), report.get("primary_metric", {})]
+        differing = [
+            f"{task}: {_metric_and_unit(metrics[0].get(task))} vs {_metric_and_unit(metrics[1].get(task))}"
+            for task in first["tasks"]
+            if metrics[0].get(task, "accuracy") != metrics[1].get(task, "accuracy")
+        ]
+        if differing:
+            problems.append(f"{pair} score tasks with different metrics ({'; '.join(differing)})")
+    return problems
+
+
+def _metric_and_unit(metric: str | None) -> str:
+    metric = metric or "accuracy"
+    return f"{metric} ({metric_info(metric).unit})"
+
+
 def compare_runs(run_dirs: Sequence[str | Path], plot: str | Path | None = None) -> str:
     """``mergeforget compare``: the runs' table (:func:`compare_reports`), and their forgetting
-    curves written as a PNG (``plot``; by default beside the first run, ``RunLayout.comparison_plot``)."""
-    from ..core.state import load_state
-    from ..errors import StateError
+    curves written as a PNG (``plot``; by default beside the first run, ``RunLayout.comparison_plot``).
 
+    Each run is a run folder or its state folder (:meth:`RunLayout.of_run_or_state_dir`). Runs whose
+    tasks or metrics differ (:func:`comparison_problems`) are refused with an
+    :class:`~mergeforget_plugin.errors.EvaluationError` before anything is written."""
+    from ..core.state import load_state
+    from ..errors import EvaluationError, StateError
+
+    layouts = [RunLayout.of_run_or_state_dir(run_dir) for run_dir in run_dirs]
     reports = []
-    for run_dir in run_dirs:
-        layout = RunLayout(run_dir)
+    for run_dir, layout in zip(run_dirs, layouts, strict=True):
         if not layout.evaluation_rows():
-            raise StateError(f"{run_dir} holds no evaluation rows: is it a run's output directory?")
+            raise StateError(
+                f"{run_dir} holds no evaluation rows (none in {layout.evaluations}): give the folder of a run "
+                "that evaluated its tasks, or its state folder."
+            )
         reports.append(build_report(layout, load_state(layout.state)))
-    picture = Path(plot) if plot is not None else RunLayout(run_dirs[0]).comparison_plot
+    problems = comparison_problems(reports)
+    if problems:
+        listed = "\n  - ".join(problems)
+        raise EvaluationError(
+            "compare puts runs of the same tasks, in the same order and scored with the same metrics, side by side; "
+            f"these differ:\n  - {listed}\nCompare only runs of the same tasks and metrics (a recipe run and its "
+            "--baseline, say), or read each run on its own with `mergeforget report`."
+        )
+    picture = Path(plot) if plot is not None else layouts[0].comparison_plot
     write_atomic(picture, plot_forgetting_curves(reports))
     return compare_reports(reports) + f"\nForgetting curves (one panel per task): {picture}\n"
