@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 tests=(
     tests/test_trl_sequence.py tests/test_engine_plan.py tests/test_peft_bridge.py tests/test_trackers.py
-    tests/test_model_card.py
+    tests/test_model_card.py tests/test_settings_and_driver.py
 )
 
 if [[ "${1:-}" != "--tests-only" ]]; then

@@ -195,7 +195,7 @@ def boundary_through_callback(model, boundaries: int, workdir: Path) -> dict:
 
 def slao_adapter_bytes(shapes, rank: int, tasks: list[int], workdir: Path) -> dict[int, int]:
     """Run T boundaries of SLAO and export the adapter after the listed T: bytes on disk."""
-    from mergeforget_plugin.core.export import export_adapter
+    from mergeforget_plugin.evaluation.model_card import export_adapter
 
     config = MergeForgetConfig()
     merged, finetuned, sizes = None, random_lora(shapes, rank, 0), {}

@@ -36,6 +36,7 @@ from .errors import (
     StateError,
     StateMismatchError,
     TaskNameError,
+    TrainingDataError,
     UnsupportedAdapterError,
 )
 
@@ -43,11 +44,12 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ContinualTask": "engine",
+    "ContinualConfig": "settings",
     "MergeForgetCallback": "integrations.callback",
     "Task": "integrations.trl.sequence",
     "SequenceResult": "integrations.trl.sequence",
     "train_sequence": "integrations.trl.sequence",
-    "export_adapter": "core.export",
+    "export_adapter": "evaluation.model_card",
     "EvalSet": "evaluation.scoring",
     "ForgettingGuard": "evaluation.guard",
     "eval_set_from_rows": "evaluation.scoring",
@@ -84,6 +86,7 @@ __all__ = [
     "StateError",
     "StateMismatchError",
     "TaskNameError",
+    "TrainingDataError",
     "UnsupportedAdapterError",
     "load_state",
     "merge_coefficient",

@@ -50,17 +50,19 @@ from typing import Any
 import torch
 
 from .core.atomic import write_atomic
-from .core.export import export_adapter
 from .core.faults import pause_point
 from .core.layout import RunLayout, check_task_names
 from .core.replay import ReplayConfig, add_task, describe, plain_rows, replayed_rows
 from .core.slao import LoRAPair, MergeForgetConfig, merge_coefficient, merge_task, task_start_weights
 from .core.state import BaseModelFingerprint, ContinualState, LoRASignature, check_writable, load_state, save_state
-from .errors import EvaluationError, ForgettingGuardError, ReplayError, RunError, StateError
+from .errors import ForgettingGuardError, ReplayError, StateError
 from .evaluation.guard import ForgettingGuard, Regression, regressions
+from .evaluation.model_card import export_adapter
 from .evaluation.report import build_report, evaluation_record, load_evaluations, merge_records, save_row, write_report
-from .evaluation.schedule import DEFAULT_SCHEDULE, check_schedule, row_plan
+from .evaluation.schedule import DEFAULT_SCHEDULE, row_plan
 from .evaluation.scoring import EvalSet, score_all
+from .preflight import refuse, state_problems, task_problems
+from .settings import ContinualConfig, merged_settings
 
 # The training step at which the `training-step` fault-injection point pauses (see faults.py).
 _PAUSE_STEP = 2
@@ -80,7 +82,7 @@ def is_main_process(trainer_says: bool | None = None) -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _agreed(value: Any) -> Any:
+def agreed(value: Any) -> Any:
     """The first process's ``value`` on every process (the one that scored decides for all)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         holder = [value]
@@ -117,15 +119,8 @@ def check_sequence(
     state = state if state is not None else load_state(layout.state)
     if state is None:
         return None
-    done = state.finished_tasks
-    if list(task_names[: len(done)]) != done:
-        raise RunError(
-            f"{layout.state} finished the tasks {done}, but this sequence starts with {list(task_names[: len(done)])}. "
-            "Resume with the same task order, or use another output directory."
-        )
     where = str(layout.state)
-    state.check_config(config, where)
-    state.check_replay(replay, where)
+    refuse(state_problems(ContinualConfig(strategy=config, replay=replay), task_names, state, where))
     if declared is not None:
         state.check_compatible(*declared, where, other_name=declared_in)
     return state
@@ -344,25 +339,18 @@ class ContinualTask:
     Args:
         layout: The run's output directory; the state is ``layout.state``.
         name: The task's name; a name already finished in the state is refused.
-        config: Strategy and ablations; must match the state's. Defaults to the paper's SLAO.
+        settings: What the run is configured by (:class:`~mergeforget_plugin.settings.ContinualConfig`:
+            strategy, evaluation schedule, replay, guard, export, adapter name, trackers); must match
+            the state's. Defaults to the paper's SLAO with nothing else on.
         eval_sets: Held-out sets of every task of the sequence. When given, the base model's
             row, this task's row and any row a kill interrupted are scored.
         probes: Evaluation-only sets (:class:`EvalSet`, or an lm-evaluation-harness probe), never
             trained on, scored in the same rows as the tasks.
-        eval_schedule: ``"needed"`` or ``"all"``: which tasks and probes each row scores (see
-            :mod:`mergeforget_plugin.evaluation.schedule`). Default: ``"needed"`` when ``sequence`` is
-            given, ``"all"`` otherwise.
         sequence: The names of every task of the sequence, in order (default: the tasks of
-            ``eval_sets``); ``"needed"`` reads it to know the next task and the last.
-        export_dir: Also write the merged LoRA there as a PEFT adapter after the task.
-        adapter_name: The PEFT adapter to carry.
-        trackers: Where the report also goes after the task's row is scored ("tensorboard",
-            "wandb"; see :mod:`mergeforget_plugin.evaluation.trackers`); :meth:`end` can name them too.
-        replay: Keep a buffer of earlier tasks' training rows in the state (:class:`ReplayConfig`);
-            must match the state's. ``train_rows`` (this task's own rows) are drawn into it.
+            ``eval_sets``); the ``"needed"`` schedule reads it to know the next task and the last.
         train_rows: This task's training rows (plain mappings), needed when the sequence replays.
-        guard: Stop before anything of the task is written when its merge makes an earlier task
-            drop more than the guard allows (:class:`ForgettingGuard`); needs ``eval_sets``.
+        config, export_dir, adapter_name, trackers, eval_schedule, replay, guard: Deprecated; the
+            fields of ``settings`` of the same names (``config`` is ``settings.strategy``).
     """
 
     def __init__(
@@ -371,49 +359,45 @@ class ContinualTask:
         name: str,
         config: MergeForgetConfig | None = None,
         *,
+        settings: ContinualConfig | None = None,
         eval_sets: Sequence[EvalSet] = (),
+        probes: Sequence[Any] = (),
+        sequence: Sequence[str] | None = None,
+        train_rows: Sequence[Mapping[str, Any]] | None = None,
         export_dir: str | os.PathLike[str] | None = None,
         adapter_name: str = "default",
         trackers: Sequence[str] = (),
-        probes: Sequence[Any] = (),
         eval_schedule: str | None = None,
-        sequence: Sequence[str] | None = None,
         replay: ReplayConfig | None = None,
-        train_rows: Sequence[Mapping[str, Any]] | None = None,
         guard: ForgettingGuard | None = None,
     ) -> None:
         check_task_names([name])
-        if guard is not None and not eval_sets:  # the same refusal train_sequence gives up front
-            raise ForgettingGuardError(
-                f"Task {name!r}: {guard.where} needs held-out rows to measure forgetting on: give the tasks "
-                "evaluation sets, or leave the guard out."
-            )
-        if replay is not None and train_rows is None:
-            raise ReplayError(f"Task {name!r}: the sequence replays, so its training rows must be given (train_rows).")
-        self.replay, self.guard = replay, guard
+        settings = merged_settings(
+            settings,
+            f"ContinualTask {name!r}",
+            {"adapter_name": "default", "trackers": ()},
+            config=config,
+            export_dir=export_dir,
+            adapter_name=adapter_name,
+            trackers=tuple(trackers),
+            eval_schedule=eval_schedule,
+            replay=replay,
+            guard=guard,
+        )
+        # `needed` reads the order of the sequence; without it (a callback used on its own) every
+        # row scores everything, as before the schedule existed.
+        if settings.eval_schedule is None:
+            settings = settings.replace(eval_schedule=DEFAULT_SCHEDULE if sequence is not None else "all")
+        self.settings = settings
+        self.layout = layout
+        self.name = name
+        self.eval_sets = list(eval_sets)
+        self.probes = list(probes)
+        self.sequence = list(sequence) if sequence is not None else [s.task for s in self.eval_sets]
+        refuse(task_problems(settings, name, self.eval_sets, self.probes, train_rows))
         # As the state will store them, so a run that goes on in memory replays what a resumed one does.
         self.train_rows = plain_rows(train_rows, f"Task {name!r}, training rows") if train_rows is not None else None
         self.regressions: list[Regression] = []  # what the guard saw at this task's end
-        self.layout = layout
-        self.name = name
-        self.config = config if config is not None else MergeForgetConfig()
-        self.eval_sets = list(eval_sets)
-        self.probes = list(probes)
-        names = [s.task for s in self.eval_sets] + [p.task for p in self.probes]
-        clash = sorted({name for name in names if names.count(name) > 1})
-        if clash:
-            raise EvaluationError(
-                f"Evaluation sets and probes need distinct names; {clash} is used twice. Rename the probe."
-            )
-        # `needed` reads the order of the sequence; without it (a callback used on its own) every
-        # row scores everything, as before the schedule existed.
-        if eval_schedule is None:
-            eval_schedule = DEFAULT_SCHEDULE if sequence is not None else "all"
-        self.eval_schedule = check_schedule(eval_schedule)
-        self.sequence = list(sequence) if sequence is not None else [s.task for s in self.eval_sets]
-        self.export_dir = Path(export_dir) if export_dir is not None else None
-        self.adapter_name = adapter_name
-        self.trackers = list(trackers)
         self.state: ContinualState | None = None
         self.index: int | None = None
         self.accuracy: dict[str, float] | None = None  # this task's row (primary metrics), once scored
@@ -425,6 +409,15 @@ class ContinualTask:
         self._main = is_main_process()
         self._collective = False  # set in begin(): weights are sharded, every process runs the model
         self._rows_pending = False
+
+    # The settings by the names the engine used before they had an object of their own.
+    config = property(lambda self: self.settings.strategy)
+    replay = property(lambda self: self.settings.replay)
+    guard = property(lambda self: self.settings.guard)
+    eval_schedule = property(lambda self: self.settings.eval_schedule)
+    adapter_name = property(lambda self: self.settings.adapter_name)
+    trackers = property(lambda self: list(self.settings.trackers))
+    export_dir = property(lambda self: Path(self.settings.export_dir) if self.settings.export_dir is not None else None)
 
     def begin(
         self,
@@ -516,7 +509,7 @@ class ContinualTask:
         if self.guard is not None:  # the process that scored decides for all (no collective without a guard)
             records = load_evaluations(self.layout) if self.scores is not None else []
             found = guard_verdict(self.guard, records, self.scores, state.finished_tasks, self.state.history)
-            self.regressions = _agreed(found if self.scores is not None else [])
+            self.regressions = agreed(found if self.scores is not None else [])
         if self.regressions and not self.guard.accept_regression:
             self._reject(model, state, main)
         if self.regressions:  # taken anyway: the history says which drops were accepted

@@ -57,6 +57,10 @@ class ReplayError(MergeForgetError, ValueError):
     """Replay settings or replayed rows that cannot be used: names the field, file or task."""
 
 
+class TrainingDataError(MergeForgetError, ValueError):
+    """A task's training rows that the trainer cannot train on: names the task, the row and the field."""
+
+
 class ForgettingGuardError(MergeForgetError):
     """A task's merge made an earlier task worse than the guard allows; the previous state is kept."""
 

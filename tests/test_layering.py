@@ -38,10 +38,12 @@ LAYERS = [
         "data.standard_cl",
         "data.superni",
     },
-    {"core.state", "evaluation.report"},
+    {"core.state", "evaluation.report", "settings"},
+    {"preflight"},
     {"core.export", "evaluation.trackers"},
-    {"peft_bridge"},
+    {"peft_bridge", "evaluation.model_card"},
     {"engine"},
+    {"driver"},
     {"integrations", "integrations.callback"},
     {
         "integrations.trl",
@@ -78,7 +80,11 @@ CORE = (
     "evaluation.lm_eval_probe",
     "evaluation.report",
     "evaluation.trackers",
+    "evaluation.model_card",
+    "settings",
+    "preflight",
     "engine",
+    "driver",
 )
 
 
@@ -119,6 +125,21 @@ def test_no_module_imports_a_higher_layer():
         if LAYER_OF[target] > LAYER_OF[name]
     ]
     assert upward == []
+
+
+def test_core_imports_nothing_above_it():
+    # core/ is the math, the state, the layout and the adapter files: it must stay usable (and
+    # testable) without the evaluation, the engine or an integration, so it imports only itself
+    # and the errors.
+    modules = package_modules()
+    outside = {
+        f"{name} imports {target}"
+        for name, tree in modules.items()
+        if name == "core" or name.startswith("core.")
+        for target in imported_package_modules(name, tree)
+        if not (target == "core" or target.startswith("core.") or target == "errors")
+    }
+    assert outside == set()
 
 
 def test_the_trl_path_and_the_axolotl_integration_never_import_each_other():

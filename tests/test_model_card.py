@@ -14,10 +14,10 @@ import torch
 import yaml
 
 from mergeforget_plugin.cli import main
-from mergeforget_plugin.core.export import export_adapter, final_table, model_card
 from mergeforget_plugin.core.layout import RunLayout
 from mergeforget_plugin.core.slao import LoRAPair, MergeForgetConfig
 from mergeforget_plugin.core.state import BaseModelFingerprint, ContinualState, LoRASignature, save_state
+from mergeforget_plugin.evaluation.model_card import export_adapter, final_table, model_card
 from mergeforget_plugin.evaluation.report import build_report, evaluation_record, save_row
 
 REPO = Path(__file__).resolve().parent.parent

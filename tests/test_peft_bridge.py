@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from mergeforget_plugin.core.export import export_adapter
 from mergeforget_plugin.core.slao import LoRAPair, MergeForgetConfig
 from mergeforget_plugin.core.state import ContinualState
 from mergeforget_plugin.errors import UnsupportedAdapterError
+from mergeforget_plugin.evaluation.model_card import export_adapter
 from mergeforget_plugin.peft_bridge import (
     adapter_config_dict,
     base_model_fingerprint,

@@ -4,14 +4,16 @@ Needs no PEFT: an adapter directory is ``adapter_config.json`` (kept in the stat
 own ``LoraConfig``) and ``adapter_model.safetensors`` with PEFT's key names, plus the ``README.md``
 model card that ``PeftModel.save_pretrained`` would also write (YAML front matter with
 ``base_model``, ``library_name: peft``, ``pipeline_tag`` and ``tags``, then Markdown), here telling
-which tasks the adapter learned, with which strategy, and (given the run's report) how they score.
+which tasks the adapter learned, with which strategy, and (given the run's scores, rendered by
+:mod:`mergeforget_plugin.evaluation.model_card`) how they score. Like the rest of ``core/``, it imports
+nothing above it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,6 @@ from typing import Any
 import yaml
 
 from ..errors import StateError
-from ..evaluation.metrics import metric_info
-from ..evaluation.report import format_value, metric_label
 from .atomic import replace_atomic, write_atomic
 from .faults import pause_point
 from .slao import merge_coefficient
@@ -110,113 +110,6 @@ def _lora_lines(state: ContinualState) -> list[str]:
     ]
 
 
-def _best_earlier(report: Mapping[str, Any], task: str, higher_is_better: bool) -> float | None:
-    """The task's best score in the rows after its own training and before the last row."""
-    column = report["tasks"].index(task)
-    rows = report["accuracy_matrix"][report["rows_after"].index(task) : -1]
-    values = [row[column] for row in rows if row[column] is not None]
-    if not values:
-        return None
-    return max(values) if higher_is_better else min(values)
-
-
-def final_table(report: Mapping[str, Any], tasks: Sequence[str]) -> list[dict[str, Any]]:
-    """Per trained task (``tasks``: the report's ``rows_after``), the numbers the card shows: its
-    primary metric, its score right after its own training, its best score after that and before
-    the last task, its score after the last task, and its forgetting (the report's, oriented so
-    that positive means the task got worse). ``None`` where the report has no such number."""
-    primary = report.get("primary_metric", {})
-    forgetting = report["metrics"]["forgetting"]
-    matrix, rows_after = report["accuracy_matrix"], list(report["rows_after"])
-    table = []
-    for task in tasks:
-        metric = primary.get(task, "accuracy")
-        scored = task in report["tasks"] and task in rows_after
-        column = report["tasks"].index(task) if scored else None
-        table.append(
-            {
-                "task": task,
-                "metric": metric,
-                "after_own_training": matrix[rows_after.index(task)][column] if scored else None,
-                "best_earlier": _best_earlier(report, task, metric_info(metric).higher_is_better) if scored else None,
-                "final": matrix[-1][column] if scored else None,
-                "forgetting": forgetting.get(task),
-            }
-        )
-    return table
-
-
-def report_fits(state: ContinualState, report: Mapping[str, Any] | None) -> bool:
-    """Whether ``report`` has one row after each task of ``state``, so its last row scores this adapter.
-
-    Not so when a kill came between a task's evaluation row and its state, or a row is missing.
-    """
-    return report is not None and list(report.get("rows_after", [])) == list(state.finished_tasks)
-
-
-def _evaluation_lines(state: ContinualState, report: Mapping[str, Any]) -> list[str]:
-    trained = list(state.finished_tasks)
-    lines = ["## Evaluation", ""]
-    if not report_fits(state, report):
-        return lines + [
-            "The run's evaluation rows (after: "
-            + (", ".join(report.get("rows_after", [])) or "none")
-            + ") are not one row after each task of this adapter, so no scores are given here; "
-            "`mergeforget report` shows what was measured.",
-        ]
-    table = final_table(report, trained)
-    primary = report.get("primary_metric", {})
-    metrics_used = list(dict.fromkeys(primary.get(task, "accuracy") for task in trained))
-    lines += [
-        "Scores from the run's evaluation rows, in each task's primary metric: "
-        + "; ".join(metric_label(metric) for metric in metrics_used)
-        + ". Forgetting = score after the task's own training - score after the last task (for a "
-        "lower-is-better metric such as loss, the other way round), so positive forgetting means the task got "
-        "worse. Best earlier: the task's best score after its own training and before the last task.",
-        "",
-        f"| task | metric | after its own training | best earlier | after the last task ({trained[-1]}) | forgetting |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in table:
-        metric = row["metric"]
-        best = "—" if row["best_earlier"] is None else format_value(row["best_earlier"], metric=metric)
-        forgot = "—" if row["forgetting"] is None else format_value(row["forgetting"], True, metric)
-        lines.append(
-            f"| {row['task']} | {metric} | {format_value(row['after_own_training'], metric=metric)} | {best} | "
-            f"{format_value(row['final'], metric=metric)} | {forgot} |"
-        )
-    lines.append("")
-    metrics = report["metrics"]
-    if report.get("primary_uniform", True):
-        metric = metrics_used[0]
-        unit = "points" if metric_info(metric).unit == "fraction" else metric_info(metric).unit
-        lines += [
-            f"- AA, mean score after the last task: {format_value(metrics['average_accuracy'], metric=metric)} "
-            f"({unit})",
-            f"- BWT, backward transfer (negative = forgetting): {format_value(metrics['bwt'], True, metric)}",
-            f"- FWT, forward transfer vs the base model: {format_value(metrics['fwt'], True, metric)}",
-        ]
-    else:
-        lines.append("AA, BWT and FWT are not given: the tasks' primary metrics differ in unit (see report.json).")
-    probes = report.get("probes") or {}
-    if probes:
-        lines += [
-            "",
-            "General ability (probes: evaluation-only sets, never trained on; change = after the last task - base "
-            "model):",
-            "",
-            "| probe | metric | base model | after the last task | change |",
-            "|---|---|---|---|---|",
-        ]
-        for name, probe in probes.items():
-            metric = probe["metric"]
-            lines.append(
-                f"| {name} | {metric_label(metric)} | {format_value(probe['zero_shot'], metric=metric)} | "
-                f"{format_value(probe['final'], metric=metric)} | {format_value(probe['change'], True, metric)} |"
-            )
-    return lines
-
-
 def _version(package: str) -> str | None:
     try:
         return metadata.version(package)
@@ -224,13 +117,13 @@ def _version(package: str) -> str | None:
         return None
 
 
-def model_card(state: ContinualState, report: Mapping[str, Any] | None = None) -> str:
+def model_card(state: ContinualState, evaluation: Sequence[str] = ()) -> str:
     """The ``README.md`` of the exported adapter: PEFT-style front matter, then what the adapter is.
 
-    ``report`` is :func:`~mergeforget_plugin.evaluation.report.build_report`'s result for the run;
-    with it the card gives each task's final score, best earlier score and forgetting, and AA, BWT,
-    FWT. The card holds no timestamp and not the run's folder, so exporting the same state and report
-    again gives the same bytes.
+    ``evaluation`` is the card's evaluation section, as lines of Markdown
+    (:func:`mergeforget_plugin.evaluation.model_card.evaluation_lines` renders it from the run's
+    report). The card holds no timestamp and not the run's folder, so exporting the same state and
+    scores again gives the same bytes.
     """
     base = state.adapter_config.get("base_model_name_or_path")
     n = len(state.finished_tasks)
@@ -253,8 +146,8 @@ def model_card(state: ContinualState, report: Mapping[str, Any] | None = None) -
         "",
     ]
     lines += _task_lines(state) + [""] + _strategy_lines(state) + [""] + _lora_lines(state) + [""]
-    if report is not None:
-        lines += _evaluation_lines(state, report) + [""]
+    if evaluation:
+        lines += [*evaluation, ""]
     versions = [
         f"- {name} {version}"
         for name, version in (
@@ -268,15 +161,13 @@ def model_card(state: ContinualState, report: Mapping[str, Any] | None = None) -
     return _front_matter(state) + "\n" + "\n".join(lines)
 
 
-def export_adapter(
-    state: ContinualState, output_dir: str | os.PathLike[str], *, report: Mapping[str, Any] | None = None
-) -> Path:
+def write_adapter(state: ContinualState, output_dir: str | os.PathLike[str], *, evaluation: Sequence[str] = ()) -> Path:
     """Write the merged LoRA of ``state`` as a standard PEFT adapter directory and return it.
 
     ``PeftModel.from_pretrained(base_model, output_dir)`` loads it. Each file is replaced
     atomically; the config is the same for every task of a sequence, so an export interrupted
     between the two files still pairs the new weights with a correct config. The model card
-    ``README.md`` (see :func:`model_card`; ``report`` adds the run's scores) is written last.
+    ``README.md`` (see :func:`model_card`; ``evaluation`` is its section of scores) is written last.
     """
     if not state.merged:
         raise StateError("No task has finished yet, so there is no merged adapter to export.")
@@ -288,5 +179,5 @@ def export_adapter(
     replace_atomic(out / ADAPTER_WEIGHTS_FILE, lambda temporary: write_safetensors(temporary, tensors))
     pause_point("export", len(state.finished_tasks))
     write_atomic(out / ADAPTER_CONFIG_FILE, json.dumps(state.adapter_config, indent=2, sort_keys=True))
-    write_atomic(out / MODEL_CARD_FILE, model_card(state, report))
+    write_atomic(out / MODEL_CARD_FILE, model_card(state, evaluation))
     return out

@@ -16,7 +16,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..core.layout import RunLayout
-from ..core.replay import ReplayConfig, buffer_fields, check_fields, resumed_advice
+from ..core.replay import ReplayConfig
 from ..core.slao import MergeForgetConfig
 from ..core.state import ContinualState, load_state
 from ..engine import ContinualTask, replay_for, training_summary
@@ -24,6 +24,8 @@ from ..errors import ReplayError
 from ..evaluation.guard import ForgettingGuard
 from ..evaluation.scoring import EvalSet
 from ..evaluation.trackers import requested
+from ..preflight import TaskPlan, refuse, replay_problems, state_problems
+from ..settings import ContinualConfig, merged_settings
 
 
 class TaskCallback(TrainerCallback):
@@ -114,6 +116,11 @@ class MergeForgetCallback(TaskCallback):
         guard ([`ForgettingGuard`], *optional*):
             Refuse the task, keeping the previous state, adapter and report, when its merge makes an
             earlier task (of `eval_sets`) drop more than `guard.max_forgetting`.
+        settings ([`ContinualConfig`], *optional*):
+            What the sequence is configured by: the strategy, the evaluation schedule, replay, the guard,
+            the export and the adapter name in one object. `config`, `export_dir`, `adapter_name`,
+            `eval_schedule`, `replay` and `guard` are its fields given one by one (deprecated: a
+            `DeprecationWarning` says so); give either, not both.
 
     Example:
 
@@ -144,42 +151,50 @@ class MergeForgetCallback(TaskCallback):
         replay: ReplayConfig | None = None,
         train_dataset: Any = None,
         guard: ForgettingGuard | None = None,
+        *,
+        settings: ContinualConfig | None = None,
     ) -> None:
         layout = RunLayout.of_state_dir(state_dir)
-        if replay is not None and train_dataset is None:
+        settings = merged_settings(
+            settings,
+            "MergeForgetCallback",
+            {"adapter_name": "default"},
+            config=config,
+            export_dir=export_dir,
+            adapter_name=adapter_name,
+            eval_schedule=eval_schedule,
+            replay=replay,
+            guard=guard,
+        )
+        if settings.replay is not None and train_dataset is None:
             raise ReplayError(
                 f"Task {task_name!r}: replay draws from the task's own rows: pass them as train_dataset, and train "
                 "on the callback's train_dataset (which adds the replayed rows)."
             )
-        own = dataset_rows(train_dataset, f"Task {task_name!r}, train_dataset") if replay is not None else None
+        own = dataset_rows(train_dataset, f"Task {task_name!r}, train_dataset") if settings.replay is not None else None
         super().__init__(
             ContinualTask(
                 layout,
                 task_name,
-                config,
+                settings=settings,
                 eval_sets=eval_sets,
-                export_dir=export_dir,
-                adapter_name=adapter_name,
                 probes=probes,
-                eval_schedule=eval_schedule,
                 sequence=sequence,
-                replay=replay,
                 train_rows=own,
-                guard=guard,
             )
         )
         #: What the trainer trains on: ``train_dataset`` plus the rows replayed from earlier tasks.
         self.train_dataset = train_dataset
         self.replayed = 0
-        if replay is not None:
+        if settings.replay is not None:
             state = load_state(layout.state)
             if state is not None:
-                state.check_replay(replay, str(layout.state))
-                fields = buffer_fields(state.replay_buffer)
-                own_fields = sorted(own[0]) if own else []
-                advice = resumed_advice(str(layout.state))
-                check_fields(fields, task_name, own_fields, f"replay into {task_name!r}", what_to_do=advice)
-            rows = replay_for(state, task_name, len(own), replay)
+                plan = TaskPlan(task_name, f"Task {task_name!r}, train_dataset", fields=sorted(own[0]) if own else [])
+                refuse(
+                    state_problems(settings, state.finished_tasks, state, str(layout.state))
+                    + replay_problems(settings, [plan], state, str(layout.state))
+                )
+            rows = replay_for(state, task_name, len(own), settings.replay)
             self.train_dataset, self.replayed = with_rows(train_dataset, rows), len(rows)
 
     def on_train_begin(
@@ -206,6 +221,29 @@ def dataset_rows(dataset: Any, where: str) -> list[dict[str, Any]]:
         f"{where}: replay draws from the task's training rows before it trains, and a {type(dataset).__name__} "
         "cannot be read that way; give a datasets.Dataset or a list of rows."
     )
+
+
+def training_plan(name: str, dataset: Any, where: str, **known: Any) -> TaskPlan:
+    """What the pre-flight can know of a task's training rows before it trains: every row of a list,
+    a ``datasets.Dataset``'s columns, row count and first empty value (from its Arrow table, without
+    reading the rows into Python); nothing of an ``IterableDataset``, which is read only as it trains."""
+    if isinstance(dataset, list | tuple):
+        return TaskPlan.of_rows(name, where, dataset, **known)
+    table = getattr(dataset, "data", None)
+    if hasattr(dataset, "column_names") and hasattr(table, "column"):  # datasets.Dataset
+        import pyarrow.compute as pc
+
+        first_empty = None
+        for column in dataset.column_names:
+            values = table.column(column)
+            if values.null_count:
+                number = pc.index(pc.is_null(values), True).as_py()
+                empty = [c for c in dataset.column_names if dataset[number][c] is None]
+                first_empty = min(first_empty or (number, empty), (number, empty))
+        return TaskPlan(
+            name, where, fields=sorted(dataset.column_names), row_count=len(dataset), first_empty=first_empty, **known
+        )
+    return TaskPlan(name, where, **known)
 
 
 def with_rows(dataset: Any, rows: list[dict[str, Any]]) -> Any:

@@ -21,6 +21,8 @@ from ...core.state import pickled_adapter_problem
 from ...errors import MergeForgetError
 from ...evaluation.guard import ForgettingGuard
 from ...evaluation.scoring import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP, EvalSet, eval_set_from_rows, read_rows
+from ...preflight import guard_problems
+from ...settings import ContinualConfig
 
 
 class _BuildsConfig(BaseModel):
@@ -214,20 +216,31 @@ class MergeForgetSettings(StrategySettings):  # type: ignore[misc, valid-type]
 
     @model_validator(mode="after")
     def _levers(self) -> MergeForgetSettings:
-        # Built once here so a bad block stops Axolotl's config validation, not the task's end.
+        # Built once here so a bad block stops Axolotl's config validation, not the task's end; the
+        # rules over the settings are the pre-flight's, the same the TRL path runs.
         try:
-            self.replay_config()
-            self.forgetting_guard()
+            settings = self.continual_config()
         except MergeForgetError as error:  # a ValueError is what pydantic reports as the field's problem
             raise ValueError(str(error)) from None
+        problems = guard_problems(settings, bool(self.evaluation), give="mergeforget.evaluation")
+        if problems:
+            raise ValueError(str(problems[0]))
         if self.replay is not None and not self.train_files:
             raise ValueError(
                 "mergeforget.replay needs mergeforget.train_files, the task's own training rows (JSON or JSON "
                 "Lines) that the buffer keeps; the recipe runner writes both"
             )
-        if self.guard is not None and not self.evaluation:
-            raise ValueError("mergeforget.guard measures forgetting on held-out rows: give mergeforget.evaluation")
         return self
+
+    def continual_config(self) -> ContinualConfig:
+        """What this task's sequence is configured by, as the TRL path's ``settings=`` holds it."""
+        return ContinualConfig(
+            strategy=self.to_config(),
+            eval_schedule=self.eval_schedule,
+            replay=self.replay_config(),
+            guard=self.forgetting_guard(),
+            export_dir=self.export_dir,
+        )
 
     def replay_config(self) -> ReplayConfig | None:
         return None if self.replay is None else ReplayConfig.from_mapping(self.replay, "mergeforget.replay")

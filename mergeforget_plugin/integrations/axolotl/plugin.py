@@ -57,15 +57,11 @@ class MergeForgetPlugin(BasePlugin):
         self.task = ContinualTask(
             RunLayout.of_state_dir(settings.state_dir),
             settings.task_name,
-            settings.to_config(),
-            export_dir=settings.export_dir,
+            settings=settings.continual_config(),
             eval_sets=eval_sets,
             probes=probes,
-            eval_schedule=settings.eval_schedule,
             sequence=settings.sequence,
-            replay=settings.replay_config(),
             train_rows=settings.train_rows(),
-            guard=settings.forgetting_guard(),
         )
         tokenizer = None
         if eval_sets or probes:

@@ -40,8 +40,9 @@ from ...core.state import (
     tidy_state_dir,
 )
 from ...data.models import resolve_model_reference
-from ...engine import check_sequence, finish_sequence, replay_for
-from ...errors import ForgettingGuardError, MergeForgetError, RecipeError, RunError, StateError
+from ...driver import TaskTrainer, drive_sequence
+from ...engine import check_sequence, replay_for
+from ...errors import ForgettingGuardError, MergeForgetError, RecipeError, RunError
 from .failure import FAILURE_FILE_VARIABLE, describe_failure, read_failure
 from .recipe import LoadedRecipe, load_recipe
 
@@ -486,46 +487,53 @@ def _train_task(
         )
 
 
-def _train_tasks(
-    plan: RunPlan, echo: Callable[[str], None] | None, *, stream_output: bool, processes: int | None
-) -> None:
-    """Every unfinished task in order, under the run's lock, with one progress bar."""
+class _AxolotlTasks(TaskTrainer):
+    """The recipe runner's way to train a task: an ``axolotl train`` process, under the run's lock,
+    with one progress bar over every task of the run."""
+
+    def __init__(self, plan: RunPlan, *, lock: int, progress: _StepBar, stream_output: bool, processes: int | None):
+        self.plan, self.lock, self.progress = plan, lock, progress
+        self.stream_output, self.processes = stream_output, processes
+
+    def describe(self, index: int, name: str) -> str:
+        run = self.plan.runs[index - 1]
+        return f"axolotl train {run.config_path} (log: {self.plan.layout.task_log(index, name)})"
+
+    def skip(self, index: int, name: str) -> None:
+        run = self.plan.runs[index - 1]
+        run.skipped = True
+        self.progress.finish(run)
+
+    def train(self, index: int, name: str) -> None:
+        run = self.plan.runs[index - 1]
+        self.progress.start(run)
+        _train_task(
+            self.plan,
+            run,
+            lock=self.lock,
+            progress=self.progress,
+            stream_output=self.stream_output,
+            processes=self.processes,
+        )
+        self.progress.finish(run)
+
+
+def _drive(plan: RunPlan, echo: Callable[[str], None] | None, *, stream_output: bool, processes: int | None) -> None:
+    """Every unfinished task in order through the sequence driver, under the run's lock, then the
+    adapter and the report (also after the guard refused a task)."""
     layout, runs = plan.layout, plan.runs
     lock = _acquire_lock(layout)
     # A run killed between a snapshot's rename and the removal of the older ones left them behind.
     tidy_state_dir(layout.state)
     progress = _StepBar(runs, layout)
-    echo = echo or progress.write
+    tasks = _AxolotlTasks(plan, lock=lock, progress=progress, stream_output=stream_output, processes=processes)
     try:
-        for run in runs:
-            if run.name in finished_task_names(layout.state):
-                run.skipped = True
-                progress.finish(run)
-                continue
-            progress.start(run)
-            log_path = layout.task_log(run.index, run.name)
-            echo(f"[task {run.index}/{len(runs)}] {run.name}: axolotl train {run.config_path} (log: {log_path})")
-            _train_task(plan, run, lock=lock, progress=progress, stream_output=stream_output, processes=processes)
-            echo(f"[task {run.index}/{len(runs)}] {run.name}: done in {run.seconds:.1f} s")
-            progress.finish(run)
+        drive_sequence(
+            layout, [run.name for run in runs], tasks, echo=echo or progress.write, recipe=str(plan.loaded.path)
+        )
     finally:
         progress.close()
         os.close(lock)
-
-
-def _finish(plan: RunPlan, echo: Callable[[str], None], *, stopped: bool = False) -> None:
-    """The merged adapter and the report of the state's finished tasks (``stopped``: the guard
-    refused the next task, so these are the last tasks it took)."""
-    layout = plan.layout
-    final = load_state(layout.state)
-    if final is None:
-        if stopped:
-            return  # the guard cannot refuse task 1: nothing to measure forgetting on
-        raise StateError(f"No state in {layout.state} after the run.")
-    reports = finish_sequence(layout, final, recipe=str(plan.loaded.path))
-    done = f"{len(final.finished_tasks)} task(s)" if stopped else f"All {len(final.finished_tasks)} task(s)"
-    echo(f"{done} finished. Merged adapter: {layout.adapter}")
-    echo(f"Report: {', '.join(str(path) for path in reports)}")
 
 
 def _echo_dry_run(plan: RunPlan, echo: Callable[[str], None]) -> None:
@@ -579,13 +587,7 @@ def run_recipe(
     if dry_run:
         _echo_dry_run(plan, echo or print)
         return plan.runs
-    try:
-        _train_tasks(plan, echo, stream_output=bool(stream_output), processes=processes)
-    except ForgettingGuardError:
-        # The adapter and the report a user deploys and reads are those of the tasks taken so far.
-        _finish(plan, echo or print, stopped=True)
-        raise
-    _finish(plan, echo or print)
+    _drive(plan, echo, stream_output=bool(stream_output), processes=processes)
     if baseline is not None:
         second = baseline_dir(plan.layout.root, baseline)
         run_recipe(

@@ -16,16 +16,19 @@ from typing import Any
 import torch
 
 from ...core.layout import RunLayout
-from ...core.replay import ReplayConfig, buffer_fields, check_fields, plain_rows, resumed_advice
+from ...core.replay import ReplayConfig
 from ...core.slao import MergeForgetConfig
-from ...core.state import ContinualState
-from ...engine import check_sequence, finish_sequence
-from ...errors import EvaluationError, ForgettingGuardError, StateError
+from ...core.state import ContinualState, check_writable, load_state
+from ...driver import TaskTrainer, drive_sequence
+from ...engine import is_main_process
+from ...errors import EvaluationError, StateError
 from ...evaluation.guard import ForgettingGuard
 from ...evaluation.metrics import SCORABLE
-from ...evaluation.schedule import DEFAULT_SCHEDULE, check_schedule
+from ...evaluation.schedule import DEFAULT_SCHEDULE
 from ...evaluation.scoring import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP, EvalSet, eval_set_from_rows
-from ..callback import MergeForgetCallback, dataset_rows
+from ...preflight import TaskPlan, refuse, sequence_problems
+from ...settings import ContinualConfig, merged_settings
+from ..callback import MergeForgetCallback, training_plan
 
 
 @dataclass
@@ -74,6 +77,16 @@ class Task:
                 f"{where}, max_new_tokens: must be a positive whole number, got {self.max_new_tokens!r}."
             )
 
+    def plan(self, text_field: str = "text") -> TaskPlan:
+        """What the pre-flight checks of the task's training rows before anything trains."""
+        return training_plan(
+            self.name,
+            self.train_dataset,
+            f"Task {self.name!r}, train_dataset",
+            held_out=self.eval_dataset is not None,
+            formats=((text_field,), ("messages",), ("prompt", "completion"), ("input_ids",)),
+        )
+
     def eval_set(self) -> EvalSet | None:
         """The task's held-out rows as an :class:`EvalSet` (``None`` without ``eval_dataset``)."""
         if self.eval_dataset is None:
@@ -116,18 +129,22 @@ def train_sequence(
     output_dir: str | os.PathLike[str] | None = None,
     processing_class: Any = None,
     peft_config: Any = None,
-    config: MergeForgetConfig | None = None,
+    settings: ContinualConfig | None = None,
     callbacks: list[Any] | None = None,
     loss_matrix: bool = True,
     probes: list[Any] | None = None,
+    config: MergeForgetConfig | None = None,
     eval_schedule: str = DEFAULT_SCHEDULE,
     replay: ReplayConfig | None = None,
     guard: ForgettingGuard | None = None,
 ) -> SequenceResult:
     """Train ``tasks`` in order with ``SFTTrainer`` and SLAO; export one standard PEFT adapter.
 
-    Resumable: tasks already finished in ``OUTPUT_DIR/state`` are skipped, so calling it again
-    after a crash continues with the first unfinished task.
+    Resumable: tasks already finished in ``OUTPUT_DIR/state`` are skipped (it says so), so calling
+    it again after a crash continues with the first unfinished task. Everything is checked before
+    task 1 trains: the settings, the tasks' training rows, the state and the model against it. After
+    the last task, or when the guard refuses one, ``OUTPUT_DIR/adapter`` and the report hold the
+    tasks the state took.
 
     Args:
         model: A `PeftModel`, or a base model together with `peft_config` (wrapped once here).
@@ -138,7 +155,9 @@ def train_sequence(
             recipe run through Axolotl writes them. Defaults to `args.output_dir`.
         processing_class: The tokenizer, passed to `SFTTrainer`.
         peft_config: A `peft.LoraConfig`, when `model` is not a `PeftModel` yet.
-        config: Strategy and ablations; defaults to the paper's SLAO.
+        settings: What the sequence is configured by ([`ContinualConfig`]): the strategy (default:
+            the paper's SLAO), the evaluation schedule (default `"needed"`), replay, the forgetting
+            guard, an export folder and the adapter name.
         callbacks: Extra `TrainerCallback`s for every task; they run after the SLAO callback.
         loss_matrix: After every task, also run `trainer.evaluate()` on every task's `eval_dataset` and
             return the losses as `SequenceResult.eval_loss`. Costs one more forward pass over every
@@ -146,76 +165,104 @@ def train_sequence(
             the held-out loss in the report, the heatmaps and the trackers).
         probes: Evaluation-only sets never trained on ([`EvalSet`], e.g. from `eval_set_from_rows`,
             or [`LMEvalProbe`]), scored with the tasks; the report shows their change from the base.
-        eval_schedule: `"needed"` (default) or `"all"`; see `mergeforget_plugin.evaluation.schedule`.
-        replay: Keep a constant-size buffer of earlier tasks' training rows in the state and mix
-            them into every later task's training set ([`ReplayConfig`]); every task needs the
-            same fields. Off by default: the buffer holds training text.
-        guard: Stop, keeping the previous task's state, adapter and report, when a task's merge
-            makes an earlier task drop more than `guard.max_forgetting` ([`ForgettingGuard`];
-            `accept_regression=True` takes it anyway). Resuming retries the task.
+        config, eval_schedule, replay, guard: Deprecated: `settings.strategy`, `settings.eval_schedule`,
+            `settings.replay` and `settings.guard` given one by one; give either, not both.
 
     Returns:
         A [`SequenceResult`] with the final state, the adapter folder and the loss matrix.
     """
-    from trl import SFTTrainer
-
-    config = config if config is not None else MergeForgetConfig()
+    settings = merged_settings(
+        settings,
+        "train_sequence",
+        {"eval_schedule": DEFAULT_SCHEDULE},
+        config=config,
+        eval_schedule=eval_schedule,
+        replay=replay,
+        guard=guard,
+    )
     layout = RunLayout(output_dir if output_dir is not None else args.output_dir)
-    state = check_sequence(layout, [task.name for task in tasks], config, replay=replay)
-    check_schedule(eval_schedule)
+    state = load_state(layout.state)
+    plans = [task.plan(getattr(args, "dataset_text_field", None) or "text") for task in tasks]
+    refuse(sequence_problems(settings, plans, state, str(layout.state)))
+    check_writable(layout.state)
     eval_sets, probes = _checked_evaluation(tasks, probes)
-    if guard is not None and not eval_sets:
-        raise ForgettingGuardError(f"{guard.where} measures forgetting on held-out rows: give the tasks eval_dataset.")
-    if replay is not None:
-        _check_replay_fields(tasks, state, str(layout.state))
-    model = _peft_model(model, peft_config, args.seed, state, len(tasks))
+    model = _peft_model(model, peft_config, args.seed)
+    if state is not None:  # the model must be the one the state was trained on, even with nothing left to train
+        from ...peft_bridge import describe_model, write_lora
+
+        state.check_compatible(*describe_model(model, settings.adapter_name), str(layout.state))
+        if len(state.finished_tasks) == len(tasks):
+            write_lora(model, state.merged, settings.adapter_name)  # the model holds the deployed LoRA
     if (eval_sets or probes) and processing_class is None:
         from transformers import AutoTokenizer
 
         processing_class = AutoTokenizer.from_pretrained(model.config.name_or_path)
-    eval_datasets = {task.name: task.eval_dataset for task in tasks if task.eval_dataset is not None}
-    eval_loss: dict[str, dict[str, float]] = {}
-    accuracy: dict[str, dict[str, float]] = {}
-    for index, task in enumerate(tasks, start=1):
-        if state is not None and task.name in state.finished_tasks:
-            continue
-        callback = MergeForgetCallback(
-            layout.state,
-            task_name=task.name,
-            config=config,
-            eval_sets=eval_sets,
-            probes=probes,
-            eval_schedule=eval_schedule,
-            sequence=[t.name for t in tasks],
-            replay=replay,
-            train_dataset=task.train_dataset,
-            guard=guard,
-        )
-        task_args = dataclasses.replace(args, output_dir=str(layout.task_dir(index, task.name)), **task.overrides)
-        trainer = SFTTrainer(
-            model=model,
-            args=task_args,
-            train_dataset=callback.train_dataset,
-            eval_dataset=eval_datasets or None,
-            processing_class=processing_class,
-            callbacks=[callback, *(callbacks or [])],
-        )
-        trainer.train()
-        state = callback.state
-        if eval_datasets and loss_matrix:
-            eval_loss[task.name] = _loss_row(trainer, eval_datasets, task.name)
-        if callback.accuracy is not None:
-            accuracy[task.name] = callback.accuracy
-
-    assert state is not None  # check_sequence refuses an empty task list
+    trainer = _SFTTasks(
+        model, tasks, args, layout, settings, processing_class, eval_sets, probes, callbacks, loss_matrix
+    )
+    end = drive_sequence(layout, [task.name for task in tasks], trainer, main_process=is_main_process())
     return SequenceResult(
-        state=state,
+        state=end.state,
         adapter_dir=layout.adapter,
         state_dir=layout.state,
-        eval_loss=eval_loss,
-        accuracy=accuracy,
-        report_files=finish_sequence(layout, state),
+        eval_loss=trainer.eval_loss,
+        accuracy=trainer.accuracy,
+        report_files=end.report_files,
     )
+
+
+class _SFTTasks(TaskTrainer):
+    """The TRL path's way to train a task: an in-process ``SFTTrainer`` with the SLAO callback."""
+
+    def __init__(
+        self,
+        model: Any,
+        tasks: list[Task],
+        args: Any,
+        layout: RunLayout,
+        settings: ContinualConfig,
+        processing_class: Any,
+        eval_sets: list[EvalSet],
+        probes: list[Any],
+        callbacks: list[Any] | None,
+        loss_matrix: bool,
+    ) -> None:
+        self.model, self.tasks, self.args, self.layout, self.settings = model, tasks, args, layout, settings
+        self.processing_class, self.eval_sets, self.probes = processing_class, eval_sets, probes
+        self.callbacks, self.loss_matrix = list(callbacks or []), loss_matrix
+        self.eval_datasets = {task.name: task.eval_dataset for task in tasks if task.eval_dataset is not None}
+        self.eval_loss: dict[str, dict[str, float]] = {}
+        self.accuracy: dict[str, dict[str, float]] = {}
+
+    def train(self, index: int, name: str) -> None:
+        from trl import SFTTrainer
+
+        task = self.tasks[index - 1]
+        callback = MergeForgetCallback(
+            self.layout.state,
+            task_name=task.name,
+            settings=self.settings,
+            eval_sets=self.eval_sets,
+            probes=self.probes,
+            sequence=[t.name for t in self.tasks],
+            train_dataset=task.train_dataset,
+        )
+        task_args = dataclasses.replace(
+            self.args, output_dir=str(self.layout.task_dir(index, task.name)), **task.overrides
+        )
+        trainer = SFTTrainer(
+            model=self.model,
+            args=task_args,
+            train_dataset=callback.train_dataset,
+            eval_dataset=self.eval_datasets or None,
+            processing_class=self.processing_class,
+            callbacks=[callback, *self.callbacks],
+        )
+        trainer.train()
+        if self.eval_datasets and self.loss_matrix:
+            self.eval_loss[task.name] = _loss_row(trainer, self.eval_datasets, task.name)
+        if callback.accuracy is not None:
+            self.accuracy[task.name] = callback.accuracy
 
 
 def _checked_evaluation(tasks: list[Task], probes: list[Any] | None) -> tuple[list[EvalSet], list[Any]]:
@@ -228,26 +275,8 @@ def _checked_evaluation(tasks: list[Task], probes: list[Any] | None) -> tuple[li
     return eval_sets, probes
 
 
-def _check_replay_fields(tasks: list[Task], state: ContinualState | None, state_dir: str) -> None:
-    """Before anything trains: every task's rows can be replayed into every later one (one row format)."""
-    fields = buffer_fields(state.replay_buffer) if state else {}
-    # Rows kept in a state cannot be dropped by turning replay off (the state keeps its settings).
-    advice = {"what_to_do": resumed_advice(state_dir)} if fields else {}
-    for task in tasks:
-        where, data = f"Task {task.name!r}, train_dataset", task.train_dataset
-        if not isinstance(data, list | tuple) and not hasattr(data, "to_list"):
-            dataset_rows(data, where)  # refuses what cannot be read row by row in advance
-        # The first row stands for the rest (a Dataset has one type per column): its fields, and
-        # whether the state can keep it as JSON; the whole set is read when the task begins.
-        first = plain_rows([data[0]], where) if len(data) else []
-        own = sorted(first[0]) if first else []
-        check_fields(fields, task.name, own, f"Task {task.name!r}, train_dataset (replay)", **advice)
-        fields.setdefault(task.name, own)
-
-
-def _peft_model(model: Any, peft_config: Any, seed: int, state: ContinualState | None, tasks: int) -> Any:
-    """``model`` as a PeftModel (wrapped once with ``peft_config``), holding the deployed LoRA when
-    every task has finished already."""
+def _peft_model(model: Any, peft_config: Any, seed: int) -> Any:
+    """``model`` as a PeftModel (wrapped once with ``peft_config``)."""
     from peft import PeftModel, get_peft_model
 
     if not isinstance(model, PeftModel):
@@ -257,10 +286,6 @@ def _peft_model(model: Any, peft_config: Any, seed: int, state: ContinualState |
 
         set_seed(seed)  # the LoRA init draws from the global RNG: same seed, same task-1 start
         model = get_peft_model(model, peft_config)
-    if state is not None and len(state.finished_tasks) == tasks:
-        from ...peft_bridge import write_lora
-
-        write_lora(model, state.merged)  # nothing left to train: the model holds the deployed LoRA
     return model
 
 
