@@ -162,6 +162,22 @@ def start_state(
     return state
 
 
+def begun_state(layout: RunLayout, name: str, settings: ContinualConfig, model: torch.nn.Module) -> ContinualState:
+    """:func:`start_state` for ``model``, read from ``layout``'s state folder (which must be writable)."""
+    from .peft_bridge import adapter_config_dict, describe_model
+
+    check_writable(layout.state)
+    return start_state(
+        load_state(layout.state),
+        name,
+        settings.strategy,
+        describe_model(model, settings.adapter_name),
+        adapter_config_dict(model, settings.adapter_name),
+        str(layout.state),
+        settings.replay,
+    )
+
+
 def starting_lora(state: ContinualState, config: MergeForgetConfig) -> dict[str, LoRAPair] | None:
     """The LoRA the next task of ``state`` starts training from; ``None`` for task 1 (the LoRA's own init)."""
     index = state.next_task_index
@@ -281,6 +297,22 @@ def guard_verdict(
     return regressions(records, row, finished, guard.max_forgetting, since=accepted)
 
 
+def task_verdict(
+    guard: ForgettingGuard | None,
+    layout: RunLayout,
+    row: Mapping[str, Any] | None,
+    state: ContinualState,
+    history: Sequence[Mapping[str, Any]],
+) -> list[Regression]:
+    """:func:`guard_verdict` of the row just scored after ``state``'s last task, against the rows on
+    disk. The process that scored decides for all (no collective without a guard)."""
+    if guard is None:
+        return []
+    records = load_evaluations(layout) if row is not None else []
+    found = guard_verdict(guard, records, row, state.finished_tasks, history)
+    return agreed(found if row is not None else [])
+
+
 def _norm_summary(weights: dict[str, LoRAPair]) -> dict[str, float]:
     a_norms = torch.stack([pair.a.to(torch.float32).norm() for pair in weights.values()])
     b_norms = torch.stack([pair.b.to(torch.float32).norm() for pair in weights.values()])
@@ -333,6 +365,168 @@ def publish(
     pause_point("task-saved", state.next_task_index - 1)
 
 
+@dataclass
+class TaskRows:
+    """The evaluation rows one task scores: the base model's and a row a kill lost (before it
+    trains), and its own (after its merge), each as :func:`row_sets` plans it.
+
+    Which process scores is decided once, when the task begins (``main``: this process writes;
+    ``collective``: the weights are sharded, so every process runs each forward pass).
+    """
+
+    layout: RunLayout
+    name: str
+    eval_sets: list[Any]
+    probes: list[Any]
+    schedule: str
+    sequence: list[str]
+    adapter_name: str = "default"
+    tokenizer: Any = None
+    main: bool = True
+    collective: bool = False
+
+    @property
+    def evaluates(self) -> bool:
+        return bool(self.eval_sets or self.probes)
+
+    @property
+    def scores_here(self) -> bool:
+        # Sharded weights need every process in each forward pass; otherwise the first scores alone.
+        return self.evaluates and (self.collective or self.main)
+
+    def score(self, model: torch.nn.Module, eval_sets: Sequence[Any]) -> dict[str, dict[str, float]]:
+        if not eval_sets:
+            return {}
+        if self.tokenizer is None:
+            raise StateError(
+                f"Task {self.name!r} has evaluation sets but no tokenizer to score them with: pass the tokenizer "
+                "(the trainer's processing_class) or leave the evaluation out."
+            )
+        return score_all(model, self.tokenizer, eval_sets)
+
+    def row(
+        self, model: torch.nn.Module, tasks_trained: int, trained: Sequence[str], *, stored: Any = None
+    ) -> dict[str, Any] | None:
+        """The row after ``trained`` as :func:`row_sets` plans it, as an evaluation record; ``None``
+        where this process does not score."""
+        if not self.scores_here:
+            return None
+        task_sets, probe_sets = row_sets(self.schedule, self.sequence, trained, self.eval_sets, self.probes, stored)
+        return evaluation_record(
+            tasks_trained,
+            trained[-1] if trained else None,
+            self.score(model, task_sets),
+            {s.task: s.metric for s in task_sets},
+            self.score(model, probe_sets),
+            {p.task: p.metric for p in probe_sets},
+        )
+
+    def score_missing(self, model: torch.nn.Module, state: ContinualState, *, keep_lora: bool) -> None:
+        """The rows :func:`missing_rows` finds before ``state``'s next task: the base model's, then
+        the previous task's (with the merged LoRA in the model while it is scored; ``keep_lora``:
+        what the model held comes back)."""
+        if not self.scores_here:
+            return
+        records = {record["task_index"]: record for record in load_evaluations(self.layout)}
+        if self.collective:
+            wait_for_everyone()  # every process has read the rows before the first writes new ones
+        missing = missing_rows(records, state.next_task_index, self.eval_sets, self.probes)
+        if missing.base:
+            disable_adapter = getattr(model, "disable_adapter", None)
+            if disable_adapter is None:
+                raise StateError(
+                    "Scoring the base model needs a PeftModel (its disable_adapter()); wrap the model first."
+                )
+            with disable_adapter():  # b_j: the base model itself, whatever the LoRA holds now
+                row = self.row(model, 0, [], stored=records.get(0))
+            if self.main:
+                save_row(self.layout, merge_records(records.get(0), row))
+        if missing.previous is not None:
+            if keep_lora:
+                with _lora_held(model, state.merged, self.adapter_name):
+                    row = self.row(model, missing.previous, state.finished_tasks)
+            else:  # the task's start replaces the LoRA right after
+                from .peft_bridge import write_lora
+
+                write_lora(model, state.merged, self.adapter_name)
+                row = self.row(model, missing.previous, state.finished_tasks)
+            if self.main:
+                save_row(self.layout, row)
+
+
+def save_rejection(
+    layout: RunLayout,
+    state: ContinualState,
+    name: str,
+    scores: Any,
+    guard: ForgettingGuard,
+    found: Sequence[Regression],
+    main: bool,
+) -> ForgettingGuardError:
+    """The guard's refusal of ``state``'s last task: its merged LoRA, its row and the verdict go
+    beside the task (``main``: this process writes); returns the error that says what stayed and
+    what to do."""
+    from .core.state import save_lora_file
+
+    index = state.next_task_index - 1
+    folder = layout.rejected(index, name)
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_lora_file(folder / "merged.safetensors", state.merged)
+        write_atomic(folder / "evaluation.json", json.dumps(scores, indent=2))
+        verdict = {"task": name, "task_index": index, "max_forgetting": guard.max_forgetting}
+        verdict["regressions"] = [r.to_dict() for r in found]
+        write_atomic(folder / "verdict.json", json.dumps(verdict, indent=2))
+    drops = "; ".join(r.describe() for r in found)
+    levers = "more replay, " if state.replay is not None else ""
+    return ForgettingGuardError(
+        f"Task {name!r} (task {index}) was not taken: after its merge {drops}, more than "
+        f"{guard.where} = {guard.max_forgetting:g} allows. The state, the adapter and the report stay at task "
+        f"{index - 1}; the rejected LoRA and its row are in {folder}. Change how {name!r} trains "
+        f"({levers}a lower learning rate, fewer steps) and run again to retry it, or take it anyway with "
+        f"{guard.accept_with}."
+    )
+
+
+@dataclass
+class TaskProgress:
+    """A task's progress file (``RunLayout.task_progress``), which the recipe runner polls for its
+    progress bar: written at most every ``_PROGRESS_INTERVAL`` seconds and at the last step, so a
+    fast trainer does not write a file per step; the fault tests pause at ``_PAUSE_STEP``."""
+
+    path: Path | None = None  # None until the task begins, and on every process but the first
+    index: int | None = None
+    written_at: float = float("-inf")
+
+    def after_step(self, global_step: int, max_steps: int | None = None) -> None:
+        last_step = max_steps is not None and max_steps > 0 and global_step >= max_steps
+        now = time.monotonic()
+        if self.path is not None and (last_step or now - self.written_at >= _PROGRESS_INTERVAL):
+            write_atomic(self.path, json.dumps({"step": global_step, "max_steps": max_steps}))
+            self.written_at = now
+        if global_step == _PAUSE_STEP:
+            pause_point("training-step", self.index)
+
+
+_DEPRECATED = ("config", "export_dir", "adapter_name", "trackers", "eval_schedule", "replay", "guard")
+
+
+def task_settings(settings: ContinualConfig | None, name: str, sequence: Any, **keywords: Any) -> ContinualConfig:
+    """A task's settings, from ``settings`` or the deprecated keywords, with the evaluation schedule
+    filled in: ``needed`` reads the order of the sequence, so without one (a callback used on its
+    own) every row scores everything, as before the schedule existed."""
+    unknown = sorted(set(keywords) - set(_DEPRECATED))
+    if unknown:
+        raise TypeError(f"ContinualTask() got unexpected keyword argument(s) {unknown}")
+    keywords["trackers"] = tuple(keywords.get("trackers") or ())
+    settings = merged_settings(
+        settings, f"ContinualTask {name!r}", {"adapter_name": "default", "trackers": ()}, **keywords
+    )
+    if settings.eval_schedule is None:
+        settings = settings.replace(eval_schedule=DEFAULT_SCHEDULE if sequence is not None else "all")
+    return settings
+
+
 class ContinualTask:
     """The life of one task of a continual sequence (see the module docstring for the order).
 
@@ -364,50 +558,24 @@ class ContinualTask:
         probes: Sequence[Any] = (),
         sequence: Sequence[str] | None = None,
         train_rows: Sequence[Mapping[str, Any]] | None = None,
-        export_dir: str | os.PathLike[str] | None = None,
-        adapter_name: str = "default",
-        trackers: Sequence[str] = (),
-        eval_schedule: str | None = None,
-        replay: ReplayConfig | None = None,
-        guard: ForgettingGuard | None = None,
+        **deprecated: Any,
     ) -> None:
         check_task_names([name])
-        settings = merged_settings(
-            settings,
-            f"ContinualTask {name!r}",
-            {"adapter_name": "default", "trackers": ()},
-            config=config,
-            export_dir=export_dir,
-            adapter_name=adapter_name,
-            trackers=tuple(trackers),
-            eval_schedule=eval_schedule,
-            replay=replay,
-            guard=guard,
-        )
-        # `needed` reads the order of the sequence; without it (a callback used on its own) every
-        # row scores everything, as before the schedule existed.
-        if settings.eval_schedule is None:
-            settings = settings.replace(eval_schedule=DEFAULT_SCHEDULE if sequence is not None else "all")
-        self.settings = settings
-        self.layout = layout
-        self.name = name
-        self.eval_sets = list(eval_sets)
-        self.probes = list(probes)
-        self.sequence = list(sequence) if sequence is not None else [s.task for s in self.eval_sets]
-        refuse(task_problems(settings, name, self.eval_sets, self.probes, train_rows))
+        self.settings = settings = task_settings(settings, name, sequence, config=config, **deprecated)
+        self.layout, self.name = layout, name
+        sets, probes = list(eval_sets), list(probes)
+        refuse(task_problems(settings, name, sets, probes, train_rows))
+        order = list(sequence) if sequence is not None else [s.task for s in sets]
+        self.rows = TaskRows(layout, name, sets, probes, settings.eval_schedule, order, settings.adapter_name)
         # As the state will store them, so a run that goes on in memory replays what a resumed one does.
         self.train_rows = plain_rows(train_rows, f"Task {name!r}, training rows") if train_rows is not None else None
         self.regressions: list[Regression] = []  # what the guard saw at this task's end
-        self.state: ContinualState | None = None
+        self.state: ContinualState | None = None  # as loaded when the task began, as saved once it ended
         self.index: int | None = None
-        self.accuracy: dict[str, float] | None = None  # this task's row (primary metrics), once scored
         self.scores: dict[str, Any] | None = None  # this task's whole row record, once scored
-        self._tokenizer: Any = None
+        self.progress = TaskProgress()
         self._started_at = 0.0
-        self._progress_written_at = float("-inf")
         self._finished = False
-        self._main = is_main_process()
-        self._collective = False  # set in begin(): weights are sharded, every process runs the model
         self._rows_pending = False
 
     # The settings by the names the engine used before they had an object of their own.
@@ -418,6 +586,12 @@ class ContinualTask:
     adapter_name = property(lambda self: self.settings.adapter_name)
     trackers = property(lambda self: list(self.settings.trackers))
     export_dir = property(lambda self: Path(self.settings.export_dir) if self.settings.export_dir is not None else None)
+    eval_sets = property(lambda self: self.rows.eval_sets)
+    probes = property(lambda self: self.rows.probes)
+    sequence = property(lambda self: self.rows.sequence)
+
+    # This task's row in each task's primary metric, once it has ended and been scored.
+    accuracy = property(lambda self: self.scores["accuracy"] if self.scores is not None and self._finished else None)
 
     def begin(
         self,
@@ -429,38 +603,27 @@ class ContinualTask:
         main_process: bool | None = None,
     ) -> int:
         """Pre-flight, missing evaluation rows, then the task's starting LoRA. Runs once; returns the index.
-
-        ``apply_init=False`` keeps the model's LoRA as it is (a trainer resumed from a mid-task
-        checkpoint already trained from this task's init). ``score_rows=False`` leaves the missing
-        rows to :meth:`score_pending_rows` (a model DeepSpeed has partitioned but not wrapped
-        yet cannot run a forward pass). ``main_process`` is the trainer's word on whether this
-        process writes (default: the process group's rank).
-        """
+        ``apply_init=False`` keeps the model's LoRA (a trainer resumed from a mid-task checkpoint
+        trained from this task's init already); ``score_rows=False`` leaves the missing rows to
+        :meth:`score_pending_rows` (a model DeepSpeed has partitioned but not wrapped yet cannot run
+        a forward pass); ``main_process``: the trainer's word on whether this process writes."""
         if self.index is not None:
             return self.index
-        from .peft_bridge import adapter_config_dict, describe_model, is_sharded, write_lora
+        from .peft_bridge import is_sharded, write_lora
 
         self._started_at = time.time()
-        self._tokenizer = tokenizer if tokenizer is not None else self._tokenizer
-        self._main = is_main_process(main_process)
-        check_writable(self.layout.state)
-        described = describe_model(model, self.adapter_name)
-        self.state = start_state(
-            load_state(self.layout.state),
-            self.name,
-            self.config,
-            described,
-            adapter_config_dict(model, self.adapter_name),
-            str(self.layout.state),
-            self.replay,
-        )
+        self.state = begun_state(self.layout, self.name, self.settings, model)
         self.index = self.state.next_task_index
-        # Sharded weights (FSDP2, ZeRO-3) run forward passes with every process (each gathers the
-        # shards), so every process scores and the first writes; otherwise the first scores alone.
-        self._collective = is_sharded(model)
-        self._rows_pending = self._evaluates and not score_rows
-        if self._evaluates and score_rows:
-            self._score_missing_rows(model, keep_lora=not apply_init)
+        # Decided once, here: sharded weights (FSDP2, ZeRO-3) run forward passes with every process
+        # (each gathers the shards), so every process scores and the first writes.
+        self.rows.main, self.rows.collective = is_main_process(main_process), is_sharded(model)
+        self.progress.index = self.index
+        if self.rows.main:
+            self.progress.path = self.layout.task_progress(self.index, self.name)
+        self.rows.tokenizer = tokenizer if tokenizer is not None else self.rows.tokenizer
+        self._rows_pending = self.rows.evaluates and not score_rows
+        if score_rows:
+            self.rows.score_missing(model, self.state, keep_lora=not apply_init)
         start = starting_lora(self.state, self.config) if apply_init else None
         if start is not None:
             write_lora(model, start, self.adapter_name)
@@ -471,7 +634,7 @@ class ContinualTask:
         has wrapped it); the LoRA keeps this task's start."""
         if self._rows_pending:
             self._rows_pending = False
-            self._score_missing_rows(model, keep_lora=True)
+            self.rows.score_missing(model, self.state, keep_lora=True)
 
     def end(
         self,
@@ -482,19 +645,17 @@ class ContinualTask:
         trackers: Sequence[str] | None = None,
         main_process: bool | None = None,
     ) -> ContinualState:
-        """Merge, load the merged LoRA, score this task's row, save the state. Runs once; returns the state.
-
-        ``trackers`` replaces the ones given at construction (the callback passes the trainer's
-        ``report_to``); ``main_process`` is the trainer's word on whether this process writes.
-        """
+        """Merge, load the merged LoRA, score this task's row, publish the state; returns it. Runs once.
+        ``trackers`` replaces the settings' (the callback passes the trainer's ``report_to``);
+        ``main_process`` is the trainer's word on whether this process writes."""
         if self._finished:
             return self.state
         if self.state is None or self.index is None:
             raise StateError("The task ended before it began: begin() must run before end().")
         from .peft_bridge import read_lora, write_lora
 
-        self._tokenizer = tokenizer if tokenizer is not None else self._tokenizer
-        main = self._main if main_process is None else is_main_process(main_process)
+        self.rows.tokenizer = tokenizer if tokenizer is not None else self.rows.tokenizer
+        main = self.rows.main if main_process is None else is_main_process(main_process)
         state = finished_state(
             self.state,
             self.name,
@@ -505,136 +666,25 @@ class ContinualTask:
         )
         pause_point("merge", self.index)
         write_lora(model, state.merged, self.adapter_name)  # what evaluation and the framework's save see
-        self.scores = self._score_row(model, self.index, state.finished_tasks)
-        if self.guard is not None:  # the process that scored decides for all (no collective without a guard)
-            records = load_evaluations(self.layout) if self.scores is not None else []
-            found = guard_verdict(self.guard, records, self.scores, state.finished_tasks, self.state.history)
-            self.regressions = agreed(found if self.scores is not None else [])
+        self.scores = self.rows.row(model, self.index, state.finished_tasks)
+        self.regressions = task_verdict(self.guard, self.layout, self.scores, state, self.state.history)
         if self.regressions and not self.guard.accept_regression:
-            self._reject(model, state, main)
+            error = save_rejection(self.layout, state, self.name, self.scores, self.guard, self.regressions, main)
+            write_lora(model, self.state.merged, self.adapter_name)  # the adapter that stays deployed
+            wait_for_everyone()
+            raise error
         if self.regressions:  # taken anyway: the history says which drops were accepted
             state.history[-1]["accepted_regressions"] = [r.to_dict() for r in self.regressions]
         if main:
-            publish(
-                self.layout,
-                state,
-                self.scores,
-                export_dir=self.export_dir,
-                trackers=self.trackers if trackers is None else trackers,
-                evaluates=self._evaluates,
-            )
+            trackers, evaluates = self.trackers if trackers is None else trackers, self.rows.evaluates
+            publish(self.layout, state, self.scores, export_dir=self.export_dir, trackers=trackers, evaluates=evaluates)
         wait_for_everyone()  # other processes read this snapshot when the next task starts
         self.state, self._finished = state, True
-        self.accuracy = self.scores["accuracy"] if self.scores is not None else None
         return state
 
-    def _reject(self, model: torch.nn.Module, state: ContinualState, main: bool) -> None:
-        """The guard's stop: the rejected LoRA and row go beside the task, the model gets the
-        previous task's merged LoRA back, and nothing of the state, adapter or report changes."""
-        from .core.state import save_lora_file
-        from .peft_bridge import write_lora
-
-        folder = self.layout.rejected(self.index, self.name)
-        limit = self.guard.max_forgetting
-        if main:
-            folder.mkdir(parents=True, exist_ok=True)
-            save_lora_file(folder / "merged.safetensors", state.merged)
-            write_atomic(folder / "evaluation.json", json.dumps(self.scores, indent=2))
-            verdict = {"task": self.name, "task_index": self.index, "max_forgetting": limit}
-            verdict["regressions"] = [r.to_dict() for r in self.regressions]
-            write_atomic(folder / "verdict.json", json.dumps(verdict, indent=2))
-        write_lora(model, self.state.merged, self.adapter_name)  # the adapter that stays deployed
-        wait_for_everyone()
-        drops = "; ".join(r.describe() for r in self.regressions)
-        levers = "more replay, " if self.state.replay is not None else ""
-        raise ForgettingGuardError(
-            f"Task {self.name!r} (task {self.index}) was not taken: after its merge {drops}, more than "
-            f"{self.guard.where} = {limit:g} allows. The state, the adapter and the report stay at task "
-            f"{self.index - 1}; the rejected LoRA and its row are in {folder}. Change how {self.name!r} trains "
-            f"({levers}a lower learning rate, fewer steps) and run again to retry it, or take it anyway with "
-            f"{self.guard.accept_with}."
-        )
-
     def after_step(self, global_step: int, max_steps: int | None = None) -> None:
-        """Called by the adapters after every optimizer step: records the task's progress (see
-        ``RunLayout.task_progress``) at most every ``_PROGRESS_INTERVAL`` seconds and at the last
-        step, so a fast trainer does not write a file per step; the fault tests pause here."""
-        last_step = max_steps is not None and max_steps > 0 and global_step >= max_steps
-        now = time.monotonic()
-        due = last_step or now - self._progress_written_at >= _PROGRESS_INTERVAL
-        if self.index is not None and self._main and due:
-            progress = {"step": global_step, "max_steps": max_steps}
-            write_atomic(self.layout.task_progress(self.index, self.name), json.dumps(progress))
-            self._progress_written_at = now
-        if global_step == _PAUSE_STEP:
-            pause_point("training-step", self.index)
-
-    @property
-    def _evaluates(self) -> bool:
-        return bool(self.eval_sets or self.probes)
-
-    def _scores_here(self) -> bool:
-        # Sharded weights need every process in each forward pass; otherwise the first scores alone.
-        return self._evaluates and (self._collective or self._main)
-
-    def _score(self, model: torch.nn.Module, eval_sets: Sequence[Any]) -> dict[str, dict[str, float]]:
-        if not eval_sets:
-            return {}
-        if self._tokenizer is None:
-            raise StateError(
-                f"Task {self.name!r} has evaluation sets but no tokenizer to score them with: pass the tokenizer "
-                "(the trainer's processing_class) or leave the evaluation out."
-            )
-        return score_all(model, self._tokenizer, eval_sets)
-
-    def _score_row(
-        self, model: torch.nn.Module, tasks_trained: int, trained: Sequence[str], *, stored: Any = None
-    ) -> dict[str, Any] | None:
-        """The row after ``trained`` as :func:`row_sets` plans it, as an evaluation record; ``None``
-        where this process does not score."""
-        if not self._scores_here():
-            return None
-        plan = row_sets(self.eval_schedule, self.sequence, trained, self.eval_sets, self.probes, stored)
-        task_sets, probe_sets = plan
-        return evaluation_record(
-            tasks_trained,
-            trained[-1] if trained else None,
-            self._score(model, task_sets),
-            {s.task: s.metric for s in task_sets},
-            self._score(model, probe_sets),
-            {p.task: p.metric for p in probe_sets},
-        )
-
-    def _score_missing_rows(self, model: torch.nn.Module, *, keep_lora: bool) -> None:
-        """The rows :func:`missing_rows` finds: the base model's, then the previous task's (with the
-        merged LoRA in the model while it is scored; ``keep_lora``: what the model held comes back)."""
-        if not self._scores_here():
-            return
-        records = {record["task_index"]: record for record in load_evaluations(self.layout)}
-        if self._collective:
-            wait_for_everyone()  # every process has read the rows before the first writes new ones
-        missing = missing_rows(records, self.index, self.eval_sets, self.probes)
-        if missing.base:
-            disable_adapter = getattr(model, "disable_adapter", None)
-            if disable_adapter is None:
-                raise StateError(
-                    "Scoring the base model needs a PeftModel (its disable_adapter()); wrap the model first."
-                )
-            with disable_adapter():  # b_j: the base model itself, whatever the LoRA holds now
-                row = self._score_row(model, 0, [], stored=records.get(0))
-            if self._main:
-                save_row(self.layout, merge_records(records.get(0), row))
-        if missing.previous is not None:
-            if keep_lora:
-                with _lora_held(model, self.state.merged, self.adapter_name):
-                    row = self._score_row(model, missing.previous, self.state.finished_tasks)
-            else:  # the task's start replaces the LoRA right after
-                from .peft_bridge import write_lora
-
-                write_lora(model, self.state.merged, self.adapter_name)
-                row = self._score_row(model, missing.previous, self.state.finished_tasks)
-            if self._main:
-                save_row(self.layout, row)
+        """Called by the adapters after every optimizer step (see :class:`TaskProgress`)."""
+        self.progress.after_step(global_step, max_steps)
 
 
 def finish_sequence(

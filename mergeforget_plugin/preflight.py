@@ -150,10 +150,15 @@ def row_problems(task: TaskPlan) -> list[Problem]:
 
 
 def replay_problems(
-    settings: ContinualConfig, tasks: Sequence[TaskPlan], state: ContinualState | None, state_where: str
+    settings: ContinualConfig,
+    tasks: Sequence[TaskPlan],
+    state: ContinualState | None,
+    state_where: str,
+    label: str = " (replay)",
 ) -> list[Problem]:
     """Replay mixes any task's rows into every later one, so every task's rows must be readable in
-    advance and share one set of fields, the state's buffer included."""
+    advance and share one set of fields, the state's buffer included (``label`` follows each task's
+    ``where`` in the sentence)."""
     if settings.replay is None:
         return []
     fields = buffer_fields(state.replay_buffer) if state is not None else {}
@@ -174,7 +179,7 @@ def replay_problems(
             )
             continue
         try:
-            check_fields(fields, task.name, task.fields, f"{task.where} (replay)", **advice)
+            check_fields(fields, task.name, task.fields, f"{task.where}{label}", **advice)
         except ReplayError as error:
             problems.append(Problem("", str(error), ReplayError))
         fields.setdefault(task.name, task.fields)

@@ -20,7 +20,7 @@ import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .core.replay import ReplayConfig
 from .core.slao import MergeForgetConfig
@@ -79,7 +79,7 @@ class ContinualConfig:
         default_factory=MergeForgetConfig,
         metadata={"help": "how the running LoRA is initialized and merged (MergeForgetConfig; default: SLAO)"},
     )
-    eval_schedule: str | None = field(
+    eval_schedule: Literal["needed", "all"] | None = field(
         default=None,
         metadata={
             "help": "needed: what AA/BWT/FWT and the final row read; all: every set every time (default: needed "

@@ -485,6 +485,23 @@ def finished_task_names(state_dir: str | os.PathLike[str]) -> list[str]:
         raise StateError(f"Cannot read {snapshots[-1] / MANIFEST}: {error}.") from error
 
 
+def _read_manifest(manifest_path: Path, recovery: str) -> dict[str, Any]:
+    """A snapshot's manifest, refused unless it is a mergeforget state this version reads."""
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as error:
+        raise StateError(f"Cannot read {manifest_path}: {error}.{recovery}") from error
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if not isinstance(version, int):
+        raise StateError(f"{manifest_path} has no integer format_version: it is not a mergeforget state.{recovery}")
+    if version > FORMAT_VERSION:
+        raise StateError(
+            f"{manifest_path} has format_version {version}, newer than the {FORMAT_VERSION} this version of "
+            "mergeforget-plugin reads. Upgrade mergeforget-plugin to continue this sequence."
+        )
+    return manifest
+
+
 def load_snapshot(snapshot: Path, *, previous: Path | None = None) -> ContinualState:
     recovery = (
         f" The previous task's snapshot {previous} is intact: delete {snapshot} and resume to redo that task."
@@ -499,18 +516,7 @@ def load_snapshot(snapshot: Path, *, previous: Path | None = None) -> ContinualS
                 return _fresh_copy(recent[2])
         except OSError:
             pass  # a file is gone: the full load below names it
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as error:
-        raise StateError(f"Cannot read {manifest_path}: {error}.{recovery}") from error
-    version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if not isinstance(version, int):
-        raise StateError(f"{manifest_path} has no integer format_version: it is not a mergeforget state.{recovery}")
-    if version > FORMAT_VERSION:
-        raise StateError(
-            f"{manifest_path} has format_version {version}, newer than the {FORMAT_VERSION} this version of "
-            "mergeforget-plugin reads. Upgrade mergeforget-plugin to continue this sequence."
-        )
+    manifest = _read_manifest(manifest_path, recovery)
     try:
         tensors = {}
         for filename in (MERGED_FILE, FINETUNED_FILE):

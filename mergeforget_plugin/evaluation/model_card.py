@@ -107,6 +107,12 @@ def evaluation_lines(state: ContinualState, report: Mapping[str, Any]) -> list[s
         ]
     else:
         lines.append("AA, BWT and FWT are not given: the tasks' primary metrics differ in unit (see report.json).")
+    return lines + _probe_lines(report)
+
+
+def _probe_lines(report: Mapping[str, Any]) -> list[str]:
+    """The card's probes: base model, after the last task, and the change, per probe."""
+    lines: list[str] = []
     probes = report.get("probes") or {}
     if probes:
         lines += [

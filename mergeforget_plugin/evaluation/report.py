@@ -185,19 +185,7 @@ def build_report(layout: RunLayout, state: Any = None, recipe: str | None = None
     uniform = len(kinds) <= 1
     higher = next(iter(kinds))[0] if kinds else True
     matrix = _matrix(records, lambda record: record["accuracy"], higher)
-    metric_names = list(dict.fromkeys(m for r in records for values in r["scores"].values() for m in values))
-    matrices = {
-        metric: _matrix_summary(
-            _matrix(
-                records,
-                lambda record, metric=metric: {t: v[metric] for t, v in record["scores"].items() if metric in v},
-                metric_info(metric).higher_is_better,
-                skip_empty=True,
-            ),
-            metric,
-        )
-        for metric in metric_names
-    }
+    matrices = _metric_matrices(records)
     if uniform:
         metrics = matrix.result()
     else:  # AA, BWT and FWT over numbers of different units mean nothing: each metric's own are in matrices
@@ -227,14 +215,27 @@ def build_report(layout: RunLayout, state: Any = None, recipe: str | None = None
         "metric_matrices": matrices,
         "probes": _probe_summary(records),
         "per_task": [
-            {
-                "task": name,
-                "seconds": history.get(name, {}).get("seconds"),
-                "adapter_bytes": history.get(name, {}).get("adapter_bytes"),
-                "merge_coefficient": history.get(name, {}).get("merge_coefficient"),
-            }
+            {"task": name}
+            | {key: history.get(name, {}).get(key) for key in ("seconds", "adapter_bytes", "merge_coefficient")}
             for name in finished
         ],
+    }
+
+
+def _metric_matrices(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One matrix (with its AA, BWT, FWT and forgetting) per metric any row scored."""
+    metric_names = list(dict.fromkeys(m for r in records for values in r["scores"].values() for m in values))
+    return {
+        metric: _matrix_summary(
+            _matrix(
+                records,
+                lambda record, metric=metric: {t: v[metric] for t, v in record["scores"].items() if metric in v},
+                metric_info(metric).higher_is_better,
+                skip_empty=True,
+            ),
+            metric,
+        )
+        for metric in metric_names
     }
 
 
@@ -326,38 +327,49 @@ def render_markdown(report: dict[str, Any]) -> str:
             summary["tasks"], summary["zero_shot"], summary["rows_after"], summary["table"], lambda t, m=metric: m
         )
         lines += [""] + _summary_lines(summary["metrics"], metric) + [""]
-    if report.get("probes"):
-        lines += [
-            "## General ability kept (probes)",
-            "",
-            "Evaluation-only sets, never trained on. Change = after the last task - base model.",
-            "",
-            "| probe | metric | base | " + " | ".join(f"after {a}" for a in report["rows_after"]) + " | change |",
-            "|---|---|---|" + "---|" * len(report["rows_after"]) + "---|",
-        ]
-        for name, probe in report["probes"].items():
-            metric = probe["metric"]
-            cells = ["" if v is None else format_value(v, metric=metric) for v in probe["rows"]]
-            cells += [""] * (len(report["rows_after"]) - len(cells))
-            lines.append(
-                f"| {name} | {metric_label(metric)} | {format_value(probe['zero_shot'], metric=metric)} | "
-                + " | ".join(cells)
-                + f" | {format_value(probe['change'], True, metric)} |"
-            )
-        lines.append("")
-    if report["per_task"]:
-        lines += ["## Per task", "", "| task | λ | seconds | adapter bytes |", "|---|---|---|---|"]
-        for entry in report["per_task"]:
-            lam = "" if entry["merge_coefficient"] is None else f"{entry['merge_coefficient']:.3f}"
-            seconds = "" if entry["seconds"] is None else f"{entry['seconds']:.1f}"
-            lines.append(f"| {entry['task']} | {lam} | {seconds} | {entry['adapter_bytes'] or ''} |")
-        lines.append("")
+    lines += _probe_lines(report) + _per_task_lines(report)
     lines += [
         "Definitions: AA = mean_j R[T][j]; BWT = mean_{j<T} (R[T][j] - R[j][j]); FWT = mean_{k>=2} (R[k-1][k] - b_k).",
         "For lower-is-better metrics (loss, perplexity) the differences are taken the other way round, so a "
         "negative BWT is forgetting (a loss that rose) and a positive FWT is help for every metric.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _probe_lines(report: dict[str, Any]) -> list[str]:
+    """The report's probes section: each probe's row over the sequence and its change from the base."""
+    if not report.get("probes"):
+        return []
+    lines = [
+        "## General ability kept (probes)",
+        "",
+        "Evaluation-only sets, never trained on. Change = after the last task - base model.",
+        "",
+        "| probe | metric | base | " + " | ".join(f"after {a}" for a in report["rows_after"]) + " | change |",
+        "|---|---|---|" + "---|" * len(report["rows_after"]) + "---|",
+    ]
+    for name, probe in report["probes"].items():
+        metric = probe["metric"]
+        cells = ["" if v is None else format_value(v, metric=metric) for v in probe["rows"]]
+        cells += [""] * (len(report["rows_after"]) - len(cells))
+        lines.append(
+            f"| {name} | {metric_label(metric)} | {format_value(probe['zero_shot'], metric=metric)} | "
+            + " | ".join(cells)
+            + f" | {format_value(probe['change'], True, metric)} |"
+        )
+    return lines + [""]
+
+
+def _per_task_lines(report: dict[str, Any]) -> list[str]:
+    """The report's per-task section: merge coefficient, seconds and adapter bytes of each task."""
+    if not report["per_task"]:
+        return []
+    lines = ["## Per task", "", "| task | λ | seconds | adapter bytes |", "|---|---|---|---|"]
+    for entry in report["per_task"]:
+        lam = "" if entry["merge_coefficient"] is None else f"{entry['merge_coefficient']:.3f}"
+        seconds = "" if entry["seconds"] is None else f"{entry['seconds']:.1f}"
+        lines.append(f"| {entry['task']} | {lam} | {seconds} | {entry['adapter_bytes'] or ''} |")
+    return lines + [""]
 
 
 def _heatmap(

@@ -580,6 +580,57 @@ def finish_answer(text: str, stop: Sequence[str]) -> str:
     return text[:cut].strip()
 
 
+def _greedy_batch(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    eval_set: EvalSet,
+    prompts: list[list[int]],
+    pad_id: int,
+    device: torch.device,
+    early_exit: bool,
+) -> list[list[int]]:
+    """The greedy answer tokens of one batch of ``prompts`` (see :func:`generate_greedy`), each cut
+    at its first end-of-sequence token."""
+    new_tokens = eval_set.max_new_tokens
+    ids, mask = _padded(prompts, pad_id, device, left=True)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    try:
+        output = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    except TypeError:
+        output = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    logits = output.logits[:, -1]
+    table = _stop_table(tokenizer, model, tuple(eval_set.stop), logits.shape[-1], device)
+    generated = torch.full((len(prompts), new_tokens), pad_id, dtype=torch.long, device=device)
+    stopped = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    begun = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    position = positions[:, -1:]
+    steps = new_tokens
+    for step in range(new_tokens):
+        token = logits.argmax(-1)
+        generated[:, step] = token
+        stopped |= table.eos[token] | table.stop_after_text[token] | (begun & table.stop_anywhere[token])
+        begun |= ~table.blank[token]
+        if step + 1 == new_tokens or (early_exit and (step + 1) % _STOP_CHECK_EVERY == 0 and bool(stopped.all())):
+            steps = step + 1
+            break
+        mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
+        position = position + 1
+        output = model(
+            input_ids=token.unsqueeze(1),
+            attention_mask=mask,
+            position_ids=position,
+            past_key_values=output.past_key_values,
+            use_cache=True,
+        )
+        logits = output.logits[:, -1]
+    eos = set(_eos_ids(tokenizer, model))
+    answers = []
+    for sequence in generated[:, :steps].tolist():
+        end = next((i for i, t in enumerate(sequence) if t in eos), len(sequence))
+        answers.append(sequence[:end])
+    return answers
+
+
 @torch.no_grad()
 def generate_greedy(
     model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet, *, token_budget: int | None = None
@@ -607,41 +658,9 @@ def generate_greedy(
         _GENERATION_PADDING_SLACK,
     )
     for rows in batches:
-        ids, mask = _padded([prompts[i] for i in rows], pad_id, device, left=True)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        try:
-            output = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        except TypeError:
-            output = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        logits = output.logits[:, -1]
-        table = _stop_table(tokenizer, model, tuple(eval_set.stop), logits.shape[-1], device)
-        generated = torch.full((len(rows), new_tokens), pad_id, dtype=torch.long, device=device)
-        stopped = torch.zeros(len(rows), dtype=torch.bool, device=device)
-        begun = torch.zeros(len(rows), dtype=torch.bool, device=device)
-        position = positions[:, -1:]
-        steps = new_tokens
-        for step in range(new_tokens):
-            token = logits.argmax(-1)
-            generated[:, step] = token
-            stopped |= table.eos[token] | table.stop_after_text[token] | (begun & table.stop_anywhere[token])
-            begun |= ~table.blank[token]
-            if step + 1 == new_tokens or (early_exit and (step + 1) % _STOP_CHECK_EVERY == 0 and bool(stopped.all())):
-                steps = step + 1
-                break
-            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-            position = position + 1
-            output = model(
-                input_ids=token.unsqueeze(1),
-                attention_mask=mask,
-                position_ids=position,
-                past_key_values=output.past_key_values,
-                use_cache=True,
-            )
-            logits = output.logits[:, -1]
-        eos = set(_eos_ids(tokenizer, model))
-        for row, sequence in zip(rows, generated[:, :steps].tolist(), strict=True):
-            end = next((i for i, t in enumerate(sequence) if t in eos), len(sequence))
-            tokens_out[row] = sequence[:end]
+        batch = _greedy_batch(model, tokenizer, eval_set, [prompts[i] for i in rows], pad_id, device, early_exit)
+        for row, tokens in zip(rows, batch, strict=True):
+            tokens_out[row] = tokens
     texts = tokenizer.batch_decode(tokens_out, skip_special_tokens=True)
     return [finish_answer(text, eval_set.stop) for text in texts]
 

@@ -11,15 +11,16 @@ any model is loaded.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, get_type_hints
+from typing import Any, Literal, get_args, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model, model_validator
 
 from ...core.replay import ReplayConfig
 from ...core.slao import MergeForgetConfig
 from ...core.state import pickled_adapter_problem
 from ...errors import MergeForgetError
 from ...evaluation.guard import ForgettingGuard
+from ...evaluation.metrics import SCORABLE
 from ...evaluation.scoring import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP, EvalSet, eval_set_from_rows, read_rows
 from ...preflight import guard_problems
 from ...settings import ContinualConfig
@@ -58,7 +59,8 @@ StrategySettings = create_model(
 )
 
 
-MetricName = Literal["choice", "loss", "rouge_l", "exact_match"]
+# The names the scorer knows (evaluation.metrics), so a new metric is declared once.
+MetricName = Literal[SCORABLE]  # type: ignore[valid-type]
 
 
 class EvalSettings(BaseModel):
@@ -178,12 +180,41 @@ class ProbeSpec(EvalSettings):
         ).to_eval_set()
 
 
-class MergeForgetSettings(StrategySettings):  # type: ignore[misc, valid-type]
-    """The ``mergeforget:`` block of an Axolotl config."""
+# Settings objects that a YAML block gives as a mapping: ContinualConfig builds them (and names
+# the key of a bad value) when the plugin makes it.
+_AS_MAPPING = ("ReplayConfig", "ForgettingGuard")
+
+
+def _continual_fields() -> dict[str, Any]:
+    """ContinualConfig's fields (but the strategy, whose fields sit at the top of the block), with
+    their types, defaults and help texts: a new setting of a run is one field of ContinualConfig."""
+    hints = get_type_hints(ContinualConfig)
+    fields = {}
+    for item in dataclasses.fields(ContinualConfig):
+        if item.name == "strategy":
+            continue
+        hint = hints[item.name]
+        if any(getattr(arg, "__name__", "") in _AS_MAPPING for arg in get_args(hint)):
+            hint = dict[str, Any] | None
+        fields[item.name] = (hint, Field(item.default, description=item.metadata["help"]))
+    return fields
+
+
+ContinualSettings = create_model(
+    "ContinualSettings",
+    __base__=StrategySettings,
+    __module__=__name__,
+    __doc__="ContinualConfig's fields as a settings block (the strategy's at the top level).",
+    **_continual_fields(),
+)
+
+
+class MergeForgetSettings(ContinualSettings):  # type: ignore[misc, valid-type]
+    """The ``mergeforget:`` block of an Axolotl config: a run's settings (:class:`ContinualSettings`)
+    and what the plugin needs to know of this task's place in the sequence."""
 
     state_dir: str = Field(description="continual state directory shared by every task of the sequence")
     task_name: str = Field(description="name of the task this run trains; must not be finished in state_dir yet")
-    export_dir: str | None = Field(None, description="also write the merged LoRA here as a PEFT adapter")
     evaluation: list[EvalSpec] = Field(
         default_factory=list,
         description="held-out sets scored with the merged LoRA after this task (and zero-shot before task 1)",
@@ -191,35 +222,21 @@ class MergeForgetSettings(StrategySettings):  # type: ignore[misc, valid-type]
     probes: list[ProbeSpec] = Field(
         default_factory=list, description="evaluation-only sets never trained on, scored with the tasks"
     )
-    eval_schedule: Literal["needed", "all"] | None = Field(
-        None,
-        description="needed: what AA/BWT/FWT and the final row read; all: every set every time (default: needed "
-        "when `sequence` is given, else all)",
-    )
     sequence: list[str] | None = Field(
         None, description="every task name of the sequence in order (default: the tasks of `evaluation`)"
-    )
-    replay: dict[str, Any] | None = Field(
-        None,
-        description="keep a buffer of training rows in the state (buffer_rows, fraction or count, seed; "
-        "ReplayConfig): the recipe runner sets it and adds the replayed rows as one more dataset",
     )
     train_files: list[str] = Field(
         default_factory=list,
         description="this task's own training rows (JSON or JSON Lines), which replay draws into the buffer",
     )
-    guard: dict[str, Any] | None = Field(
-        None,
-        description="the forgetting guard (max_forgetting, accept_regression; ForgettingGuard): refuse this task "
-        "when its merge makes an earlier task drop more than max_forgetting",
-    )
+    _continual: ContinualConfig | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _levers(self) -> MergeForgetSettings:
         # Built once here so a bad block stops Axolotl's config validation, not the task's end; the
         # rules over the settings are the pre-flight's, the same the TRL path runs.
         try:
-            settings = self.continual_config()
+            self._continual = settings = self._build()
         except MergeForgetError as error:  # a ValueError is what pydantic reports as the field's problem
             raise ValueError(str(error)) from None
         problems = guard_problems(settings, bool(self.evaluation), give="mergeforget.evaluation")
@@ -233,14 +250,14 @@ class MergeForgetSettings(StrategySettings):  # type: ignore[misc, valid-type]
         return self
 
     def continual_config(self) -> ContinualConfig:
-        """What this task's sequence is configured by, as the TRL path's ``settings=`` holds it."""
-        return ContinualConfig(
-            strategy=self.to_config(),
-            eval_schedule=self.eval_schedule,
-            replay=self.replay_config(),
-            guard=self.forgetting_guard(),
-            export_dir=self.export_dir,
-        )
+        """What this task's sequence is configured by, as the TRL path's ``settings=`` holds it
+        (built once, when the block was validated)."""
+        return self._continual if self._continual is not None else self._build()
+
+    def _build(self) -> ContinualConfig:
+        values = {name: getattr(self, name) for name in _continual_fields()}
+        values.update(replay=self.replay_config(), guard=self.forgetting_guard())
+        return ContinualConfig(strategy=self.to_config(), **values)
 
     def replay_config(self) -> ReplayConfig | None:
         return None if self.replay is None else ReplayConfig.from_mapping(self.replay, "mergeforget.replay")

@@ -28,12 +28,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ... import preflight
 from ...core.layout import RunLayout, repeated_names, task_name_problem
-from ...core.replay import ReplayConfig, check_fields, replay_count
+from ...core.replay import ReplayConfig, replay_count
 from ...core.state import pickled_adapter_problem
 from ...errors import MergeForgetError, RecipeError
 from ...evaluation.guard import ForgettingGuard
 from ...evaluation.schedule import DEFAULT_SCHEDULE
+from ...preflight import TaskPlan
+from ...settings import ContinualConfig
 from .args import EvalSettings, EvalSpec, ProbeSpec, StrategySettings
 
 # Keys that define the one LoRA every task shares, or that the runner sets per task.
@@ -301,31 +304,6 @@ class LoadedRecipe:
             return 0
         return replay_count(self.train_row_count(index), replay, buffered=1)
 
-    def replay_problems(self) -> list[str]:
-        """Why the recipe's tasks cannot replay into each other: every training file must be local JSON
-        or JSON Lines (the buffer keeps rows as JSON), and every task's rows must have the same fields,
-        since any task's rows are replayed into every later one in that task's own format."""
-        if self.recipe.replay is None:
-            return []
-        problems: list[str] = []
-        fields: dict[str, list[str]] = {}  # of the tasks checked so far
-        for index, task in enumerate(self.recipe.tasks, start=1):
-            for number, path in enumerate(self.train_files(index)):
-                where = f"task {index} ({task.name!r}), datasets.{number}"
-                if path.suffix not in (".json", ".jsonl") or not path.is_file():
-                    problems.append(
-                        f"{where}: replay keeps training rows from local JSON or JSON Lines files, and {path} is "
-                        "not one; convert it, or leave replay out"
-                    )
-                    continue
-                own = self.file_rows(path)[1]
-                try:
-                    check_fields(fields, task.name, own, f"{where} ({path})")
-                except MergeForgetError as error:
-                    problems.append(str(error))
-                fields.setdefault(task.name, own)
-        return problems
-
     def resolve(self, value: str) -> Path:
         candidate = Path(os.path.expanduser(value))
         return candidate if candidate.is_absolute() else (self.root / candidate).resolve()
@@ -386,23 +364,6 @@ class LoadedRecipe:
             return f"{key} in base_config {self.resolve(str(self.recipe.base_config))}"
         return None
 
-    def setting_problems(self) -> list[str]:
-        """The settings of any task that cannot train (see POSITIVE_INTEGERS), one line per setting and source."""
-        base = self.base_axolotl_config()
-        problems: dict[str, str] = {}  # keyed by source, so a shared setting is named once
-        for index, task in enumerate(self.recipe.tasks, start=1):
-            config = {**base, **task.overrides}
-            for key in (*POSITIVE_INTEGERS, *POSITIVE_NUMBERS):
-                value = config.get(key)
-                if value is None:
-                    continue
-                whole = key in POSITIVE_INTEGERS
-                kind = (int,) if whole else (int, float)
-                if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-                    what = "a positive whole number" if whole else "a positive number"
-                    problems.setdefault(str(self.source_of(key, index)), f"{value!r} must be {what}")
-        return [f"{source}: {message}" for source, message in problems.items()]
-
     def eval_specs(self) -> list[EvalSpec]:
         """The held-out evaluation of every task that has test_datasets, with paths resolved."""
         specs = []
@@ -442,61 +403,110 @@ class LoadedRecipe:
         return specs
 
     def missing_files(self) -> list[str]:
-        """Every dataset file the recipe names that is not on disk, as 'task X, field: path'."""
-        problems = []
-        for index, task in enumerate(self.recipe.tasks, start=1):
-            for field in ("datasets", "test_datasets"):
-                for number, entry in enumerate(getattr(task, field)):
-                    path = self.resolve(entry["path"])
-                    if not path.exists():
-                        problems.append(f"task {index} ({task.name!r}), {field}.{number}.path: {path} does not exist")
-        for number, probe in enumerate(self.probe_specs()):
-            if probe.path is not None and not Path(probe.path).exists():
-                problems.append(f"probes[{number}] ({probe.name!r}), path: {probe.path} does not exist")
-            elif (
-                probe.lm_eval is not None
-                and probe.lm_eval.include_path
-                and not Path(probe.lm_eval.include_path).is_dir()
-            ):
-                problems.append(
-                    f"probes[{number}] ({probe.name!r}), lm_eval.include_path: {probe.lm_eval.include_path} is not a "
-                    "directory"
-                )
-        return problems
+        """Every dataset file the recipe names that is not on disk (see :func:`missing_files`)."""
+        return missing_files(self)
 
-    def data_problems(self) -> list[str]:
-        """What reading the data would refuse, before any task trains: every local JSON or JSON
-        Lines dataset parsed (a bad line is named by file and line), and every held-out set and
-        probe built as the training processes will build it (fields, metrics, references)."""
-        problems: list[str] = []
-        checked: set[Path] = set()
-        for index, task in enumerate(self.recipe.tasks, start=1):
-            for field in ("datasets", "test_datasets"):
-                for number, entry in enumerate(getattr(task, field)):
-                    path = self.resolve(entry["path"])
-                    if path in checked or not path.is_file() or path.suffix not in (".json", ".jsonl"):
-                        continue
-                    checked.add(path)
-                    try:
-                        self.file_rows(path)
-                    except MergeForgetError as error:
-                        problems.append(f"task {index} ({task.name!r}), {field}.{number}: {error}")
-        if problems:
-            return problems  # the sets below read the same files
-        for spec in self.eval_specs():
-            try:
-                spec.to_eval_set()
-            except MergeForgetError as error:
-                index = [task.name for task in self.recipe.tasks].index(spec.task) + 1
-                problems.append(f"task {index} ({spec.task!r}), test_datasets.0 / eval: {error}")
-        for number, spec in enumerate(self.probe_specs()):
-            try:
-                probe = spec.to_probe()
-                if hasattr(probe, "check_available"):
-                    probe.check_available()
-            except MergeForgetError as error:
-                problems.append(f"probes[{number}] ({spec.name!r}): {error}")
-        return problems
+
+def missing_files(loaded: LoadedRecipe) -> list[str]:
+    """Every dataset file the recipe names that is not on disk, as 'task X, field: path'."""
+    problems = []
+    for index, task in enumerate(loaded.recipe.tasks, start=1):
+        for field in ("datasets", "test_datasets"):
+            for number, entry in enumerate(getattr(task, field)):
+                path = loaded.resolve(entry["path"])
+                if not path.exists():
+                    problems.append(f"task {index} ({task.name!r}), {field}.{number}.path: {path} does not exist")
+    for number, probe in enumerate(loaded.probe_specs()):
+        if probe.path is not None and not Path(probe.path).exists():
+            problems.append(f"probes[{number}] ({probe.name!r}), path: {probe.path} does not exist")
+        elif probe.lm_eval is not None and probe.lm_eval.include_path and not Path(probe.lm_eval.include_path).is_dir():
+            problems.append(
+                f"probes[{number}] ({probe.name!r}), lm_eval.include_path: {probe.lm_eval.include_path} is not a "
+                "directory"
+            )
+    return problems
+
+
+def replay_problems(loaded: LoadedRecipe) -> list[str]:
+    """Why the recipe's tasks cannot replay into each other: every training file must be local JSON
+    or JSON Lines (the buffer keeps rows as JSON), and every task's rows must have the same fields
+    (the pre-flight's rule), since any task's rows are replayed into every later one in that task's
+    own format."""
+    if loaded.replay is None:
+        return []
+    problems: list[str] = []
+    plans = []
+    for index, task in enumerate(loaded.recipe.tasks, start=1):
+        for number, path in enumerate(loaded.train_files(index)):
+            where = f"task {index} ({task.name!r}), datasets.{number}"
+            if path.suffix not in (".json", ".jsonl") or not path.is_file():
+                problems.append(
+                    f"{where}: replay keeps training rows from local JSON or JSON Lines files, and {path} is "
+                    "not one; convert it, or leave replay out"
+                )
+                continue
+            count, fields = loaded.file_rows(path)
+            plans.append(TaskPlan(task.name, f"{where} ({path})", fields=fields, row_count=count))
+    settings = ContinualConfig(replay=loaded.replay)
+    return problems + [str(problem) for problem in preflight.replay_problems(settings, plans, None, "", label="")]
+
+
+def setting_problems(loaded: LoadedRecipe) -> list[str]:
+    """The settings of any task that cannot train (see POSITIVE_INTEGERS), one line per setting and source."""
+    base = loaded.base_axolotl_config()
+    problems: dict[str, str] = {}  # keyed by source, so a shared setting is named once
+    for index, task in enumerate(loaded.recipe.tasks, start=1):
+        config = {**base, **task.overrides}
+        for key in (*POSITIVE_INTEGERS, *POSITIVE_NUMBERS):
+            value = config.get(key)
+            if value is None:
+                continue
+            whole = key in POSITIVE_INTEGERS
+            kind = (int,) if whole else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+                what = "a positive whole number" if whole else "a positive number"
+                problems.setdefault(str(loaded.source_of(key, index)), f"{value!r} must be {what}")
+    return [f"{source}: {message}" for source, message in problems.items()]
+
+
+def data_problems(loaded: LoadedRecipe) -> list[str]:
+    """What reading the data would refuse, before any task trains: every local JSON or JSON
+    Lines dataset parsed (a bad line is named by file and line), and every held-out set and
+    probe built as the training processes will build it (fields, metrics, references)."""
+    problems: list[str] = []
+    checked: set[Path] = set()
+    for index, task in enumerate(loaded.recipe.tasks, start=1):
+        for field in ("datasets", "test_datasets"):
+            for number, entry in enumerate(getattr(task, field)):
+                path = loaded.resolve(entry["path"])
+                if path in checked or not path.is_file() or path.suffix not in (".json", ".jsonl"):
+                    continue
+                checked.add(path)
+                try:
+                    loaded.file_rows(path)
+                except MergeForgetError as error:
+                    problems.append(f"task {index} ({task.name!r}), {field}.{number}: {error}")
+    # The sets below read the same files: they are built only once every file parses.
+    return problems or _scoring_problems(loaded)
+
+
+def _scoring_problems(loaded: LoadedRecipe) -> list[str]:
+    """Every held-out set and probe built as the training processes will build it."""
+    problems: list[str] = []
+    for spec in loaded.eval_specs():
+        try:
+            spec.to_eval_set()
+        except MergeForgetError as error:
+            index = [task.name for task in loaded.recipe.tasks].index(spec.task) + 1
+            problems.append(f"task {index} ({spec.task!r}), test_datasets.0 / eval: {error}")
+    for number, spec in enumerate(loaded.probe_specs()):
+        try:
+            probe = spec.to_probe()
+            if hasattr(probe, "check_available"):
+                probe.check_available()
+        except MergeForgetError as error:
+            problems.append(f"probes[{number}] ({spec.name!r}): {error}")
+    return problems
 
 
 def load_recipe(path: str | os.PathLike[str], *, check_files: bool = True) -> LoadedRecipe:
@@ -511,13 +521,13 @@ def load_recipe(path: str | os.PathLike[str], *, check_files: bool = True) -> Lo
                 + "\n  - ".join(missing)
                 + "\nPoint each path at a local copy (relative paths are relative to the recipe file)."
             )
-        data = loaded.data_problems()
+        data = data_problems(loaded)
         if data:
             raise RecipeError(f"{recipe_path} names data that cannot be read or scored:\n  - " + "\n  - ".join(data))
-        replay = loaded.replay_problems()
+        replay = replay_problems(loaded)
         if replay:
             raise RecipeError(f"{recipe_path} cannot replay its tasks' rows:\n  - " + "\n  - ".join(replay))
-        settings = loaded.setting_problems()
+        settings = setting_problems(loaded)
         if settings:
             raise RecipeError(f"{recipe_path} has settings no task can train with:\n  - " + "\n  - ".join(settings))
         base = loaded.base_axolotl_config()

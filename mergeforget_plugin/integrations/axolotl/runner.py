@@ -28,7 +28,7 @@ import yaml
 from ...core.atomic import write_atomic
 from ...core.environment import offline_environment
 from ...core.layout import RunLayout
-from ...core.replay import buffer_fields, check_fields, resumed_advice
+from ...core.replay import buffer_fields
 from ...core.state import (
     BaseModelFingerprint,
     ContinualState,
@@ -42,7 +42,9 @@ from ...core.state import (
 from ...data.models import resolve_model_reference
 from ...driver import TaskTrainer, drive_sequence
 from ...engine import check_sequence, replay_for
-from ...errors import ForgettingGuardError, MergeForgetError, RecipeError, RunError
+from ...errors import ForgettingGuardError, RecipeError, RunError
+from ...preflight import TaskPlan, replay_problems
+from ...settings import ContinualConfig
 from .failure import FAILURE_FILE_VARIABLE, describe_failure, read_failure
 from .recipe import LoadedRecipe, load_recipe
 
@@ -391,24 +393,20 @@ def _checked_state(loaded: LoadedRecipe, base: dict[str, Any], resume: bool) -> 
 
 def _check_buffer_fields(loaded: LoadedRecipe, state: ContinualState) -> None:
     """On resume, the rows the state's buffer holds must read as every unfinished task's rows do
-    (the recipe's files may have changed since the earlier tasks trained)."""
-    fields = buffer_fields(state.replay_buffer)
-    if loaded.replay is None or not fields:
+    (the recipe's files may have changed since the earlier tasks trained): the pre-flight's replay
+    rule, against the state."""
+    if loaded.replay is None or not buffer_fields(state.replay_buffer):
         return
-    for index, task in enumerate(loaded.recipe.tasks, start=1):
-        if task.name in state.finished_tasks:
-            continue
-        own = loaded.file_rows(loaded.train_files(index)[0])[1]
-        try:
-            check_fields(
-                fields,
-                task.name,
-                own,
-                f"{loaded.path}: task {index} ({task.name!r}), datasets.0",
-                what_to_do=resumed_advice(str(loaded.layout.state)),
-            )
-        except MergeForgetError as error:
-            raise RecipeError(str(error)) from None
+    plans = [
+        TaskPlan(task.name, f"{loaded.path}: task {index} ({task.name!r}), datasets.0", fields=fields)
+        for index, task in enumerate(loaded.recipe.tasks, start=1)
+        if task.name not in state.finished_tasks
+        for fields in [loaded.file_rows(loaded.train_files(index)[0])[1]]
+    ]
+    settings = ContinualConfig(replay=loaded.replay)
+    problems = replay_problems(settings, plans, state, str(loaded.layout.state), label="")
+    if problems:
+        raise RecipeError(str(problems[0]))
 
 
 def _training_environment() -> dict[str, str]:

@@ -138,48 +138,34 @@ def train_sequence(
     replay: ReplayConfig | None = None,
     guard: ForgettingGuard | None = None,
 ) -> SequenceResult:
-    """Train ``tasks`` in order with ``SFTTrainer`` and SLAO; export one standard PEFT adapter.
+    """Train ``tasks`` in order with ``SFTTrainer`` and SLAO; return a [`SequenceResult`].
 
-    Resumable: tasks already finished in ``OUTPUT_DIR/state`` are skipped (it says so), so calling
-    it again after a crash continues with the first unfinished task. Everything is checked before
-    task 1 trains: the settings, the tasks' training rows, the state and the model against it. After
-    the last task, or when the guard refuses one, ``OUTPUT_DIR/adapter`` and the report hold the
-    tasks the state took.
+    Everything is checked before task 1 trains (settings, training rows, the state, the model
+    against it). Resumable: tasks finished in ``OUTPUT_DIR/state`` are skipped. After the last
+    task, or when the guard refuses one, ``OUTPUT_DIR/adapter`` (one standard PEFT adapter) and
+    the report hold the tasks the state took.
 
     Args:
         model: A `PeftModel`, or a base model together with `peft_config` (wrapped once here).
         tasks: The tasks, in training order.
         args: A `trl.SFTConfig` used for every task (its `output_dir` is replaced per task).
-        output_dir: Root folder, laid out as [`RunLayout`] says: `state/`, `evaluations/`, `adapter/`
-            (the merged PEFT adapter), `tasks/task-NN-NAME/` (trainer outputs) and the report, as a
-            recipe run through Axolotl writes them. Defaults to `args.output_dir`.
+        output_dir: Root folder, laid out as [`RunLayout`] says (`state/`, `adapter/`, the report, ...,
+            as a recipe run through Axolotl writes them). Defaults to `args.output_dir`.
         processing_class: The tokenizer, passed to `SFTTrainer`.
         peft_config: A `peft.LoraConfig`, when `model` is not a `PeftModel` yet.
         settings: What the sequence is configured by ([`ContinualConfig`]): the strategy (default:
             the paper's SLAO), the evaluation schedule (default `"needed"`), replay, the forgetting
             guard, an export folder and the adapter name.
         callbacks: Extra `TrainerCallback`s for every task; they run after the SLAO callback.
-        loss_matrix: After every task, also run `trainer.evaluate()` on every task's `eval_dataset` and
-            return the losses as `SequenceResult.eval_loss`. Costs one more forward pass over every
-            evaluation set per task; the report does not need it (a task's `"loss"` metric puts
-            the held-out loss in the report, the heatmaps and the trackers).
-        probes: Evaluation-only sets never trained on ([`EvalSet`], e.g. from `eval_set_from_rows`,
-            or [`LMEvalProbe`]), scored with the tasks; the report shows their change from the base.
-        config, eval_schedule, replay, guard: Deprecated: `settings.strategy`, `settings.eval_schedule`,
-            `settings.replay` and `settings.guard` given one by one; give either, not both.
-
-    Returns:
-        A [`SequenceResult`] with the final state, the adapter folder and the loss matrix.
+        loss_matrix: After every task, also run `trainer.evaluate()` on every `eval_dataset` into
+            `SequenceResult.eval_loss` (one more pass; the report's `"loss"` metric does not need it).
+        probes: Evaluation-only sets never trained on ([`EvalSet`] or [`LMEvalProbe`]), scored with
+            the tasks; the report shows their change from the base model.
+        config, eval_schedule, replay, guard: Deprecated: the fields of `settings` one by one
+            (`config` is `settings.strategy`); give either, not both.
     """
-    settings = merged_settings(
-        settings,
-        "train_sequence",
-        {"eval_schedule": DEFAULT_SCHEDULE},
-        config=config,
-        eval_schedule=eval_schedule,
-        replay=replay,
-        guard=guard,
-    )
+    keywords = {"config": config, "eval_schedule": eval_schedule, "replay": replay, "guard": guard}
+    settings = merged_settings(settings, "train_sequence", {"eval_schedule": DEFAULT_SCHEDULE}, **keywords)
     layout = RunLayout(output_dir if output_dir is not None else args.output_dir)
     state = load_state(layout.state)
     plans = [task.plan(getattr(args, "dataset_text_field", None) or "text") for task in tasks]
@@ -187,52 +173,36 @@ def train_sequence(
     check_writable(layout.state)
     eval_sets, probes = _checked_evaluation(tasks, probes)
     model = _peft_model(model, peft_config, args.seed)
-    if state is not None:  # the model must be the one the state was trained on, even with nothing left to train
-        from ...peft_bridge import describe_model, write_lora
-
-        state.check_compatible(*describe_model(model, settings.adapter_name), str(layout.state))
-        if len(state.finished_tasks) == len(tasks):
-            write_lora(model, state.merged, settings.adapter_name)  # the model holds the deployed LoRA
-    if (eval_sets or probes) and processing_class is None:
-        from transformers import AutoTokenizer
-
-        processing_class = AutoTokenizer.from_pretrained(model.config.name_or_path)
-    trainer = _SFTTasks(
-        model, tasks, args, layout, settings, processing_class, eval_sets, probes, callbacks, loss_matrix
-    )
+    _check_model(model, state, len(tasks), settings.adapter_name, str(layout.state))
+    processing_class = _tokenizer(model, processing_class) if eval_sets or probes else processing_class
+    extra = list(callbacks or [])
+    trainer = _SFTTasks(model, tasks, args, layout, settings, processing_class, eval_sets, probes, extra, loss_matrix)
     end = drive_sequence(layout, [task.name for task in tasks], trainer, main_process=is_main_process())
     return SequenceResult(
-        state=end.state,
-        adapter_dir=layout.adapter,
-        state_dir=layout.state,
-        eval_loss=trainer.eval_loss,
-        accuracy=trainer.accuracy,
-        report_files=end.report_files,
+        end.state, layout.adapter, layout.state, trainer.eval_loss, trainer.accuracy, end.report_files
     )
 
 
+@dataclass
 class _SFTTasks(TaskTrainer):
     """The TRL path's way to train a task: an in-process ``SFTTrainer`` with the SLAO callback."""
 
-    def __init__(
-        self,
-        model: Any,
-        tasks: list[Task],
-        args: Any,
-        layout: RunLayout,
-        settings: ContinualConfig,
-        processing_class: Any,
-        eval_sets: list[EvalSet],
-        probes: list[Any],
-        callbacks: list[Any] | None,
-        loss_matrix: bool,
-    ) -> None:
-        self.model, self.tasks, self.args, self.layout, self.settings = model, tasks, args, layout, settings
-        self.processing_class, self.eval_sets, self.probes = processing_class, eval_sets, probes
-        self.callbacks, self.loss_matrix = list(callbacks or []), loss_matrix
-        self.eval_datasets = {task.name: task.eval_dataset for task in tasks if task.eval_dataset is not None}
-        self.eval_loss: dict[str, dict[str, float]] = {}
-        self.accuracy: dict[str, dict[str, float]] = {}
+    model: Any
+    tasks: list[Task]
+    args: Any
+    layout: RunLayout
+    settings: ContinualConfig
+    processing_class: Any
+    eval_sets: list[EvalSet]
+    probes: list[Any]
+    callbacks: list[Any]
+    loss_matrix: bool
+    eval_loss: dict[str, dict[str, float]] = field(default_factory=dict)
+    accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def eval_datasets(self) -> dict[str, Any]:
+        return {task.name: task.eval_dataset for task in self.tasks if task.eval_dataset is not None}
 
     def train(self, index: int, name: str) -> None:
         from trl import SFTTrainer
@@ -287,6 +257,27 @@ def _peft_model(model: Any, peft_config: Any, seed: int) -> Any:
         set_seed(seed)  # the LoRA init draws from the global RNG: same seed, same task-1 start
         model = get_peft_model(model, peft_config)
     return model
+
+
+def _tokenizer(model: Any, given: Any) -> Any:
+    """What scores the held-out rows: the tokenizer given, else the model's own."""
+    if given is not None:
+        return given
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model.config.name_or_path)
+
+
+def _check_model(model: Any, state: ContinualState | None, tasks: int, adapter_name: str, where: str) -> None:
+    """The model must be the one the state was trained on, even with nothing left to train; then
+    it holds the deployed LoRA."""
+    if state is None:
+        return
+    from ...peft_bridge import describe_model, write_lora
+
+    state.check_compatible(*describe_model(model, adapter_name), where)
+    if len(state.finished_tasks) == tasks:
+        write_lora(model, state.merged, adapter_name)
 
 
 def _loss_row(trainer: Any, eval_datasets: dict[str, Any], task: str) -> dict[str, float]:
