@@ -233,13 +233,15 @@ def training_plan(name: str, dataset: Any, where: str, **known: Any) -> TaskPlan
     if hasattr(dataset, "column_names") and hasattr(table, "column"):  # datasets.Dataset
         import pyarrow.compute as pc
 
+        nulls = [
+            pc.index(pc.is_null(table.column(column)), True).as_py()
+            for column in dataset.column_names
+            if table.column(column).null_count
+        ]
         first_empty = None
-        for column in dataset.column_names:
-            values = table.column(column)
-            if values.null_count:
-                number = pc.index(pc.is_null(values), True).as_py()
-                empty = [c for c in dataset.column_names if dataset[number][c] is None]
-                first_empty = min(first_empty or (number, empty), (number, empty))
+        if nulls:  # the earliest row with an empty field, read once
+            row = dataset[min(nulls)]
+            first_empty = (min(nulls), sorted(c for c in dataset.column_names if row[c] is None))
         return TaskPlan(
             name, where, fields=sorted(dataset.column_names), row_count=len(dataset), first_empty=first_empty, **known
         )
