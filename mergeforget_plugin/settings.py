@@ -188,3 +188,9 @@ def merged_settings(
             stacklevel=3,
         )
     return ContinualConfig(**{("strategy" if name == "config" else name): value for name, value in given.items()})
+
+
+def field_help(name: str) -> str:
+    """The help text of :class:`ContinualConfig`'s field ``name``: other surfaces that declare the
+    setting (a recipe's keys, the plugin's block) describe it in these words."""
+    return next(item.metadata["help"] for item in dataclasses.fields(ContinualConfig) if item.name == name)

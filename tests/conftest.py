@@ -33,6 +33,16 @@ def learning_model_dir(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("learning-model"), corpus, initializer_range=0.3)
 
 
+@pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory) -> Path:
+    """A tiny model whose tokenizer has ChatML's turn tokens and template (SmolLM2-Instruct's), trained
+    quickly enough to move (see learning_model_dir)."""
+    from mergeforget_plugin import build_tiny_llama
+
+    corpus = [row["prompt"] + row["completion"] for name in DEMO_TASKS for row in demo_rows(name, "train")]
+    return build_tiny_llama(tmp_path_factory.mktemp("chat-model"), corpus, initializer_range=0.3, chat_template=True)
+
+
 @pytest.fixture
 def tiny_peft_model(tiny_model_dir):
     """A fresh float32 tiny Llama with LoRA r=4 on q_proj/v_proj."""

@@ -39,6 +39,13 @@ def demo_tasks(names=DEMO_TASKS):
     ]
 
 
+def as_conversation(row: dict[str, str], system: str | None = None) -> dict[str, list[dict[str, str]]]:
+    """A prompt/completion row as a `messages` conversation (optionally after a system turn)."""
+    turns = [{"role": "system", "content": system}] if system else []
+    turns += [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"].strip()}]
+    return {"messages": turns}
+
+
 def sft_config(output_dir, **overrides):
     from trl import SFTConfig
 

@@ -46,6 +46,26 @@ def test_trl_example_runs_three_tasks_and_prints_the_loss_matrix(tiny_example_ru
     assert config["r"] == 8 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
 
 
+@pytest.mark.slow
+def test_chat_example_trains_the_demo_as_conversations_with_slao_and_seqlora(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "chat_sequence.py"), "--model", "tiny", "--max-steps", "2"]
+        + ["--max-examples", "16", "--output-dir", str(tmp_path)],
+        cwd=tmp_path,
+        env=offline_environment(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"chat-{s}" / "report.json").read_text()) for s in ("slao", "seq")]
+    for report in reports:  # conversations whose answers are labels: scored by choice
+        assert report["finished_tasks"] == ["domain", "language_b", "polarity", "kind"]
+        assert set(report["primary_metric"].values()) == {"choice"}
+    assert reports[0]["strategy"]["strategy"] == "slao" and reports[1]["strategy"]["strategy"] == "seq"
+    assert "chat-slao (slao)" in completed.stdout and "chat-seq (seq)" in completed.stdout
+
+
 def test_status_and_export_commands(tiny_example_run, tmp_path, capsys):
     out, _ = tiny_example_run
     assert main(["status", str(out / "state")]) == 0

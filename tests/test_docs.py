@@ -102,7 +102,7 @@ def test_every_python_block_is_found_and_every_marker_has_a_reason():
 
 
 @pytest.fixture
-def stand_ins(tiny_model_dir, tmp_path, monkeypatch):
+def stand_ins(tiny_model_dir, chat_model_dir, tmp_path, monkeypatch):
     """A namespace of what the blocks leave to the reader, and a CPU `SFTConfig`; runs in `tmp_path`."""
     import torch
     import transformers
@@ -118,7 +118,8 @@ def stand_ins(tiny_model_dir, tmp_path, monkeypatch):
         loader = auto.from_pretrained.__func__
 
         def from_local(cls, name, *args, _loader=loader, **kwargs):
-            return _loader(cls, tiny_model_dir if str(name) in HUB_MODELS else name, *args, **kwargs)
+            # SmolLM2-135M-Instruct has a ChatML template: so has its stand-in.
+            return _loader(cls, chat_model_dir if str(name) in HUB_MODELS else name, *args, **kwargs)
 
         monkeypatch.setattr(auto, "from_pretrained", classmethod(from_local))
     real_config = trl.SFTConfig

@@ -30,6 +30,7 @@ LAYERS = [
         "evaluation.guard",
         "evaluation.schedule",
         "evaluation.scoring",
+        "evaluation.shapes",
         "evaluation",
         "evaluation.lm_eval_probe",
         "data",
@@ -56,6 +57,7 @@ LAYERS = [
         "integrations.axolotl.preflight",
         "integrations.axolotl.failure",
         "integrations.axolotl.options",
+        "integrations.axolotl.held_out",
     },
     {"cli", "integrations.axolotl.cli"},
 ]
@@ -77,6 +79,7 @@ CORE = (
     "evaluation.guard",
     "evaluation.schedule",
     "evaluation.scoring",
+    "evaluation.shapes",
     "evaluation.lm_eval_probe",
     "evaluation.report",
     "evaluation.trackers",

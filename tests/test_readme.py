@@ -74,8 +74,9 @@ def test_readme_links_resolve():
         assert anchor in slugs, anchor
 
 
-def test_readme_quickstart_runs_as_written(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    """Only the download stands in: the tiny local Llama for SmolLM2; the `SFTConfig` is the block's own."""
+def test_readme_quickstart_runs_as_written(chat_model_dir, tmp_path, monkeypatch, capsys):
+    """Only the download stands in: the tiny local Llama with a ChatML template for SmolLM2; the
+    `SFTConfig` is the block's own."""
     import torch
     import transformers
 
@@ -85,7 +86,7 @@ def test_readme_quickstart_runs_as_written(tiny_model_dir, tmp_path, monkeypatch
         loader = auto.from_pretrained.__func__
 
         def from_local(cls, name, *args, _loader=loader, **kwargs):
-            return _loader(cls, tiny_model_dir if name == QUICKSTART_MODEL else name, *args, **kwargs)
+            return _loader(cls, chat_model_dir if name == QUICKSTART_MODEL else name, *args, **kwargs)
 
         monkeypatch.setattr(auto, "from_pretrained", classmethod(from_local))
     (quickstart,) = fenced(README, "python")
@@ -100,8 +101,11 @@ def test_readme_quickstart_runs_as_written(tiny_model_dir, tmp_path, monkeypatch
     result = namespace["result"]
     assert set(result.eval_loss) == {"antonyms", "plurals"}
     assert all(set(row) == {"antonyms", "plurals"} for row in result.eval_loss.values())
+    # The conversations are scored on their assistant turn; one-word answers form a label set.
+    assert result.primary_metric == {"antonyms": "choice", "plurals": "choice"}
+    assert set(result.scores["plurals"]) == {"antonyms", "plurals"}
     printed = capsys.readouterr().out
-    assert str(result.eval_loss) in printed and str(result.adapter_dir) in printed
+    assert str(result.scores) in printed and str(result.adapter_dir) in printed
 
 
 def test_the_trl_examples_are_on_their_docs_pages():

@@ -37,6 +37,25 @@ def test_demo_recipe_data_is_shipped_and_configs_are_complete(tmp_path):
     assert config["lora_mlp_kernel"] is False and config["bf16"] is False
 
 
+def test_conversational_demo_recipe_is_the_demo_as_chat_template_rows():
+    from mergeforget_plugin.evaluation.scoring import read_rows
+
+    chat = load_recipe(REPO / "recipes" / "demo-smollm2-chat.yaml")
+    plain = load_recipe(REPO / "recipes" / "demo-smollm2.yaml")
+    assert chat.missing_files() == [] and chat.base_axolotl_config()["chat_template"] == "tokenizer_default"
+    assert [t.name for t in chat.recipe.tasks] == [t.name for t in plain.recipe.tasks]
+    for task, spec in zip(plain.recipe.tasks, chat.eval_specs(), strict=True):
+        assert spec.dataset["type"] == "chat_template" and spec.dataset["field_messages"] == "messages"
+        spec.check()  # the rows a training process will score
+        for split in ("train", "test"):  # the same rows, as one user turn and one assistant turn
+            rows = read_rows(DEMO_DATA / f"{task.name}.{split}.jsonl")
+            conversations = read_rows(DEMO_DATA / "chat" / f"{task.name}.{split}.jsonl")
+            assert [c["messages"] for c in conversations] == [
+                [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"].strip()}]
+                for r in rows
+            ]
+
+
 def test_per_task_configs_are_written_for_running_by_hand(tmp_path, tiny_model_dir):
     path = write(tmp_path, minimal_recipe(tiny_model_dir))
     paths = write_task_configs(load_recipe(path))

@@ -6,6 +6,12 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+# ChatML as SmolLM2-135M-Instruct's template renders it, less the system turn it adds when none is given.
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' "
+    "+ '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
 
 def build_tiny_llama(
     output_dir: str | os.PathLike[str],
@@ -18,6 +24,7 @@ def build_tiny_llama(
     vocab_size: int = 512,
     seed: int = 0,
     initializer_range: float = 0.02,
+    chat_template: bool = False,
 ) -> Path:
     """Train a byte-level BPE tokenizer on ``corpus``, build a random tiny Llama, save both.
 
@@ -25,7 +32,10 @@ def build_tiny_llama(
     ``AutoTokenizer.from_pretrained`` like any local checkpoint (also from Axolotl's
     ``base_model:``). ``initializer_range`` is the weights' init scale: at the default (transformers'
     0.02) the logits of so small a model barely move from uniform and a LoRA learns little; a test
-    that needs a task learned in a few steps raises it. Returns the directory.
+    that needs a task learned in a few steps raises it. ``chat_template`` gives the tokenizer
+    ChatML's turn tokens (``<|im_start|>``, ``<|im_end|>``) and template, as SmolLM2-Instruct
+    has (without its default system turn), while end-of-sequence stays ``</s>``. Returns the
+    directory.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -33,7 +43,7 @@ def build_tiny_llama(
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    special = ["<unk>", "<s>", "</s>", "<pad>"]
+    special = ["<unk>", "<s>", "</s>", "<pad>", *(["<|im_start|>", "<|im_end|>"] if chat_template else [])]
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -44,6 +54,8 @@ def build_tiny_llama(
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
+    if chat_template:
+        fast.chat_template = CHATML
     fast.save_pretrained(out)
 
     torch.manual_seed(seed)

@@ -289,7 +289,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Continual-learning report: {report['output_dir']}", ""]
     if report["strategy"]:
         lines += [f"Strategy: `{report['strategy']}`", ""]
-    lines += [f"Finished tasks: {len(report['finished_tasks'])} of {len(tasks)}", ""]
+    finished = report["finished_tasks"]
+    lines += [f"Finished tasks: {len(finished)}" + (f" ({', '.join(finished)})" if finished else ""), ""]
+    if not tasks:  # nothing held out: a table with no column would read as a result
+        lines += [
+            "No task has held-out rows, so nothing was scored and there is no matrix. Give each task held-out "
+            "rows (`eval_dataset` on the TRL path, `test_datasets` in a recipe) to measure what it keeps.",
+        ]
+        return "\n".join(lines) + "\n"
     if _is_label_report(report):
         lines += ["## Accuracy matrix (%)", "", "Rows: after training task i; columns: task evaluated.", ""]
     else:
@@ -379,41 +386,63 @@ def _heatmap(
     metric_of,
     title: str,
 ) -> bytes:
-    """An annotated heatmap; colour is each cell's quality: fractions on 0-100, other metrics scaled
-    per column from worst (dark) to best (bright)."""
+    """An annotated heatmap whose colour bar is in the metric's unit and direction: fractions on
+    0-100 %, other metrics (loss, perplexity) on their own range, brighter where better. When the
+    columns hold metrics of different units, each column is coloured from its worst (dark) to its
+    best (bright) cell and the colour bar says so."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    kinds = {metric_of(task) for task in tasks}
+    single = metric_info(next(iter(kinds))) if len(kinds) == 1 else None
+    cells = [value for row in values for value in row if value is not None]
+    low, high = (min(cells), max(cells)) if cells else (0.0, 1.0)
     colours = [[float("nan")] * len(tasks) for _ in values]
+    brightness = [[0.0] * len(tasks) for _ in values]  # 0 dark .. 1 bright, for the text's colour
     texts = [[""] * len(tasks) for _ in values]
     for j, task in enumerate(tasks):
         info = metric_info(metric_of(task))
         column = [row[j] for row in values if row[j] is not None]
-        low, high = (min(column), max(column)) if column else (0.0, 1.0)
+        column_low, column_high = (min(column), max(column)) if column else (0.0, 1.0)
         for i, row in enumerate(values):
             value = row[j]
             if value is None:
                 continue
-            if info.unit == "fraction":
-                colours[i][j] = 100 * value
-                texts[i][j] = f"{100 * value:.0f}"
+            fraction = info.unit == "fraction"
+            texts[i][j] = f"{100 * value:.0f}" if fraction else f"{value:.2f}"
+            if single is not None:
+                colours[i][j] = 100 * value if fraction else value
+                share = value if fraction else (0.5 if high == low else (value - low) / (high - low))
             else:
-                share = 0.5 if high == low else (value - low) / (high - low)
+                share = 0.5 if column_high == column_low else (value - column_low) / (column_high - column_low)
                 colours[i][j] = 100 * (share if info.higher_is_better else 1 - share)
-                texts[i][j] = f"{value:.2f}"
+            brightness[i][j] = share if info.higher_is_better else 1 - share
+    if single is not None and single.unit == "fraction":
+        scale = {"vmin": 0, "vmax": 100, "cmap": "viridis"}
+    elif single is not None:  # lower is better: the reversed map keeps better brighter
+        scale = {"vmin": low, "vmax": high if high > low else low + 1e-9}
+        scale["cmap"] = "viridis" if single.higher_is_better else "viridis_r"
+    else:
+        scale = {"vmin": 0, "vmax": 100, "cmap": "viridis"}
     figure, axes = plt.subplots(figsize=(1.6 + 1.3 * max(1, len(tasks)), 1.2 + 0.6 * max(1, len(labels))))
-    image = axes.imshow(colours, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    image = axes.imshow(colours, aspect="auto", **scale)
     axes.set_xticks(range(len(tasks)), labels=tasks, rotation=30, ha="right")
     axes.set_yticks(range(len(labels)), labels=labels)
     axes.set_xlabel("task evaluated")
     for i, row in enumerate(colours):
         for j, colour in enumerate(row):
             if colour == colour:  # not NaN
-                axes.text(j, i, texts[i][j], ha="center", va="center", color="white" if colour < 60 else "black")
+                white = brightness[i][j] < 0.6
+                axes.text(j, i, texts[i][j], ha="center", va="center", color="white" if white else "black")
     axes.set_title(title)
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    bar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    if single is not None:
+        bar.set_label(metric_label(single.name))
+    else:
+        bar.set_ticks([0, 100], labels=["worst", "best"])
+        bar.set_label("per column (metrics differ in unit)")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
@@ -432,7 +461,10 @@ def plot_accuracy_matrix(report: dict[str, Any]) -> bytes:
     tasks, primary = report["tasks"], report.get("primary_metric", {})
     labels, values = _rows_for_plot(report["zero_shot"], report["rows_after"], report["accuracy_matrix"], tasks)
     metric = next(iter(primary.values())) if primary and report.get("primary_uniform", True) else "accuracy"
-    title = "accuracy (%)" if _is_label_report(report) else "primary metric"
+    if _is_label_report(report):
+        title = "accuracy (%)"
+    else:
+        title = metric_label(metric) if report.get("primary_uniform", True) else "primary metric per task"
     aa, bwt = report["metrics"]["average_accuracy"], report["metrics"]["bwt"]
     if aa is not None:
         title += f"  AA {format_value(aa, metric=metric)}"

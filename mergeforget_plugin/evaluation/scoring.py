@@ -33,6 +33,7 @@ from typing import Any, Literal
 import torch
 
 from ..errors import EvaluationError
+from . import shapes
 from .metrics import SCORABLE
 
 Metric = Literal["choice", "loss", "rouge_l", "exact_match"]
@@ -64,8 +65,11 @@ DEFAULT_STOP = ("\n",)
 _GENERATIVE = ("rouge_l", "exact_match")
 
 
-def default_metric(answers: Iterable[str], options: Sequence[str] = ()) -> str:
-    """The primary metric of a task that names none (see the module docstring for the rule)."""
+def default_metric(answers: Iterable[str], options: Sequence[str] = (), shape: str = "prompt_completion") -> str:
+    """The primary metric of a task that names none (see the module docstring for the rule): a
+    ``text`` task has no answers, only tokens to predict, so ``loss``."""
+    if shape == "text":
+        return "loss"
     if options:
         return "choice"
     distinct = {str(answer).strip() for answer in answers}
@@ -81,16 +85,25 @@ class EvalSet:
     ``metric`` is the primary metric; ``metrics`` every metric scored (the primary first). Give
     either, both or neither (then :func:`default_metric` chooses). ``max_new_tokens`` and
     ``stop`` shape the generation of ``rouge_l`` and ``exact_match``.
+
+    ``shape`` says what a prompt is (:mod:`~mergeforget_plugin.evaluation.shapes`): a string for
+    ``prompt_completion`` (the default); the turns before the answer for ``conversational``; unused
+    (``""``) for ``text``, whose ``answers`` are the texts. ``answers`` are the references as text.
+    A ``tokens`` set (tokenized by the trainer's own code) gives ``token_ids``: ``prompts``,
+    ``answers`` (the ids the loss covers), ``options`` and ``end`` (ids that also end a generation),
+    valid for the one tokenizer that made them.
     """
 
     task: str
-    prompts: list[str]
+    prompts: list[Any]
     answers: list[str]
     metric: str | None = None
     options: list[str] = field(default_factory=list)
     metrics: list[str] = field(default_factory=list)
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     stop: list[str] = field(default_factory=lambda: list(DEFAULT_STOP))
+    shape: str = "prompt_completion"
+    token_ids: dict[str, list[list[int]]] | None = field(default=None, repr=False)
     # Token ids per tokenizer, filled on first use: the engine scores every set after every task.
     _encoded: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -98,13 +111,23 @@ class EvalSet:
         where = f"Task {self.task!r}"
         if len(self.prompts) != len(self.answers) or not self.prompts:
             raise EvaluationError(f"{where}: evaluation needs as many answers as prompts, and at least one.")
+        if self.shape not in shapes.SHAPES:
+            raise EvaluationError(f"{where}: unknown shape {self.shape!r}; one of {', '.join(shapes.SHAPES)}.")
+        if (self.shape == "tokens") != (self.token_ids is not None):
+            raise EvaluationError(f"{where}: token_ids come with shape 'tokens', and only with it.")
         metrics = list(dict.fromkeys(self.metrics))
         if self.metric is None:
-            self.metric = metrics[0] if metrics else default_metric(self.answers, self.options)
+            self.metric = metrics[0] if metrics else default_metric(self.answers, self.options, self.shape)
         self.metrics = [self.metric, *(name for name in metrics if name != self.metric)]
         unknown = [name for name in self.metrics if name not in SCORABLE]
         if unknown:
             raise EvaluationError(f"{where}: unknown metric {unknown[0]!r}; choose from {', '.join(SCORABLE)}.")
+        unfit = [name for name in self.metrics if name not in shapes.METRICS_OF_SHAPE[self.shape]]
+        if unfit:
+            raise EvaluationError(
+                f"{where}: {', '.join(unfit)} cannot score text rows: they have no answer to pick or generate, "
+                "only tokens to predict. Score them with metric loss, or give prompt/completion or messages rows."
+            )
         if "choice" in self.metrics:
             if not self.options:
                 self.options = sorted(set(self.answers))
@@ -249,21 +272,60 @@ def eval_set_from_rows(
     option_rows: Iterable[dict[str, Any]] = (),
     max_examples: int | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    stop: Sequence[str] = DEFAULT_STOP,
+    stop: Sequence[str] | None = None,
     source: str | None = None,
 ) -> EvalSet:
-    """Build an :class:`EvalSet`; for `choice`, the options default to every answer seen in
-    ``rows`` and ``option_rows`` (e.g. the training split). ``source`` names the file in messages."""
+    """Build an :class:`EvalSet` from rows of any shape :mod:`~mergeforget_plugin.evaluation.shapes`
+    knows (every row the shape of the first); for `choice`, the options default to every answer
+    seen in ``rows`` and ``option_rows`` (e.g. the training split). ``prompt_field``,
+    ``answer_field`` and ``prompt_format`` read prompt-completion rows kept under other names.
+    ``stop`` defaults to a newline for prompt-completion rows and to nothing for conversations (the
+    template's end-of-turn token ends them). ``source`` names the file in messages."""
     rows = list(rows)
     if max_examples is not None:
         rows = rows[:max_examples]
     where = f"Task {task!r}" + (f" ({source})" if source else "")
+    named = (prompt_field, answer_field) != ("prompt", "completion")
+    shape = "prompt_completion" if named or not rows else shapes.row_shape(rows[0]) or "prompt_completion"
+    for number, row in enumerate(rows):
+        if not named and shapes.row_shape(row) not in (shape, None):
+            raise EvaluationError(
+                f"{where}: evaluation row {number} is {shapes.row_shape(row)}, row 0 {shape}; give one shape per task."
+            )
+    option_answers = shapes.references(option_rows, f"{where}, training", answer_field)
+    if shape == "conversational":
+        split = [shapes.conversation(row, f"{where}, evaluation row {n}") for n, row in enumerate(rows)]
+        prompts: list[Any] = [turns for turns, _ in split]
+        answers = [answer for _, answer in split]
+    elif shape == "text":
+        bad = next((n for n, row in enumerate(rows) if not isinstance(row["text"], str) or not row["text"]), None)
+        if bad is not None:
+            raise EvaluationError(f"{where}: evaluation row {bad} has no text in 'text'; give every row its text.")
+        prompts, answers = [""] * len(rows), [row["text"] for row in rows]
+    else:
+        prompts, answers = _prompt_completion(rows, where, prompt_field, answer_field, prompt_format)
+    if metric is None and not metrics and not options:
+        metric = default_metric([*answers, *option_answers], shape=shape)
+    if "choice" in (metric, *metrics) and not options:
+        options = sorted({*answers, *option_answers})
+    if stop is None:
+        stop = DEFAULT_STOP if shape == "prompt_completion" else ()
+    return EvalSet(
+        task, prompts, answers, metric, list(options or []), list(metrics), max_new_tokens, list(stop), shape
+    )
+
+
+def _prompt_completion(
+    rows: list[dict[str, Any]], where: str, prompt_field: str, answer_field: str, prompt_format: str
+) -> tuple[list[str], list[str]]:
+    """The prompts (``prompt_format`` filled from ``prompt_field``) and answers of prompt-completion rows."""
     for number, row in enumerate(rows):
         for name in (prompt_field, answer_field):
             if name not in row:
                 raise EvaluationError(
-                    f"{where}: evaluation row {number} has no field {name!r} (fields: {sorted(row)}). "
-                    "Set prompt_field/answer_field to the names your data uses."
+                    f"{where}: evaluation row {number} has no field {name!r} (fields: {sorted(row)}). Give "
+                    "prompt/completion, messages or text rows, or set prompt_field/answer_field to the names "
+                    "your data uses."
                 )
     # `{prompt}`, `{instruction}` (Axolotl's custom-format name) and the field's own name all
     # stand for the prompt field, so the training template can be reused as is.
@@ -284,13 +346,7 @@ def eval_set_from_rows(
                 f"{where}: evaluation row {number} has {type(row[answer_field]).__name__} in {answer_field!r}; "
                 "give the reference answer as text."
             )
-    answers = [str(row[answer_field]) for row in rows]
-    option_answers = [str(r[answer_field]) for r in option_rows if answer_field in r]
-    if metric is None and not metrics and not options:
-        metric = default_metric([*answers, *option_answers])
-    if "choice" in (metric, *metrics) and not options:
-        options = sorted({*answers, *option_answers})
-    return EvalSet(task, prompts, answers, metric, list(options or []), list(metrics), max_new_tokens, list(stop))
+    return prompts, [str(row[answer_field]) for row in rows]
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -302,22 +358,62 @@ def _tokenizer_key(tokenizer: Any) -> tuple[Any, ...]:
 
 
 def _encoded(eval_set: EvalSet, tokenizer: Any, what: str) -> list[list[int]]:
-    """Token ids of the set's ``prompts``, ``options`` or ``answers``, made once per tokenizer."""
+    """Token ids of the set's ``prompts``, ``answers`` (what the loss covers), ``options`` (what
+    `choice` ranks) or ``end`` (one list: ids that end a generation besides end-of-sequence), made
+    once per tokenizer, as :mod:`~mergeforget_plugin.evaluation.shapes` says for the set's shape."""
     key = (*_tokenizer_key(tokenizer), what)
     cached = eval_set._encoded.get(key)
     if cached is None:
-        if what == "prompts":
-            cached = [list(ids) for ids in tokenizer(list(eval_set.prompts))["input_ids"]]
-        else:
-            texts = list(eval_set.options if what == "options" else eval_set.answers)
-            cached = [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-            empty = [text for text, ids in zip(texts, cached, strict=True) if not ids]
-            if empty and (what == "options" or tokenizer.eos_token_id is None):
-                raise EvaluationError(
-                    f"Task {eval_set.task!r}: {what} {empty[:3]} encode to no token, so they cannot be scored."
-                )
-        eval_set._encoded[key] = cached
+        cached = eval_set._encoded[key] = _encode(eval_set, tokenizer, what)
     return cached
+
+
+def _encode(eval_set: EvalSet, tokenizer: Any, what: str) -> list[list[int]]:
+    if eval_set.token_ids is not None:
+        return [list(ids) for ids in eval_set.token_ids.get(what, [[]] if what == "end" else [])]
+    if eval_set.shape == "conversational":
+        return _encode_conversations(eval_set, tokenizer, what)
+    if eval_set.shape == "text":
+        pairs = [shapes.text_ids(tokenizer, text) for text in eval_set.answers]
+        return [pair[0 if what == "prompts" else 1] for pair in pairs] if what != "end" else [[]]
+    if what == "end":
+        return [[]]
+    if what == "prompts":
+        return [list(ids) for ids in tokenizer(list(eval_set.prompts))["input_ids"]]
+    texts = list(eval_set.options if what == "options" else eval_set.answers)
+    encoded = [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    empty = [text for text, ids in zip(texts, encoded, strict=True) if not ids]
+    if empty and (what == "options" or tokenizer.eos_token_id is None):
+        raise EvaluationError(
+            f"Task {eval_set.task!r}: {what} {empty[:3]} encode to no token, so they cannot be scored."
+        )
+    if what == "answers":  # as fine-tuning trains them: the answer, then end-of-sequence
+        eos = tokenizer.eos_token_id
+        encoded = [ids + ([eos] if eos is not None else []) for ids in encoded]
+    return encoded
+
+
+def _encode_conversations(eval_set: EvalSet, tokenizer: Any, what: str) -> list[list[int]]:
+    shapes.require_chat_template(tokenizer, eval_set.task)
+    if what in ("prompts", "answers"):
+        pairs = [
+            shapes.conversation_ids(tokenizer, turns, answer)
+            for turns, answer in zip(eval_set.prompts, eval_set.answers, strict=True)
+        ]
+        return [pair[0 if what == "prompts" else 1] for pair in pairs]
+    tail = shapes.end_of_turn(tokenizer, eval_set.prompts[0])
+    if what == "end":  # the token a template closes a turn with (<|im_end|>, <|eot_id|>, ...)
+        return [tail[:1]]
+    # An option is ranked by its own tokens, as in the first row's conversation: the end-of-turn
+    # tokens that follow every option are left out, as end-of-sequence is for prompt-completion.
+    options = [shapes.conversation_ids(tokenizer, eval_set.prompts[0], option)[1] for option in eval_set.options]
+    options = [ids[: len(ids) - len(tail)] if tail and ids[len(ids) - len(tail) :] == tail else ids for ids in options]
+    empty = [option for option, ids in zip(eval_set.options, options, strict=True) if not ids]
+    if empty:
+        raise EvaluationError(
+            f"Task {eval_set.task!r}: options {empty[:3]} encode to no token, so they cannot be scored."
+        )
+    return options
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -457,12 +553,6 @@ def choice_predictions(
     return [eval_set.options[int(i)] for i in best]
 
 
-def _answer_ids(eval_set: EvalSet, tokenizer: Any) -> list[list[int]]:
-    """Each answer's tokens as fine-tuning trains them: the answer, then end-of-sequence."""
-    eos = tokenizer.eos_token_id
-    return [ids + ([eos] if eos is not None else []) for ids in _encoded(eval_set, tokenizer, "answers")]
-
-
 def _within_logit_budget(
     batches: list[list[int]], prompts: Sequence[Sequence[int]], sequences: Sequence[Sequence[int]], budget: int
 ) -> list[list[int]]:
@@ -494,7 +584,7 @@ def completion_losses(
     logits of long prompts are never materialized.
     """
     prompts = _encoded(eval_set, tokenizer, "prompts")
-    answers = _answer_ids(eval_set, tokenizer)
+    answers = _encoded(eval_set, tokenizer, "answers")
     sequences = [p + a for p, a in zip(prompts, answers, strict=True)]
     device = _device_of(model)
     budget = _budget(device, token_budget)
@@ -541,17 +631,17 @@ class _StopTable:
 
 
 def _stop_table(
-    tokenizer: Any, model: torch.nn.Module, stop: tuple[str, ...], width: int, device: torch.device
+    tokenizer: Any, ends: tuple[int, ...], stop: tuple[str, ...], width: int, device: torch.device
 ) -> _StopTable:
     cache = _STOP_TABLES.setdefault(_tokenizer_key(tokenizer), {})
-    key = (stop, width, str(device))
+    key = (ends, stop, width, str(device))
     if key not in cache:
         texts = tokenizer.batch_decode([[i] for i in range(min(width, len(tokenizer)))], skip_special_tokens=True)
         texts += [""] * (width - len(texts))
         anywhere = [any(s in text for s in stop) for text in texts]
         after_text = [any(s in text[len(text) - len(text.lstrip()) :] for s in stop) for text in texts]
         eos = torch.zeros(width, dtype=torch.bool)
-        eos[[i for i in _eos_ids(tokenizer, model) if i < width]] = True
+        eos[[i for i in ends if i < width]] = True
         cache[key] = _StopTable(
             eos.to(device),
             torch.tensor(anywhere, device=device),
@@ -564,13 +654,16 @@ def _stop_table(
 _STOP_TABLES: dict[Any, dict[Any, _StopTable]] = {}
 
 
-def _eos_ids(tokenizer: Any, model: torch.nn.Module) -> list[int]:
-    """The ids that end a generation: the model's generation config's, as ``model.generate`` uses."""
+def _eos_ids(tokenizer: Any, model: torch.nn.Module, eval_set: EvalSet | None = None) -> list[int]:
+    """The ids that end a generation: the model's generation config's, as ``model.generate`` uses,
+    and the set's own (a chat template's end-of-turn token)."""
     config = getattr(model, "generation_config", None)
     ids = getattr(config, "eos_token_id", None) if config is not None else None
     if ids is None:
         ids = tokenizer.eos_token_id
-    return [] if ids is None else [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
+    ends = [] if ids is None else [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
+    own = _encoded(eval_set, tokenizer, "end")[0] if eval_set is not None else []
+    return list(dict.fromkeys([*ends, *own]))
 
 
 def finish_answer(text: str, stop: Sequence[str]) -> str:
@@ -599,7 +692,8 @@ def _greedy_batch(
     except TypeError:
         output = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
     logits = output.logits[:, -1]
-    table = _stop_table(tokenizer, model, tuple(eval_set.stop), logits.shape[-1], device)
+    ends = _eos_ids(tokenizer, model, eval_set)
+    table = _stop_table(tokenizer, tuple(ends), tuple(eval_set.stop), logits.shape[-1], device)
     generated = torch.full((len(prompts), new_tokens), pad_id, dtype=torch.long, device=device)
     stopped = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     begun = torch.zeros(len(prompts), dtype=torch.bool, device=device)
@@ -623,7 +717,7 @@ def _greedy_batch(
             use_cache=True,
         )
         logits = output.logits[:, -1]
-    eos = set(_eos_ids(tokenizer, model))
+    eos = set(ends)
     answers = []
     for sequence in generated[:, :steps].tolist():
         end = next((i for i, t in enumerate(sequence) if t in eos), len(sequence))
@@ -676,12 +770,12 @@ def generate_one_at_a_time(model: torch.nn.Module, tokenizer: Any, eval_set: Eva
     config = GenerationConfig(
         do_sample=False,
         max_new_tokens=eval_set.max_new_tokens,
-        eos_token_id=_eos_ids(tokenizer, model) or None,
+        eos_token_id=_eos_ids(tokenizer, model, eval_set) or None,
         pad_token_id=_pad_id(tokenizer),
     )
     answers = []
-    for prompt in eval_set.prompts:
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
+    for prompt in _encoded(eval_set, tokenizer, "prompts"):
+        ids = torch.tensor([prompt], device=device)
         generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
         text = tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)
         answers.append(finish_answer(text, eval_set.stop))

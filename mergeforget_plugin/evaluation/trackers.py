@@ -3,8 +3,11 @@
 When a task's row is scored, :func:`log_task` sends what the report holds at that point, with the
 task index as the step:
 
-- ``continual/accuracy/TASK``: each task's primary metric after this task (the row of the matrix);
-- ``continual/average_accuracy``, ``continual/bwt``, ``continual/fwt`` over the tasks trained so far;
+- ``continual/accuracy/TASK``: each task's primary metric after this task (the row of the matrix),
+  when it is an accuracy (``choice``, ``exact_match``, ``rouge_l``); a primary ``loss`` is logged
+  as ``continual/loss/TASK``, under its own name;
+- ``continual/average_accuracy`` (``continual/mean_loss`` when the tasks are scored by loss),
+  ``continual/bwt``, ``continual/fwt`` over the tasks trained so far;
 - ``continual/forgetting/TASK``: how much each earlier task lost since right after its training;
 - ``continual/METRIC/TASK`` for every metric scored (``loss``, ``perplexity``, ``rouge_l``, ...);
 - ``continual/probe/PROBE/METRIC`` and ``continual/probe_change/PROBE`` (the probe's primary
@@ -25,6 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..core.layout import RunLayout
+from .metrics import metric_info
 
 SUPPORTED = ("tensorboard", "wandb")
 
@@ -42,13 +46,18 @@ def task_scalars(report: dict[str, Any]) -> dict[str, float]:
     if not report["accuracy_matrix"]:
         return {}
     values: dict[str, float] = {}
-    for task, accuracy in zip(report["tasks"], report["accuracy_matrix"][-1], strict=True):
-        if accuracy is not None:
-            values[f"continual/accuracy/{task}"] = accuracy
+    primary = report.get("primary_metric", {})
+    # A score is logged under its metric's name unless it is an accuracy (a fraction of answers).
+    named = {task: primary.get(task, "accuracy") for task in report["tasks"]}
+    named = {task: "accuracy" if metric_info(metric).unit == "fraction" else metric for task, metric in named.items()}
+    for task, score in zip(report["tasks"], report["accuracy_matrix"][-1], strict=True):
+        if score is not None:
+            values[f"continual/{named[task]}/{task}"] = score
     metrics = report["metrics"]
-    for key in ("average_accuracy", "bwt", "fwt"):
+    mean = "average_accuracy" if set(named.values()) <= {"accuracy"} else f"mean_{next(iter(named.values()))}"
+    for key, name in (("average_accuracy", mean), ("bwt", "bwt"), ("fwt", "fwt")):
         if metrics.get(key) is not None:
-            values[f"continual/{key}"] = metrics[key]
+            values[f"continual/{name}"] = metrics[key]
     for task, forgetting in metrics.get("forgetting", {}).items():
         values[f"continual/forgetting/{task}"] = forgetting
     from .report import extra_metrics

@@ -21,9 +21,10 @@ from ...core.state import pickled_adapter_problem
 from ...errors import MergeForgetError
 from ...evaluation.guard import ForgettingGuard
 from ...evaluation.metrics import SCORABLE
-from ...evaluation.scoring import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP, EvalSet, eval_set_from_rows, read_rows
+from ...evaluation.scoring import DEFAULT_MAX_NEW_TOKENS, EvalSet, eval_set_from_rows, read_rows
 from ...preflight import guard_problems
 from ...settings import ContinualConfig
+from .held_out import STRATEGY_TYPES, base_type, check_rows, strategy_eval_set
 
 
 class _BuildsConfig(BaseModel):
@@ -80,7 +81,11 @@ class EvalSettings(BaseModel):
     prompt_field: str | None = Field(None, description="row field with the prompt (default: from the dataset type)")
     answer_field: str | None = Field(None, description="row field with the answer (default: from the dataset type)")
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, gt=0, description="longest generation (rouge_l, exact_match)")
-    stop: list[str] = Field(list(DEFAULT_STOP), description="strings that end a generated answer once it has begun")
+    stop: list[str] | None = Field(
+        None,
+        description="strings that end a generated answer once it has begun (default: a newline for prompt/answer "
+        "fields, none for chat_template rows, which end at the template's end-of-turn token)",
+    )
 
     @property
     def declares_metrics(self) -> bool:
@@ -94,18 +99,61 @@ class EvalSpec(EvalSettings):
     path: str = Field(description="held-out rows (JSON Lines or a JSON list)")
     option_paths: list[str] = Field(default_factory=list, description="files whose answers are options too")
     prompt_format: str = Field("{prompt}", description="template the prompt field is put in, as in training")
+    dataset: dict[str, Any] = Field(
+        default_factory=dict, description="the test_datasets entry, whose type says how its rows are tokenized"
+    )
 
-    def to_eval_set(self) -> EvalSet:
-        """The rows, read and checked (a malformed line or a missing field names the file)."""
+    @property
+    def strategy_type(self) -> bool:
+        """Whether the rows are of an Axolotl type tokenized by its prompt strategy (see ``held_out``)."""
+        return base_type(self.dataset) is not None
+
+    def _option_rows(self) -> list[dict[str, Any]]:
         # The training rows' answers are options (and tell a label set from free text) when the
         # metric may be `choice`; Axolotl also reads other formats, which hold no options here.
         may_rank = self.metric is None and not self.metrics or "choice" in (self.metric, *self.metrics)
-        option_rows = [
+        return [
             row
             for path in self.option_paths
             if may_rank and path.endswith((".json", ".jsonl"))
             for row in read_rows(path)
         ]
+
+    def check(self) -> None:
+        """What a training process would refuse of the rows, found before anything trains (no tokenizer)."""
+        if not self.strategy_type:
+            self.to_eval_set()
+            return
+        rows = read_rows(self.path)[: self.max_examples]
+        check_rows(
+            rows, self.dataset, [m for m in (self.metric, *self.metrics) if m], f"Task {self.task!r} ({self.path})"
+        )
+
+    def to_eval_set(self, tokenizer: Any = None, cfg: Any = None) -> EvalSet:
+        """The rows, read and checked (a malformed line or a missing field names the file). Rows of an
+        Axolotl type (``chat_template``, ``alpaca``, ...) are tokenized by its strategy, which needs
+        the training process's ``tokenizer`` and ``cfg``."""
+        if self.strategy_type:
+            if tokenizer is None or cfg is None:
+                raise MergeForgetError(
+                    f"Task {self.task!r}: rows of type {self.dataset.get('type')!r} need the tokenizer."
+                )
+            if base_type(self.dataset) not in STRATEGY_TYPES:
+                self.check()  # names the types that are scored
+            return strategy_eval_set(
+                self.task,
+                read_rows(self.path)[: self.max_examples],
+                self.dataset,
+                tokenizer,
+                cfg,
+                option_rows=self._option_rows(),
+                metric=self.metric,
+                metrics=self.metrics,
+                options=self.options,
+                max_new_tokens=self.max_new_tokens,
+                stop=self.stop,
+                where=f"Task {self.task!r} ({self.path})",
+            )
         return eval_set_from_rows(
             self.task,
             read_rows(self.path),
@@ -115,7 +163,7 @@ class EvalSpec(EvalSettings):
             metric=self.metric,
             metrics=self.metrics,
             options=self.options,
-            option_rows=option_rows,
+            option_rows=self._option_rows(),
             max_examples=self.max_examples,
             max_new_tokens=self.max_new_tokens,
             stop=self.stop,

@@ -52,7 +52,13 @@ class MergeForgetPlugin(BasePlugin):
 
     def post_model_load(self, cfg: Any, model: Any) -> None:
         settings = MergeForgetSettings.model_validate(dict(cfg["mergeforget"]))
-        eval_sets = [spec.to_eval_set() for spec in settings.evaluation]
+        tokenizer = None
+        if settings.evaluation or settings.probes:
+            from axolotl.loaders import load_tokenizer
+
+            tokenizer = load_tokenizer(cfg)
+        # Held-out rows of an Axolotl type are tokenized as this config tokenizes training rows.
+        eval_sets = [spec.to_eval_set(tokenizer, cfg) for spec in settings.evaluation]
         probes = [spec.to_probe() for spec in settings.probes]
         self.task = ContinualTask(
             RunLayout.of_state_dir(settings.state_dir),
@@ -63,11 +69,6 @@ class MergeForgetPlugin(BasePlugin):
             sequence=settings.sequence,
             train_rows=settings.train_rows(),
         )
-        tokenizer = None
-        if eval_sets or probes:
-            from axolotl.loaders import load_tokenizer
-
-            tokenizer = load_tokenizer(cfg)
         # Under DeepSpeed ZeRO-3 the model is partitioned here but has no engine yet to gather its
         # weights for a forward pass: the missing evaluation rows wait for the trainer's start.
         from ...peft_bridge import is_sharded

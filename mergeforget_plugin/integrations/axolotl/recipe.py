@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_type_hints
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -36,7 +36,7 @@ from ...errors import MergeForgetError, RecipeError
 from ...evaluation.guard import ForgettingGuard
 from ...evaluation.schedule import DEFAULT_SCHEDULE
 from ...preflight import TaskPlan
-from ...settings import ContinualConfig
+from ...settings import ContinualConfig, field_help
 from .args import EvalSettings, EvalSpec, ProbeSpec, StrategySettings
 
 # Keys that define the one LoRA every task shares, or that the runner sets per task.
@@ -110,16 +110,16 @@ class TaskSpec(BaseModel):
         return overrides
 
 
+_SCHEDULES = Literal[get_args(get_args(get_type_hints(ContinualConfig)["eval_schedule"])[0])]  # type: ignore[misc]
+
+
 class SequenceEvalSettings(BaseModel):
     """The recipe's top-level ``eval:`` block: settings of the whole sequence's evaluation."""
 
     model_config = ConfigDict(extra="forbid")
 
-    schedule: Literal["needed", "all"] = Field(
-        DEFAULT_SCHEDULE,
-        description="needed: after task t score tasks 1..t+1, after the last every task and probe; all: every set "
-        "after every task",
-    )
+    # ContinualConfig.eval_schedule, whose "unset" a recipe never needs: it knows its task order.
+    schedule: _SCHEDULES = Field(DEFAULT_SCHEDULE, description=field_help("eval_schedule"))  # type: ignore[valid-type]
 
 
 class Recipe(BaseModel):
@@ -138,15 +138,10 @@ class Recipe(BaseModel):
         default_factory=list, description="evaluation-only sets never trained on, scored after every task"
     )
     eval: SequenceEvalSettings = Field(default_factory=SequenceEvalSettings, description="the evaluation schedule")
-    replay: dict[str, Any] | None = Field(
-        None,
-        description="mix rows of earlier tasks into each later task: buffer_rows (rows kept in all, in the state), "
-        "fraction (the replayed share of a task's rows) or count, seed. Off by default; the buffer holds training text",
-    )
+    # ContinualConfig's replay and guard, given as mappings (as in the plugin's block).
+    replay: dict[str, Any] | None = Field(None, description=field_help("replay") + "; off by default")
     guard: dict[str, Any] | None = Field(
-        None,
-        description="max_forgetting: stop the run, keeping the previous task's state, adapter and report, when a "
-        "task's merge makes an earlier task drop more than this from its best (points; nats for a loss)",
+        None, description=field_help("guard") + "; max_forgetting in points (nats for a loss)"
     )
 
     @field_validator("replay")
@@ -193,8 +188,9 @@ class Recipe(BaseModel):
                     f"tasks[{index}] ({task.name!r}) eval: {metrics} score held-out rows with references, but the task "
                     "has no test_datasets; add them or leave eval.metric(s) out"
                 )
-        if self.guard is not None and not any(task.test_datasets for task in self.tasks):
-            raise ValueError(
+        guard = ContinualConfig(guard=self.guard and ForgettingGuard.from_mapping(self.guard, "guard"))
+        if preflight.guard_problems(guard, any(task.test_datasets for task in self.tasks), give="test_datasets"):
+            raise ValueError(  # the pre-flight's rule, in the recipe's words
                 "guard: measures forgetting on held-out rows, but no task has test_datasets; add them or leave the "
                 "guard out"
             )
@@ -379,6 +375,7 @@ class LoadedRecipe:
                     path=str(self.resolve(test["path"])),
                     option_paths=[str(self.resolve(entry["path"])) for entry in task.datasets],
                     prompt_format=str(custom.get("no_input_format") or custom.get("format") or "{prompt}"),
+                    dataset={**test, "path": str(self.resolve(test["path"]))} if isinstance(kind, str) else {},
                     **{
                         **task.eval.model_dump(),
                         "prompt_field": task.eval.prompt_field or custom.get("field_instruction") or "prompt",
@@ -495,7 +492,7 @@ def _scoring_problems(loaded: LoadedRecipe) -> list[str]:
     problems: list[str] = []
     for spec in loaded.eval_specs():
         try:
-            spec.to_eval_set()
+            spec.check()
         except MergeForgetError as error:
             index = [task.name for task in loaded.recipe.tasks].index(spec.task) + 1
             problems.append(f"task {index} ({spec.task!r}), test_datasets.0 / eval: {error}")

@@ -25,7 +25,8 @@ from ...errors import EvaluationError, StateError
 from ...evaluation.guard import ForgettingGuard
 from ...evaluation.metrics import SCORABLE
 from ...evaluation.schedule import DEFAULT_SCHEDULE
-from ...evaluation.scoring import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP, EvalSet, eval_set_from_rows
+from ...evaluation.scoring import DEFAULT_MAX_NEW_TOKENS, EvalSet, eval_set_from_rows
+from ...evaluation.shapes import require_chat_template, row_shape, rows_of
 from ...preflight import TaskPlan, refuse, sequence_problems
 from ...settings import ContinualConfig, merged_settings
 from ..callback import MergeForgetCallback, training_plan
@@ -37,18 +38,25 @@ class Task:
 
     Args:
         name: Unique name; used for the task's output folder and in the continual state.
-        train_dataset: A dataset `SFTTrainer` accepts (e.g. `prompt`/`completion` or `text` rows).
-        eval_dataset: Held-out rows, evaluated after every task to build the loss matrix.
+        train_dataset: Rows in a shape `SFTTrainer` trains (`prompt`/`completion`, conversational
+            `messages` or `prompt`/`completion` turns, or `text`), as a `datasets.Dataset` or
+            `IterableDataset`, a list of dicts, a pandas `DataFrame`, or the path of a JSON, JSON
+            Lines, Parquet or CSV file. A `DatasetDict` is refused: pass one of its splits.
+        eval_dataset: Held-out rows in the same shape and forms, scored after every task for the
+            report (see `mergeforget_plugin.evaluation.shapes` for what is the prompt and what the
+            answer of each shape).
         overrides: `SFTConfig` fields for this task only, e.g. `{"learning_rate": 1e-4}`.
-        metric: The primary metric of `eval_dataset` rows (`prompt`/`completion`), which AA, BWT,
-            FWT and the heatmap use: `"choice"` ranks the candidate answers by log-likelihood,
-            `"loss"` is the answer's mean token negative log-likelihood, `"rouge_l"` and
-            `"exact_match"` score greedy generations. Default: `"choice"` when the answers form a
+        metric: The primary metric of `eval_dataset`, which AA, BWT, FWT and the heatmap use:
+            `"choice"` ranks the candidate answers by log-likelihood, `"loss"` is the answer's mean
+            token negative log-likelihood, `"rouge_l"` and `"exact_match"` score greedy
+            generations. Default: `"loss"` for `text` rows; else `"choice"` when the answers form a
             small label set, else `"loss"` (see `mergeforget_plugin.evaluation.scoring`).
         metrics: More metrics to score (each gets its own matrix in the report).
-        options: Candidate answers for `"choice"`; default: every completion in the task's data.
+        options: Candidate answers for `"choice"`; default: every answer in the task's data.
         max_new_tokens: Longest generation for `"rouge_l"` and `"exact_match"`.
-        stop: Strings that end a generated answer once it has begun.
+        stop: Strings that end a generated answer once it has begun. Default: a newline for
+            `prompt`/`completion` rows; none for conversations, which end at the chat template's
+            end-of-turn token.
     """
 
     name: str
@@ -59,10 +67,13 @@ class Task:
     options: list[str] | None = None
     metrics: list[str] = field(default_factory=list)
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    stop: list[str] = field(default_factory=lambda: list(DEFAULT_STOP))
+    stop: list[str] | None = None
 
     def __post_init__(self) -> None:
         where = f"Task {self.name!r}"
+        self.train_dataset = rows_of(self.train_dataset, f"{where}, train_dataset")
+        if self.eval_dataset is not None:
+            self.eval_dataset = rows_of(self.eval_dataset, f"{where}, eval_dataset")
         for name in [*([self.metric] if self.metric is not None else []), *self.metrics]:
             if name not in SCORABLE:
                 raise EvaluationError(f"{where}, metric: unknown metric {name!r}; choose from {', '.join(SCORABLE)}.")
@@ -87,6 +98,11 @@ class Task:
             formats=((text_field,), ("messages",), ("prompt", "completion"), ("input_ids",)),
         )
 
+    @property
+    def conversational(self) -> bool:
+        """Whether the task's rows are conversations (its tokenizer then needs a chat template)."""
+        return any(_first_shape(rows) == "conversational" for rows in (self.train_dataset, self.eval_dataset))
+
     def eval_set(self) -> EvalSet | None:
         """The task's held-out rows as an :class:`EvalSet` (``None`` without ``eval_dataset``)."""
         if self.eval_dataset is None:
@@ -107,10 +123,12 @@ class Task:
 class SequenceResult:
     """What `train_sequence` leaves behind.
 
-    `eval_loss[after][task]` and `accuracy[after][task]` are the evaluation loss and accuracy of
-    `task` after training `after` (rows only for the tasks trained in this call; the report in
-    `report_files` covers every task of the sequence, resumed or not). In a distributed run the
-    accuracies are scored, and `accuracy` and `report_files` filled, on the first process only.
+    `scores[after][task][metric]` is every metric `task` was scored with after training `after`
+    (`"loss"` comes with `"perplexity"`); `accuracy[after][task]` is each task's primary metric
+    alone, whatever its unit (`primary_metric[task]` names it); `eval_loss[after][task]` is
+    `trainer.evaluate()`'s loss. Rows only for the tasks trained in this call; the report in
+    `report_files` covers every task of the sequence, resumed or not. In a distributed run the
+    scores are made, and `scores`, `accuracy` and `report_files` filled, on the first process only.
     """
 
     state: ContinualState
@@ -119,6 +137,8 @@ class SequenceResult:
     eval_loss: dict[str, dict[str, float]]
     accuracy: dict[str, dict[str, float]]
     report_files: list[Path]
+    scores: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    primary_metric: dict[str, str] = field(default_factory=dict)
 
 
 def train_sequence(
@@ -170,16 +190,28 @@ def train_sequence(
     state = load_state(layout.state)
     plans = [task.plan(getattr(args, "dataset_text_field", None) or "text") for task in tasks]
     refuse(sequence_problems(settings, plans, state, str(layout.state)))
-    check_writable(layout.state)
     eval_sets, probes = _checked_evaluation(tasks, probes)
+    if eval_sets or probes or any(task.conversational for task in tasks):
+        processing_class = _tokenizer(model, processing_class)
+    for task in tasks:  # SFTTrainer renders conversations with it, and so does the scorer
+        if task.conversational:
+            require_chat_template(processing_class, task.name)
+    check_writable(layout.state)
     model = _peft_model(model, peft_config, args.seed)
     _check_model(model, state, len(tasks), settings.adapter_name, str(layout.state))
-    processing_class = _tokenizer(model, processing_class) if eval_sets or probes else processing_class
     extra = list(callbacks or [])
     trainer = _SFTTasks(model, tasks, args, layout, settings, processing_class, eval_sets, probes, extra, loss_matrix)
     end = drive_sequence(layout, [task.name for task in tasks], trainer, main_process=is_main_process())
+    primary = {eval_set.task: eval_set.metric for eval_set in eval_sets}
     return SequenceResult(
-        end.state, layout.adapter, layout.state, trainer.eval_loss, trainer.accuracy, end.report_files
+        end.state,
+        layout.adapter,
+        layout.state,
+        trainer.eval_loss,
+        trainer.accuracy,
+        end.report_files,
+        trainer.scores,
+        primary,
     )
 
 
@@ -199,6 +231,7 @@ class _SFTTasks(TaskTrainer):
     loss_matrix: bool
     eval_loss: dict[str, dict[str, float]] = field(default_factory=dict)
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
+    scores: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     @property
     def eval_datasets(self) -> dict[str, Any]:
@@ -233,6 +266,14 @@ class _SFTTasks(TaskTrainer):
             self.eval_loss[task.name] = _loss_row(trainer, self.eval_datasets, task.name)
         if callback.accuracy is not None:
             self.accuracy[task.name] = callback.accuracy
+            self.scores[task.name] = {name: dict(values) for name, values in callback.task.scores["scores"].items()}
+
+
+def _first_shape(rows: Any) -> str | None:
+    """The shape of the first row of a ``Dataset`` (``None`` for no rows or an ``IterableDataset``)."""
+    if rows is None or not hasattr(rows, "__len__") or not len(rows):
+        return None
+    return row_shape(rows[0])
 
 
 def _checked_evaluation(tasks: list[Task], probes: list[Any] | None) -> tuple[list[EvalSet], list[Any]]:
