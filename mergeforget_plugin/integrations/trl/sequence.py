@@ -191,11 +191,7 @@ def train_sequence(
     plans = [task.plan(getattr(args, "dataset_text_field", None) or "text") for task in tasks]
     refuse(sequence_problems(settings, plans, state, str(layout.state)))
     eval_sets, probes = _checked_evaluation(tasks, probes)
-    if eval_sets or probes or any(task.conversational for task in tasks):
-        processing_class = _tokenizer(model, processing_class)
-    for task in tasks:  # SFTTrainer renders conversations with it, and so does the scorer
-        if task.conversational:
-            require_chat_template(processing_class, task.name)
+    processing_class = _scoring_tokenizer(model, processing_class, tasks, bool(eval_sets or probes))
     check_writable(layout.state)
     model = _peft_model(model, peft_config, args.seed)
     _check_model(model, state, len(tasks), settings.adapter_name, str(layout.state))
@@ -203,16 +199,8 @@ def train_sequence(
     trainer = _SFTTasks(model, tasks, args, layout, settings, processing_class, eval_sets, probes, extra, loss_matrix)
     end = drive_sequence(layout, [task.name for task in tasks], trainer, main_process=is_main_process())
     primary = {eval_set.task: eval_set.metric for eval_set in eval_sets}
-    return SequenceResult(
-        end.state,
-        layout.adapter,
-        layout.state,
-        trainer.eval_loss,
-        trainer.accuracy,
-        end.report_files,
-        trainer.scores,
-        primary,
-    )
+    files = (end.report_files, trainer.scores, primary)
+    return SequenceResult(end.state, layout.adapter, layout.state, trainer.eval_loss, trainer.accuracy, *files)
 
 
 @dataclass
@@ -298,6 +286,18 @@ def _peft_model(model: Any, peft_config: Any, seed: int) -> Any:
         set_seed(seed)  # the LoRA init draws from the global RNG: same seed, same task-1 start
         model = get_peft_model(model, peft_config)
     return model
+
+
+def _scoring_tokenizer(model: Any, given: Any, tasks: list[Task], scores: bool) -> Any:
+    """The tokenizer when rows are scored or rendered as conversations (checked to have a chat
+    template for every conversational task: SFTTrainer renders them with it, and so does the scorer)."""
+    if not (scores or any(task.conversational for task in tasks)):
+        return given
+    tokenizer = _tokenizer(model, given)
+    for task in tasks:
+        if task.conversational:
+            require_chat_template(tokenizer, task.name)
+    return tokenizer
 
 
 def _tokenizer(model: Any, given: Any) -> Any:
