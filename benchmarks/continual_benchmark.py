@@ -27,6 +27,9 @@ mergeforget_plugin.evaluation.scoring):
                 PEFT's "ties_svd" (rank r), "dare_ties" (density 0.5) and "cat" (rank t x r, the sum)
   magmax        MagMax: entry-wise max-magnitude merge of SeqLoRA's updates after each task, x 0.5 (dense)
   opcm          OPCM: each task LoRA's update projected off the merged one's principal subspace, rescaled
+  osf           PEFT's Orthogonal Subspace Fine-tuning (OSFConfig) as its continual-learning example runs it:
+                a growing share of each weight's top singular directions frozen, the rest trained, unloaded
+                into the weights after every task (no adapter: it rewrites the target weights)
   joint         one LoRA on the union of all tasks, T x the steps (multi-task upper bound; AA only)
   slao+replay, seq+replay
                 slao and seq with replay (the package's ReplayConfig): a buffer of REPLAY_BUFFER_ROWS
@@ -81,6 +84,7 @@ METHODS = (
     "merge_cat",
     "magmax",
     "opcm",
+    "osf",
     "joint",
     "slao+replay",
     "seq+replay",
@@ -187,12 +191,38 @@ def row_tasks(trained: int, count: int, rows: str) -> list[int]:
     return list(range(min(trained + 1, count)))
 
 
-def score_row(model, tokenizer, eval_sets, trained: int, rows: str = "lower") -> list[float | None]:
-    """The accuracy row after ``trained`` tasks, in task order, the tasks ``row_tasks`` leaves out None."""
-    from mergeforget_plugin.evaluation.scoring import evaluate_all
+class Row(list):
+    """One row of a run's accuracy matrix (the tasks ``row_tasks`` leaves out None), with ``items``:
+    each scored task's per-row values (:func:`row_scores`; None where not scored), which the
+    bootstrap over held-out rows resamples."""
 
-    scored = evaluate_all(model, tokenizer, [eval_sets[i] for i in row_tasks(trained, len(eval_sets), rows)])
-    return [scored.get(eval_set.task) for eval_set in eval_sets]
+    items: list[list[float] | None]
+
+
+def score_tasks(model, tokenizer, eval_sets, indices) -> Row:
+    """The primary metric of ``eval_sets[i]`` for each ``i`` in ``indices``, per row and averaged.
+
+    Only the primary metric: a generative task's held-out loss (its second metric) is not read by
+    any table here, and scoring it was time outside the optimizer steps."""
+    from mergeforget_plugin.evaluation.scoring import row_scores
+
+    row = Row([None] * len(eval_sets))
+    row.items = [None] * len(eval_sets)
+    for i in indices:
+        values = row_scores(model, tokenizer, eval_sets[i], [eval_sets[i].metric])[eval_sets[i].metric]
+        row[i] = sum(values) / len(values)
+        row.items[i] = [round(float(v), 4) for v in values]
+    return row
+
+
+def score_row(model, tokenizer, eval_sets, trained: int, rows: str = "lower") -> Row:
+    """The accuracy row after ``trained`` tasks, in task order, the tasks ``row_tasks`` leaves out None."""
+    return score_tasks(model, tokenizer, eval_sets, row_tasks(trained, len(eval_sets), rows))
+
+
+def matrix_items(matrix: list[Row]) -> list[list[list[float] | None]]:
+    """The per-row values of every entry of a run's matrix, as results.json keeps them (``row_items``)."""
+    return [row.items for row in matrix]
 
 
 def fresh_base(base):
@@ -342,14 +372,14 @@ def train_task_loras(base, tokenizer, tasks, args, out):
 
 def run_per_task(shared, base, tokenizer, tasks, eval_sets, args, out):
     """The per-task upper bound: each task scored with its own LoRA (one row, the diagonal)."""
-    from mergeforget_plugin.evaluation.scoring import accuracy
-
     started = time.time()
     model = shared.task_loras(base, tokenizer, tasks, args, out)
-    row = []
-    for index, eval_set in enumerate(eval_sets, start=1):
-        model.base_model.set_adapter(f"task{index}")
-        row.append(accuracy(model, tokenizer, eval_set))
+    row = Row([None] * len(eval_sets))
+    row.items = [None] * len(eval_sets)
+    for index in range(len(eval_sets)):
+        model.base_model.set_adapter(f"task{index + 1}")
+        own = score_tasks(model, tokenizer, eval_sets, [index])
+        row[index], row.items[index] = own[index], own.items[index]
     return {
         "seconds": time.time() - started,
         "zero_shot": None,
@@ -476,14 +506,13 @@ class SharedWork:
         """Accuracy of the base model (``model`` itself, or a PeftModel with its adapters disabled)."""
         import contextlib
 
-        from mergeforget_plugin.evaluation.scoring import evaluate_all
-
         scores = _LOADED.setdefault("zero_shot", {})
         missing = [eval_set for eval_set in eval_sets if eval_set.task not in scores]
         if missing:
             disabled = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
             with disabled:
-                scores.update(evaluate_all(model, tokenizer, missing))
+                row = score_tasks(model, tokenizer, missing, range(len(missing)))
+            scores.update({eval_set.task: value for eval_set, value in zip(missing, row, strict=True)})
         return {eval_set.task: scores[eval_set.task] for eval_set in eval_sets}
 
 
@@ -493,8 +522,6 @@ def run_joint(base, tokenizer, tasks, eval_sets, args, out):
     from peft import get_peft_model
     from transformers import set_seed
     from trl import SFTTrainer
-
-    from mergeforget_plugin.evaluation.scoring import evaluate_all
 
     set_seed(args.seed)
     model = get_peft_model(fresh_base(base), lora_config(args))
@@ -507,12 +534,65 @@ def run_joint(base, tokenizer, tasks, eval_sets, args, out):
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
     ).train()
-    accuracy = evaluate_all(model, tokenizer, eval_sets)
     return {
         "seconds": time.time() - started,
         "zero_shot": None,
-        "matrix": [[accuracy[t] for t in tasks]],
+        "matrix": [score_tasks(model, tokenizer, eval_sets, range(len(eval_sets)))],
         "adapter_bytes": [adapter_bytes(model, ["default"])],
+    }
+
+
+def osf_preserved(task: int, count: int) -> float:
+    """The fraction of each weight's singular directions OSF freezes for task ``task`` (1-based) of
+    ``count``: from 0.3 to 0.7 in equal steps, PEFT's continual-learning example's schedule
+    (examples/orthogonal_subspace_learning: 0.3, 0.5, 0.7 over three tasks).
+
+    >>> [osf_preserved(t, 5) for t in range(1, 6)]
+    [0.3, 0.4, 0.5, 0.6, 0.7]
+    """
+    return 0.3 if count == 1 else round(0.3 + 0.4 * (task - 1) / (count - 1), 4)
+
+
+def run_osf(shared, base, tokenizer, tasks, eval_sets, args, out):
+    """PEFT's Orthogonal Subspace Fine-tuning, as its continual-learning example runs it: for each
+    task a fresh OSFConfig on the current weights, preserving a growing fraction of each target
+    weight's top singular directions (osf_preserved) and training the rest, then ``unload()``: the
+    task's update lives in the base weights. What a user keeps is the target weights themselves, not
+    an adapter (adapter_bytes: those weights' bytes). OSF trains full-rank singular factors, so it
+    has its own learning rate (--osf-learning-rate), not the LoRA's."""
+    from datasets import Dataset
+    from peft import OSFConfig, get_peft_model
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    osf_args = copy.copy(args)
+    osf_args.learning_rate = args.osf_learning_rate
+    started = time.time()
+    zero_shot = shared.zero_shot(base, tokenizer, eval_sets)
+    model = fresh_base(base)
+    matrix = []
+    for index, name in enumerate(tasks, start=1):
+        set_seed(args.seed)
+        config = OSFConfig(target_modules=TARGET_MODULES, effective_rank=osf_preserved(index, len(tasks)))
+        wrapped = get_peft_model(model, config)
+        SFTTrainer(
+            model=wrapped,
+            args=sft_config(out / name, args.steps, osf_args),
+            train_dataset=Dataset.from_list(tasks[name]["train"]),
+            processing_class=tokenizer,
+        ).train()
+        matrix.append(score_row(wrapped, tokenizer, eval_sets, index, args.rows))
+        model = wrapped.unload()
+    kept = sum(
+        module.weight.numel() * module.weight.element_size()
+        for module_name, module in model.named_modules()
+        if module_name.rsplit(".", 1)[-1] in TARGET_MODULES
+    )
+    return {
+        "seconds": time.time() - started,
+        "zero_shot": zero_shot,
+        "matrix": matrix,
+        "adapter_bytes": [kept] * len(matrix),
     }
 
 
@@ -552,6 +632,7 @@ PRESETS = {
         "steps": 10,
         "batch_size": 8,
         "learning_rate": 2e-3,
+        "osf_learning_rate": 1e-4,
         "rank": 8,
         "max_length": 64,
         "train_size": 200,
@@ -566,6 +647,7 @@ PRESETS = {
         "steps": 125,
         "batch_size": 8,
         "learning_rate": 5e-4,
+        "osf_learning_rate": 1e-4,
         "rank": 8,
         "max_length": 64,
         "train_size": 200,
@@ -573,11 +655,31 @@ PRESETS = {
         "seeds": "0,1,2",
         "workers": 1,
     },
+    # The cpu budget with stated power (2026-12-05): 160 held-out rows per task, so one task's
+    # accuracy has a standard error of at most sqrt(0.25 / 160) = 3.95 points (50: 7.1); 80 training
+    # rows, exactly the 10 steps of 8 the budget trains (the cpu preset drew its 80 from 200). The
+    # methods a user would choose between: SLAO, SeqLoRA, PEFT's OSF, TIES, MagMax, OPCM, replay,
+    # and the upper bounds (per_task, joint). Run it a seed at a time (--seeds 0, then 1, then 2)
+    # and combine the chunks with --summarize A B C --combined-output FILE.
+    "power": {
+        "steps": 10,
+        "batch_size": 8,
+        "learning_rate": 2e-3,
+        "osf_learning_rate": 1e-4,
+        "rank": 8,
+        "max_length": 64,
+        "train_size": 80,
+        "test_size": 160,
+        "seeds": "0,1,2",
+        "workers": 2,
+        "methods": "slao,seq,per_task,merge_ties,magmax,opcm,osf,joint,slao+replay,seq+replay",
+    },
     # A tiny random model on the first two tasks: seconds (CI).
     "smoke": {
         "steps": 2,
         "batch_size": 8,
         "learning_rate": 2e-3,
+        "osf_learning_rate": 1e-4,
         "rank": 8,
         "max_length": 64,
         "train_size": 20,
@@ -640,9 +742,12 @@ def run_cell(seed: int, order: tuple[int, ...], all_tasks: dict, methods: list[s
             result = run_magmax(shared, base, tokenizer, tasks, eval_sets, args, run_dir)
         elif method == "opcm":
             result = run_opcm(shared, base, tokenizer, tasks, eval_sets, args, run_dir)
+        elif method == "osf":
+            result = run_osf(shared, base, tokenizer, tasks, eval_sets, args, run_dir)
         else:
             result = run_joint(base, tokenizer, tasks, eval_sets, args, run_dir)
         result.update(
+            row_items=matrix_items(result["matrix"]),
             method=method,
             seed=seed,
             order=order_key,
@@ -704,6 +809,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--rank", type=int)
+    parser.add_argument(
+        "--osf-learning-rate",
+        type=float,
+        help="osf's learning rate (it trains full-rank singular factors, not a LoRA); 1e-4, set once, not tuned",
+    )
     parser.add_argument("--max-length", type=int, help="tokens per training example")
     parser.add_argument("--train-size", type=int, help="training rows per task (balanced over labels)")
     parser.add_argument("--test-size", type=int, help="held-out rows per task (balanced over labels)")
@@ -774,9 +884,15 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
 
+    from mergeforget_plugin.evaluation.scoring import eval_set_from_rows
+
     results = {
         **provenance(model_dir, args),
         "tasks": {name: {"train": len(t["train"]), "test": len(t["test"])} for name, t in all_tasks.items()},
+        "task_metrics": {
+            name: eval_set_from_rows(name, t["test"], option_rows=t["train"], **t["scoring"]).metric
+            for name, t in all_tasks.items()
+        },
         "runs": [],
     }
     cells = [(int(seed), order) for seed in args.seeds.split(",") for order in orders]
@@ -805,7 +921,7 @@ def main() -> None:
         position = {cell: i for i, cell in enumerate((seed, "".join(map(str, o))) for seed, o in cells)}
         results["runs"].sort(key=lambda r: (position[r["seed"], r["order"]], methods.index(r["method"])))
     results["wall_seconds"] = time.time() - started_all
-    results["summary"] = summarize_runs(results["runs"], names)
+    results["summary"] = summarize_runs(results["runs"], names, task_metrics_of(results))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print_table(results, names)
 
@@ -843,11 +959,69 @@ def _points(value, signed=False):
     return f"{points:+6.1f}" if signed else f"{points:6.1f}"
 
 
-def summarize_runs(runs: list[dict], names: list[str]) -> dict:
+# AA mixes units when a suite has accuracy and ROUGE-L tasks: it is also reported per family.
+FAMILY_OF_METRIC = {"choice": "accuracy", "exact_match": "accuracy", "rouge_l": "rouge_l"}
+
+
+def families(task_metrics: dict[str, str]) -> dict[str, list[str]]:
+    """``{family: [tasks]}`` (accuracy: choice and exact_match; rouge_l), in task order."""
+    found: dict[str, list[str]] = {}
+    for task, metric in task_metrics.items():
+        found.setdefault(FAMILY_OF_METRIC.get(metric, metric), []).append(task)
+    return found
+
+
+def family_aa(run: dict, tasks: list[str]) -> float:
+    """The mean final score over ``tasks`` (one family's AA)."""
+    final = dict(zip(run["tasks"], run["matrix"][-1], strict=True))
+    return sum(final[t] for t in tasks) / len(tasks)
+
+
+def run_replicates(run: dict, key: str, tasks: list[str] | None = None):
+    """One run's ``key`` (average_accuracy over ``tasks``, default all; or bwt) under every row
+    resample of stats.row_draws, ``(draws,)``; None for a run without per-row values (grids before
+    2026-12-05) or a metric the run does not have."""
+    from stats import resampled
+
+    if not run.get("row_items") or run["metrics"].get(key if key != "average_accuracy" else key) is None:
+        return None
+    final = dict(zip(run["tasks"], run["row_items"][-1], strict=True))
+    if key == "average_accuracy":
+        return resampled(final, tasks or run["tasks"])
+    # BWT: the mean over tasks 1..T-1 of R[T][j] - R[j][j], each row's difference resampled.
+    differences = {
+        task: [after - before for after, before in zip(final[task], run["row_items"][j][j], strict=True)]
+        for j, task in enumerate(run["tasks"][:-1])
+    }
+    return resampled(differences, list(differences))
+
+
+def task_metrics_of(results: dict) -> dict[str, str]:
+    """Each task's primary metric: as recorded, or (grids before 2026-12-05) from its suite's SCORING."""
+    if "task_metrics" in results:
+        return results["task_metrics"]
+    suite = importlib.import_module(SUITES[results["settings"].get("suite", "toy")])
+    scoring = getattr(suite, "SCORING", {})
+    return {task: scoring.get(task, {}).get("metric", "choice") for task in results["tasks"]}
+
+
+def summarize_runs(runs: list[dict], names: list[str], task_metrics: dict[str, str] | None = None) -> dict:
     """Per method: AA/BWT/FWT over seeds (orders averaged within a seed; the primary interval, see
     stats.py) and over seeds x orders, the diagonal, and order disparity; and SLAO against every
     other method, paired by seed and order (over seeds, sign count, seeds x orders)."""
-    from stats import mean_interval, over_seeds, paired_difference, paired_over_seeds, sign_count
+    from stats import (
+        detectable_over_seeds,
+        hierarchical_bootstrap,
+        holm,
+        mean_interval,
+        over_seeds,
+        paired_difference,
+        paired_over_seeds,
+        seed_means,
+        sign_count,
+        t_test_p,
+        verdict,
+    )
 
     from mergeforget_plugin.evaluation.metrics import order_disparity
 
@@ -856,8 +1030,29 @@ def summarize_runs(runs: list[dict], names: list[str]) -> dict:
     for run in runs:
         by_method.setdefault(run["method"], []).append(run)
 
+    task_families = families(task_metrics or dict.fromkeys(names, "choice"))
+    # Per family only where a suite mixes them (AA of accuracy and ROUGE-L points is neither).
+    family_keys = [f"aa_{family}" for family in task_families] if len(task_families) > 1 else []
+
+    def value_of(run: dict, key: str) -> float | None:
+        if key.startswith("aa_"):
+            return family_aa(run, task_families[key.removeprefix("aa_")])
+        return run["metrics"][key]
+
     def values(method: str, key: str) -> dict[tuple[int, str], float]:
-        return {(r["seed"], r["order"]): r["metrics"][key] for r in by_method[method] if r["metrics"][key] is not None}
+        found = {(r["seed"], r["order"]): value_of(r, key) for r in by_method[method]}
+        return {cell: value for cell, value in found.items() if value is not None}
+
+    def replicates(method: str, key: str) -> dict | None:
+        """Every run's ``key`` under the row resamples, or None if a run has no per-row values."""
+        if key.startswith("aa_"):
+            tasks = task_families[key.removeprefix("aa_")]
+            found = {(r["seed"], r["order"]): run_replicates(r, "average_accuracy", tasks) for r in by_method[method]}
+        else:
+            found = {(r["seed"], r["order"]): run_replicates(r, key) for r in by_method[method]}
+        if key != "average_accuracy" and not key.startswith("aa_"):
+            found = {cell: value for cell, value in found.items() if cell in values(method, key)}
+        return found if found and all(v is not None for v in found.values()) else None
 
     for method, method_runs in by_method.items():
         blind = method in ORDER_BLIND_METHODS
@@ -869,6 +1064,12 @@ def summarize_runs(runs: list[dict], names: list[str]) -> dict:
             # order interval for AA. Its BWT and FWT still depend on the order (which task is last).
             pseudo = blind and key == "average_accuracy"
             entry[f"{key}_seed_x_order"] = mean_interval(list(cells.values())) if cells and not pseudo else None
+            drawn = replicates(method, key) if cells else None
+            entry[f"{key}_rows_and_seeds"] = hierarchical_bootstrap(drawn, cells) if drawn else None
+        for key in family_keys:
+            entry[key] = over_seeds(values(method, key))
+            drawn = replicates(method, key)
+            entry[f"{key}_rows_and_seeds"] = hierarchical_bootstrap(drawn, values(method, key)) if drawn else None
         if method not in ONE_ROW_METHODS:
             # Accuracy on each task right after training it (R[j][j]), mean over runs.
             diagonal: dict[str, list[float]] = {}
@@ -893,29 +1094,66 @@ def summarize_runs(runs: list[dict], names: list[str]) -> dict:
         summary["methods"][method] = entry
 
     def paired(first_method: str, second_method: str) -> dict:
-        """first − second, AA and BWT, over the (seed, order) runs both have."""
+        """first − second, AA, BWT (and AA per family), over the (seed, order) runs both have: the
+        interval over seeds, the one over held-out rows and seeds (where the runs kept their rows),
+        the difference each can detect at 80% power, a p-value and the words it earns."""
         found = {}
-        for key in ("average_accuracy", "bwt"):
+        for key in ("average_accuracy", "bwt", *family_keys):
             first, second = values(first_method, key), values(second_method, key)
-            if set(first) & set(second):
-                found[key] = {
-                    "over_seeds": paired_over_seeds(first, second),
-                    "signs": sign_count(first, second),
-                    "seed_x_order": paired_difference(first, second),
-                }
+            common = set(first) & set(second)
+            if not common:
+                continue
+            differences = {cell: first[cell] - second[cell] for cell in common}
+            per_seed = list(seed_means(differences).values())
+            first_drawn, second_drawn = replicates(first_method, key), replicates(second_method, key)
+            drawn = (
+                hierarchical_bootstrap({cell: first_drawn[cell] - second_drawn[cell] for cell in common}, differences)
+                if first_drawn and second_drawn
+                else None
+            )
+            over = paired_over_seeds(first, second)
+            p_values = [p for p in (t_test_p(per_seed), drawn["p"] if drawn else None) if p is not None]
+            found[key] = {
+                "over_seeds": over,
+                "rows_and_seeds": drawn,
+                "detectable_over_seeds": detectable_over_seeds(per_seed),
+                # The larger of the two: a difference counts only when both kinds of sampling allow it.
+                "p": max(p_values) if p_values else None,
+                "signs": sign_count(first, second),
+                "seed_x_order": paired_difference(first, second),
+            }
         return found
+
+    def judge(pairs: dict) -> None:
+        """Holm over one table's AA comparisons, then each comparison's words (stats.verdict)."""
+        tested = {
+            method: pair["average_accuracy"]["p"]
+            for method, pair in pairs.items()
+            if pair.get("average_accuracy", {}).get("p") is not None
+        }
+        significant = holm(tested)
+        for method, pair in pairs.items():
+            for key, comparison in pair.items():
+                words = verdict([comparison["over_seeds"], comparison["rows_and_seeds"]])
+                if key == "average_accuracy":
+                    comparison["holm"] = significant.get(method)
+                    words = words if significant.get(method) else "not distinguishable"
+                comparison["verdict"] = words
 
     if "slao" in by_method:
         for method in by_method:
             if method != "slao":
                 summary["versus_slao"][method] = paired("slao", method)
+        judge(summary["versus_slao"])
         if "seq" in summary["versus_slao"]:
             summary["slao_minus_seq"] = summary["versus_slao"]["seq"]
     # What replay changes: each replay method minus the same method without it.
     replays = {method: method.removesuffix("+replay") for method in by_method if method.endswith("+replay")}
     replay_pairs = {method: paired(method, plain) for method, plain in replays.items() if plain in by_method}
     if replay_pairs:  # (summaries of grids without replay keep their form)
+        judge(replay_pairs)
         summary["replay_minus_plain"] = replay_pairs
+    summary["families"] = task_families
     return summary
 
 
@@ -928,20 +1166,48 @@ def _interval(summary: dict | None, signed: bool = False) -> str:
     return f"{text} [{_points(summary['low'], signed).strip()}, {_points(summary['high'], signed).strip()}]"
 
 
-def _print_paired(title: str, wins_label: str, pairs: dict) -> None:
-    """One table of paired differences (``summarize_runs``' ``paired``: AA and BWT per method)."""
+def _detectable(comparison: dict) -> str:
+    """The smallest difference each interval's design detects at 80% power: over seeds / rows + seeds."""
+    seeds = comparison.get("detectable_over_seeds")
+    rows = (comparison.get("rows_and_seeds") or {}).get("detectable")
+    return " / ".join("n/a" if d is None else _points(d).strip() for d in (seeds, rows))
+
+
+def _print_paired(title: str, wins_label: str, pairs: dict, family_keys: list[str]) -> None:
+    """One table of paired differences (``summarize_runs``' ``paired``: AA and BWT per method),
+    each with both intervals, what the design can detect, Holm's verdict and the words it earns;
+    then AA per metric family where the suite mixes them."""
     print(f"\n{title}, paired by seed and order, points:")
-    print(f"| method | AA, over seeds | {wins_label} / ties / losses | AA, seeds x orders | BWT, over seeds |")
-    print("|---|---|---|---|---|")
+    print(
+        f"| method | AA, over seeds | AA, rows + seeds | detectable at 80% power, seeds / rows + seeds | "
+        f"p, Holm | reads | {wins_label} / ties / losses | BWT, over seeds | BWT, rows + seeds |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for method, paired in pairs.items():
         if "average_accuracy" not in paired:
             continue
         aa, signs = paired["average_accuracy"], paired["average_accuracy"]["signs"]
-        bwt = _interval(paired["bwt"]["over_seeds"], True) if "bwt" in paired else "n/a"
+        bwt = paired.get("bwt")
+        p_value = "n/a" if aa.get("p") is None else f"{aa['p']:.3f}" + (", holds" if aa.get("holm") else "")
         print(
-            f"| {method} | {_interval(aa['over_seeds'], True)} | {signs['wins']} / {signs['ties']} / "
-            f"{signs['losses']} | {_interval(aa['seed_x_order'], True)} | {bwt} |"
+            f"| {method} | {_interval(aa['over_seeds'], True)} | {_interval(aa.get('rows_and_seeds'), True)} | "
+            f"{_detectable(aa)} | {p_value} | {aa.get('verdict', 'n/a')} | {signs['wins']} / {signs['ties']} / "
+            f"{signs['losses']} | {_interval(bwt['over_seeds'], True) if bwt else 'n/a'} | "
+            f"{_interval(bwt.get('rows_and_seeds'), True) if bwt else 'n/a'} |"
         )
+    if family_keys:
+        print(f"\n{title}, AA per metric family (accuracy and ROUGE-L apart), points:")
+        print("| method | " + " | ".join(f"{key[3:]}: over seeds; rows + seeds; reads" for key in family_keys) + " |")
+        print("|---|" + "---|" * len(family_keys))
+        for method, paired in pairs.items():
+            cells = [
+                f"{_interval(paired[key]['over_seeds'], True)}; {_interval(paired[key].get('rows_and_seeds'), True)}; "
+                f"{paired[key].get('verdict', 'n/a')}"
+                if key in paired
+                else "n/a"
+                for key in family_keys
+            ]
+            print(f"| {method} | " + " | ".join(cells) + " |")
 
 
 def print_table(results: dict, names: list[str]) -> None:
@@ -953,8 +1219,11 @@ def print_table(results: dict, names: list[str]) -> None:
         "Mean over seeds (each seed's orders averaged first), [95% t interval over seeds], points; "
         "AA over seeds x orders beside it (none for an order-blind method):"
     )
-    print("| method | seeds | AA | BWT | FWT | AA, seeds x orders | MOPD | AOPD | adapter bytes after task 1 / last |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| method | seeds | AA | AA, rows + seeds | BWT | FWT | AA, seeds x orders | MOPD | AOPD | "
+        "adapter bytes after task 1 / last |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for method, entry in summary["methods"].items():
         first = next(r for r in results["runs"] if r["method"] == method)
         disparity = entry.get("order_disparity")
@@ -963,13 +1232,21 @@ def print_table(results: dict, names: list[str]) -> None:
         cells = "order-blind" if entry["order_blind"] else _interval(entry["average_accuracy_seed_x_order"])
         print(
             f"| {method} | {entry['seeds']} | {_interval(entry['average_accuracy'])} | "
-            f"{_interval(entry['bwt'], True)} | {_interval(entry['fwt'], True)} | {cells} | {mopd} | {aopd} | "
+            f"{_interval(entry.get('average_accuracy_rows_and_seeds'))} | {_interval(entry['bwt'], True)} | "
+            f"{_interval(entry['fwt'], True)} | {cells} | {mopd} | {aopd} | "
             f"{first['adapter_bytes'][0]} / {first['adapter_bytes'][-1]} |"
         )
+    found_families = summary.get("families", {})
+    family_keys = [f"aa_{family}" for family in found_families] if len(found_families) > 1 else []
     if summary.get("versus_slao"):
-        _print_paired("SLAO minus each method", "SLAO wins", summary["versus_slao"])
+        _print_paired("SLAO minus each method", "SLAO wins", summary["versus_slao"], family_keys)
     if summary.get("replay_minus_plain"):
-        _print_paired("Each replay method minus the same method without replay", "wins", summary["replay_minus_plain"])
+        replay_title = "Each replay method minus the same method without replay"
+        _print_paired(replay_title, "wins", summary["replay_minus_plain"], family_keys)
+    print(
+        "\nReads: 'higher' or 'lower' only where both intervals exclude 0 and (AA) Holm's test over the table "
+        "holds at 0.05; else 'not distinguishable'. n/a rows + seeds: the runs kept no per-row scores."
+    )
     if "seq" in summary["methods"]:
         entry = summary["methods"]["seq"]
         print("\nRight after its own training (SeqLoRA, mean over runs) vs the base model, points:")
@@ -1000,6 +1277,7 @@ _BUDGET_KEYS = (
     "train_size",
     "test_size",
     "rows",
+    "osf_learning_rate",
 )
 # What a results file written before a setting existed ran with.
 _BUDGET_DEFAULTS = {"rows": "lower"}
@@ -1043,7 +1321,7 @@ def resummarize(paths: list[Path], output: Path | None = None) -> None:
         if all("wall_seconds" in other for other in stored):
             results["wall_seconds"] = sum(other["wall_seconds"] for other in stored)
     names = list(results["tasks"])
-    results["summary"] = summarize_runs(results["runs"], names)
+    results["summary"] = summarize_runs(results["runs"], names, task_metrics_of(results))
     (output or paths[0]).write_text(json.dumps(results, indent=2))
     print_table(results, names)
 

@@ -79,3 +79,140 @@ def _common(first: Mapping[Run, float], second: Mapping[Run, float]) -> list[Run
     if not keys:
         raise ValueError("a paired comparison needs runs that both methods have.")
     return keys
+
+
+# What a comparison can detect and how sure it is, from the held-out rows as well as the seeds.
+# Every run of a grid scores the same held-out rows (the split is fixed), so those rows are a
+# second sample beside the training seeds: one task's accuracy on n rows has a standard error of
+# sqrt(p (1 - p) / n), 7 points at n = 50 and p = 0.5. The bootstrap below resamples both.
+POWER = 0.8
+ALPHA = 0.05
+BOOTSTRAP_DRAWS = 2000
+
+
+def detectable_over_seeds(differences: Sequence[float], power: float = POWER, alpha: float = ALPHA) -> float | None:
+    """The smallest true mean difference a two-sided paired t-test over these per-seed differences
+    detects with probability ``power``: (t(1 - alpha/2) + t(power)) x sd / sqrt(n), df = n - 1
+    (the usual approximation; ``None`` below two seeds).
+
+    >>> round(detectable_over_seeds([0.01, 0.03, 0.05]), 4)
+    0.0619
+    """
+    from scipy.stats import t
+
+    n = len(differences)
+    if n < 2:
+        return None
+    spread = statistics.stdev(differences) / math.sqrt(n)
+    return float(t.ppf(1 - alpha / 2, n - 1) + t.ppf(power, n - 1)) * spread
+
+
+def detectable_from_error(standard_error: float, power: float = POWER, alpha: float = ALPHA) -> float:
+    """The same for an estimate with a known standard error (the bootstrap's): (z(1 - alpha/2) + z(power)) x se.
+
+    >>> round(detectable_from_error(0.01), 4)
+    0.028
+    """
+    from scipy.stats import norm
+
+    return float(norm.ppf(1 - alpha / 2) + norm.ppf(power)) * standard_error
+
+
+def row_draws(task: str, rows: int, draws: int = BOOTSTRAP_DRAWS):
+    """Bootstrap indices into a task's ``rows`` held-out rows, ``(draws, rows)``, the same for every
+    run and method (seeded by the task's name): a paired comparison resamples the same rows on both
+    sides, as both sides scored the same rows."""
+    import zlib
+
+    import numpy as np
+
+    return np.random.default_rng(zlib.crc32(task.encode())).integers(0, rows, size=(draws, rows))
+
+
+def resampled(items: Mapping[str, Sequence[float]], tasks: Sequence[str], draws: int = BOOTSTRAP_DRAWS):
+    """The mean over ``tasks`` of each task's per-row values resampled (row_draws): ``(draws,)``."""
+    import numpy as np
+
+    total = np.zeros(draws)
+    for task in tasks:
+        values = np.asarray(items[task], dtype=float)
+        total += values[row_draws(task, len(values), draws)].mean(1)
+    return total / len(tasks)
+
+
+def hierarchical_bootstrap(
+    replicates: Mapping[Run, Sequence[float]],
+    estimates: Mapping[Run, float],
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float | int | None]:
+    """Seeds as the outer level, held-out rows within: ``replicates[(seed, order)]`` holds one run's
+    value under each row resample (the same resamples for every run); each draw averages a seed's
+    orders, draws the seeds with replacement and takes the mean. Gives the mean of ``estimates`` (the
+    runs' own values, as over_seeds averages them), the percentile
+    interval, the standard error, the detectable difference (detectable_from_error) and a two-sided
+    p-value for "the mean is 0" (twice the smaller tail of the draws)."""
+    import numpy as np
+
+    by_seed: dict[int, list] = {}
+    for (run_seed, _order), values in replicates.items():
+        by_seed.setdefault(run_seed, []).append(np.asarray(values, dtype=float))
+    per_seed = np.stack([np.mean(v, axis=0) for _, v in sorted(by_seed.items())])  # (seeds, draws)
+    seeds, draws = per_seed.shape
+    chosen = np.random.default_rng(seed).integers(0, seeds, size=(draws, seeds))
+    means = per_seed[chosen, np.arange(draws)[:, None]].mean(1)
+    tail = (1 - confidence) / 2
+    error = float(means.std(ddof=1))
+    return {
+        "mean": over_seeds(estimates)["mean"],
+        "low": float(np.quantile(means, tail)),
+        "high": float(np.quantile(means, 1 - tail)),
+        "se": error,
+        "detectable": detectable_from_error(error),
+        "p": float(min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean()))),
+        "n": seeds,
+    }
+
+
+def holm(p_values: Mapping[str, float], alpha: float = ALPHA) -> dict[str, bool]:
+    """Holm's step-down test over one table's comparisons: which are significant at ``alpha``
+    family-wise (a table of 5-10 comparisons would find one at 0.05 by chance about as often as not).
+
+    >>> holm({"a": 0.01, "b": 0.04, "c": 0.03})
+    {'a': True, 'b': False, 'c': False}
+    """
+    ordered = sorted(p_values, key=p_values.get)
+    found, stopped = {}, False
+    for rank, name in enumerate(ordered):
+        stopped = stopped or p_values[name] > alpha / (len(ordered) - rank)
+        found[name] = not stopped
+    return {name: found[name] for name in p_values}
+
+
+def verdict(intervals: Sequence[Mapping[str, float | None] | None]) -> str:
+    """The words a difference earns: "higher" or "lower" only when every given interval excludes 0,
+    else "not distinguishable" (never "level with": an interval that includes 0 does not show equality).
+
+    >>> verdict([{"low": 0.01, "high": 0.05}, {"low": -0.01, "high": 0.06}])
+    'not distinguishable'
+    >>> verdict([{"low": 0.01, "high": 0.05}])
+    'higher'
+    """
+    given = [i for i in intervals if i is not None and i.get("low") is not None]
+    if given and all(i["low"] > 0 for i in given):
+        return "higher"
+    if given and all(i["high"] < 0 for i in given):
+        return "lower"
+    return "not distinguishable"
+
+
+def t_test_p(differences: Sequence[float]) -> float | None:
+    """Two-sided p-value of a one-sample t-test that the mean of ``differences`` is 0 (None below 2
+    values; 0.0 when they are all equal and not 0, 1.0 when all are 0)."""
+    from scipy.stats import ttest_1samp
+
+    if len(differences) < 2:
+        return None
+    if statistics.pstdev(differences) == 0:
+        return 1.0 if statistics.fmean(differences) == 0 else 0.0
+    return float(ttest_1samp(differences, 0.0).pvalue)

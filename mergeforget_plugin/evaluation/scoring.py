@@ -809,35 +809,55 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float
     ]
 
 
-def score(
+def row_scores(
     model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet, metrics: Sequence[str] | None = None
-) -> dict[str, float]:
-    """The metrics of ``eval_set`` (or only ``metrics`` of them), ``{metric: value}``: ``loss``
-    adds ``perplexity``; one generation serves ``rouge_l`` and ``exact_match``. Leaves the model's
-    mode as found."""
+) -> dict[str, list[float]]:
+    """Each held-out row's score, ``{metric: [value per row]}``, for the per-row metrics of
+    ``eval_set`` (or only ``metrics`` of them): 1.0 or 0.0 for ``choice`` and ``exact_match``, the
+    F1 for ``rouge_l``. :func:`score` is their mean; a benchmark resamples them (a bootstrap over
+    rows). ``loss`` is a token-weighted total, not a mean of rows, so it is not here. One generation
+    serves ``rouge_l`` and ``exact_match``. Leaves the model's mode as found."""
     wanted = list(eval_set.metrics if metrics is None else metrics)
     was_training = model.training
     model.eval()
-    values: dict[str, float] = {}
+    values: dict[str, list[float]] = {}
     try:
         if "choice" in wanted:
             predictions = choice_predictions(model, tokenizer, eval_set)
-            values["choice"] = _mean([p == a for p, a in zip(predictions, eval_set.answers, strict=True)])
-        if "loss" in wanted:
-            totals = completion_losses(model, tokenizer, eval_set).sum(0)
-            values["loss"] = float(totals[0] / totals[1])
-            values["perplexity"] = math.exp(min(values["loss"], 700.0))
+            values["choice"] = [float(p == a) for p, a in zip(predictions, eval_set.answers, strict=True)]
         if any(name in _GENERATIVE for name in wanted):
             generated = generate_greedy(model, tokenizer, eval_set)
             if "exact_match" in wanted:
-                values["exact_match"] = _mean(
-                    [p == a.strip() for p, a in zip(generated, eval_set.answers, strict=True)]
-                )
+                values["exact_match"] = [
+                    float(p == a.strip()) for p, a in zip(generated, eval_set.answers, strict=True)
+                ]
             if "rouge_l" in wanted:
-                values["rouge_l"] = _mean(rouge_l(generated, [a.strip() for a in eval_set.answers]))
+                values["rouge_l"] = rouge_l(generated, [a.strip() for a in eval_set.answers])
     finally:
         model.train(was_training)
     return values
+
+
+def score(
+    model: torch.nn.Module, tokenizer: Any, eval_set: EvalSet, metrics: Sequence[str] | None = None
+) -> dict[str, float]:
+    """The metrics of ``eval_set`` (or only ``metrics`` of them), ``{metric: value}``: the mean of
+    :func:`row_scores` for the per-row metrics; ``loss`` adds ``perplexity``. Leaves the model's
+    mode as found."""
+    wanted = list(eval_set.metrics if metrics is None else metrics)
+    values = {name: _mean(rows) for name, rows in row_scores(model, tokenizer, eval_set, wanted).items()}
+    if "loss" in wanted:
+        was_training = model.training
+        model.eval()
+        try:
+            totals = completion_losses(model, tokenizer, eval_set).sum(0)
+        finally:
+            model.train(was_training)
+        values["loss"] = float(totals[0] / totals[1])
+        values["perplexity"] = math.exp(min(values["loss"], 700.0))
+    # The order scores have always come in (reports and trackers list them so).
+    order = ("choice", "loss", "perplexity", "exact_match", "rouge_l")
+    return {name: values[name] for name in order if name in values}
 
 
 def _mean(values: Sequence[float]) -> float:
