@@ -25,4 +25,4 @@ python benchmarks/gpu/kit.py prepare --output outputs/gpu-kit
 eval "$(.venv-gpu-sim/bin/python benchmarks/gpu/kit.py env --target outputs/gpu-sim/site)"
 .venv-gpu-sim/bin/python benchmarks/gpu_validation.py --cpu-check --output outputs/gpu-sim/validation.json \
     --work-dir outputs/gpu-sim/work
-python benchmarks/gpu/kit.py check --parts outputs/gpu-kit --validation outputs/gpu-sim/validation.json
+env -u PYTHONPATH python benchmarks/gpu/kit.py check --parts outputs/gpu-kit --validation outputs/gpu-sim/validation.json
