@@ -23,6 +23,9 @@ rm -rf outputs/gpu-kit outputs/gpu-sim
 python benchmarks/gpu/kit.py prepare --output outputs/gpu-kit
 .venv-gpu-sim/bin/python benchmarks/gpu/kit.py install --parts outputs/gpu-kit --target outputs/gpu-sim/site
 eval "$(.venv-gpu-sim/bin/python benchmarks/gpu/kit.py env --target outputs/gpu-sim/site)"
-.venv-gpu-sim/bin/python benchmarks/gpu_validation.py --cpu-check --output outputs/gpu-sim/validation.json \
-    --work-dir outputs/gpu-sim/work
+if ! .venv-gpu-sim/bin/python benchmarks/gpu_validation.py --cpu-check --output outputs/gpu-sim/validation.json \
+    --work-dir outputs/gpu-sim/work; then
+    cat outputs/gpu-sim/validation.json 2>/dev/null || true  # which step failed, and its output's tail
+    exit 1
+fi
 env -u PYTHONPATH python benchmarks/gpu/kit.py check --parts outputs/gpu-kit --validation outputs/gpu-sim/validation.json

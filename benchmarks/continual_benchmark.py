@@ -1006,7 +1006,7 @@ def run_replicates(run: dict, key: str, tasks: list[str] | None = None):
     2026-12-05) or a metric the run does not have."""
     from stats import resampled
 
-    if not run.get("row_items") or run["metrics"].get(key if key != "average_accuracy" else key) is None:
+    if key not in ("average_accuracy", "bwt") or not run.get("row_items") or run["metrics"].get(key) is None:
         return None
     final = dict(zip(run["tasks"], run["row_items"][-1], strict=True))
     if key == "average_accuracy":
@@ -1034,12 +1034,12 @@ def summarize_runs(runs: list[dict], names: list[str], task_metrics: dict[str, s
     other method, paired by seed and order (over seeds, sign count, seeds x orders)."""
     from stats import (
         detectable_over_seeds,
-        hierarchical_bootstrap,
         holm,
         mean_interval,
         over_seeds,
         paired_difference,
         paired_over_seeds,
+        rows_and_seeds,
         seed_means,
         sign_count,
         t_test_p,
@@ -1088,11 +1088,11 @@ def summarize_runs(runs: list[dict], names: list[str], task_metrics: dict[str, s
             pseudo = blind and key == "average_accuracy"
             entry[f"{key}_seed_x_order"] = mean_interval(list(cells.values())) if cells and not pseudo else None
             drawn = replicates(method, key) if cells else None
-            entry[f"{key}_rows_and_seeds"] = hierarchical_bootstrap(drawn, cells) if drawn else None
+            entry[f"{key}_rows_and_seeds"] = rows_and_seeds(drawn, cells) if drawn else None
         for key in family_keys:
             entry[key] = over_seeds(values(method, key))
             drawn = replicates(method, key)
-            entry[f"{key}_rows_and_seeds"] = hierarchical_bootstrap(drawn, values(method, key)) if drawn else None
+            entry[f"{key}_rows_and_seeds"] = rows_and_seeds(drawn, values(method, key)) if drawn else None
         if method not in ONE_ROW_METHODS:
             # Accuracy on each task right after training it (R[j][j]), mean over runs.
             diagonal: dict[str, list[float]] = {}
@@ -1130,7 +1130,7 @@ def summarize_runs(runs: list[dict], names: list[str], task_metrics: dict[str, s
             per_seed = list(seed_means(differences).values())
             first_drawn, second_drawn = replicates(first_method, key), replicates(second_method, key)
             drawn = (
-                hierarchical_bootstrap({cell: first_drawn[cell] - second_drawn[cell] for cell in common}, differences)
+                rows_and_seeds({cell: first_drawn[cell] - second_drawn[cell] for cell in common}, differences)
                 if first_drawn and second_drawn
                 else None
             )
@@ -1148,20 +1148,20 @@ def summarize_runs(runs: list[dict], names: list[str], task_metrics: dict[str, s
         return found
 
     def judge(pairs: dict) -> None:
-        """Holm over one table's AA comparisons, then each comparison's words (stats.verdict)."""
-        tested = {
-            method: pair["average_accuracy"]["p"]
-            for method, pair in pairs.items()
-            if pair.get("average_accuracy", {}).get("p") is not None
-        }
-        significant = holm(tested)
-        for method, pair in pairs.items():
-            for key, comparison in pair.items():
+        """Holm over one table's comparisons of each key (AA, BWT, each family's AA), then each
+        comparison's words (stats.verdict), which hold only where Holm's test does."""
+        for key in ("average_accuracy", "bwt", *family_keys):
+            tested = {
+                method: pair[key]["p"] for method, pair in pairs.items() if pair.get(key, {}).get("p") is not None
+            }
+            significant = holm(tested) if tested else {}
+            for method, pair in pairs.items():
+                if key not in pair:
+                    continue
+                comparison = pair[key]
+                comparison["holm"] = significant.get(method, False)
                 words = verdict([comparison["over_seeds"], comparison["rows_and_seeds"]])
-                if key == "average_accuracy":
-                    comparison["holm"] = significant.get(method)
-                    words = words if significant.get(method) else "not distinguishable"
-                comparison["verdict"] = words
+                comparison["verdict"] = words if comparison["holm"] else "not distinguishable"
 
     if "slao" in by_method:
         for method in by_method:
@@ -1267,19 +1267,27 @@ def print_table(results: dict, names: list[str]) -> None:
         replay_title = "Each replay method minus the same method without replay"
         _print_paired(replay_title, "wins", summary["replay_minus_plain"], family_keys)
     print(
-        "\nReads: 'higher' or 'lower' only where both intervals exclude 0 and (AA) Holm's test over the table "
-        "holds at 0.05; else 'not distinguishable'. n/a rows + seeds: the runs kept no per-row scores."
+        "\nReads: 'higher' or 'lower' only where both intervals exclude 0 and Holm's test over the table's "
+        "comparisons of that quantity holds at 0.05; else 'not distinguishable'. n/a rows + seeds: the runs "
+        "kept no per-row scores, or one seed."
     )
-    if "seq" in summary["methods"]:
-        entry = summary["methods"]["seq"]
-        print("\nRight after its own training (SeqLoRA, mean over runs) vs the base model, points:")
-        print("| task | R[j][j] | zero-shot | difference |\n|---|---|---|---|")
+    sequential = [m for m, entry in summary["methods"].items() if entry.get("diagonal") and entry.get("zero_shot")]
+    if sequential:
+        # Room to learn: each task right after its own training (R[j][j], mean over runs) against the
+        # base model; a task that gains nothing measures nothing about forgetting.
+        print("\nZero-shot and, per method, R[j][j] right after the task's own training (mean over runs), points:")
+        print("| task | zero-shot | " + " | ".join(sequential) + " |\n|---|---|" + "---|" * len(sequential))
+        base = summary["methods"][sequential[0]]["zero_shot"]
         for task in names:
-            diagonal, base = entry["diagonal"].get(task), entry["zero_shot"].get(task)
-            if diagonal is not None and base is not None:
+            if task in base:
+                cells = [summary["methods"][m]["diagonal"].get(task) for m in sequential]
                 print(
-                    f"| {task} | {_points(diagonal).strip()} | {_points(base).strip()} | "
-                    f"{_points(diagonal - base, True).strip()} |"
+                    f"| {task} | {_points(base[task]).strip()} | "
+                    + " | ".join(
+                        "n/a" if c is None else f"{_points(c).strip()} ({_points(c - base[task], True).strip()})"
+                        for c in cells
+                    )
+                    + " |"
                 )
     if "wall_seconds" in results:
         print(f"\nWall time: {results['wall_seconds']:.0f} s. Every matrix is in results.json.")

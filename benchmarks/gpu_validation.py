@@ -1,6 +1,7 @@
 """The project's GPU validation: one command, one JSON, meant to fit 8 minutes on one GPU.
 
-Run (on a GPU machine, from the repository root; offline: benchmarks/gpu/README.md installs what it needs):
+Run (on a GPU machine, from the repository root; offline: benchmarks/gpu/kit.py prepares and installs
+what it needs, docs/benchmarks.md "On a GPU, offline"):
     python benchmarks/gpu_validation.py --output gpu_validation.json
 On a CPU (what CI runs, seconds): the same steps at smoke size, to check the script itself:
     python benchmarks/gpu_validation.py --cpu-check --output gpu_validation.json
@@ -17,7 +18,8 @@ nothing must not exit 0.
              examples/trl_sequence.py, SLAO; the exported adapter reloaded in stock PEFT on a fresh
              4-bit base must give the trained model's logits, and its size must not grow.
   grid_slice slao and seq of benchmarks/continual_benchmark.py's gpu preset, one seed, one order.
-Budget on one H100 (estimated, benchmarks/gpu/README.md): each subprocess step has a 420 s limit.
+Budget: each subprocess step has a 420 s limit. The 8-minute aim is an estimate for one H100 (the
+GPU has not run it): docs/benchmarks.md says how it was made.
 """
 
 from __future__ import annotations

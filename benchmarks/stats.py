@@ -5,7 +5,8 @@ the orders of one seed share the seed's LoRA init and batch draws, and an order-
 LoRA per task, then a merge) ends with the same accuracies in every order, so its AA cells of one
 seed are one value counted several times. The primary interval is therefore over seeds, with the orders of a
 seed averaged first (:func:`over_seeds`); the seed x order interval (:func:`mean_interval` over every
-cell) and the sign count of paired wins (:func:`sign_count`) are reported beside it.
+cell) and the sign count of paired wins (:func:`sign_count`) are reported beside it, and the
+interval over held-out rows and seeds (:func:`rows_and_seeds`) beside that.
 
 Used by continual_benchmark.py; kept apart so the tests check it against known values.
 """
@@ -140,36 +141,58 @@ def resampled(items: Mapping[str, Sequence[float]], tasks: Sequence[str], draws:
     return total / len(tasks)
 
 
-def hierarchical_bootstrap(
+def rows_and_seeds(
     replicates: Mapping[Run, Sequence[float]],
     estimates: Mapping[Run, float],
     confidence: float = 0.95,
-    seed: int = 0,
 ) -> dict[str, float | int | None]:
-    """Seeds as the outer level, held-out rows within: ``replicates[(seed, order)]`` holds one run's
-    value under each row resample (the same resamples for every run); each draw averages a seed's
-    orders, draws the seeds with replacement and takes the mean. Gives the mean of ``estimates`` (the
-    runs' own values, as over_seeds averages them), the percentile
-    interval, the standard error, the detectable difference (detectable_from_error) and a two-sided
-    p-value for "the mean is 0" (twice the smaller tail of the draws)."""
+    """The interval over held-out rows and seeds. ``replicates[(seed, order)]`` holds one run's value
+    under each row resample (row_draws: the same resamples for every run), ``estimates`` the runs'
+    own values. Two errors, added in quadrature:
+
+    - rows: the standard deviation over resamples of the mean over seeds (each seed's orders
+      averaged first), how far the grid's number would move on other held-out rows;
+    - seeds: stdev of the per-seed values / sqrt(n), how far it would move with other seeds.
+
+    The seeds are not bootstrapped: with three of them a resample has ten distinct outcomes and its
+    percentile interval is far too narrow. The interval is mean +- t(n - 1) x se (normal for one
+    seed, where only the rows' error is known); ``detectable`` is the smallest true difference
+    detected at 80% power with that error, ``p`` the two-sided p-value of mean / se.
+
+    >>> one = {(0, "01"): [0.0, 0.2], (1, "01"): [0.2, 0.4]}
+    >>> summary = rows_and_seeds(one, {(0, "01"): 0.1, (1, "01"): 0.3})
+    >>> round(summary["row_se"], 4), round(summary["se"], 4), summary["n"]
+    (0.1414, 0.1732, 2)
+    """
     import numpy as np
+    from scipy.stats import norm, t
 
     by_seed: dict[int, list] = {}
     for (run_seed, _order), values in replicates.items():
         by_seed.setdefault(run_seed, []).append(np.asarray(values, dtype=float))
     per_seed = np.stack([np.mean(v, axis=0) for _, v in sorted(by_seed.items())])  # (seeds, draws)
-    seeds, draws = per_seed.shape
-    chosen = np.random.default_rng(seed).integers(0, seeds, size=(draws, seeds))
-    means = per_seed[chosen, np.arange(draws)[:, None]].mean(1)
-    tail = (1 - confidence) / 2
-    error = float(means.std(ddof=1))
+    seeds = per_seed.shape[0]
+    row_error = float(per_seed.mean(0).std(ddof=1))
+    seed_values = list(seed_means(estimates).values())
+    seed_error = statistics.stdev(seed_values) / math.sqrt(seeds) if seeds > 1 else 0.0
+    error = math.sqrt(row_error**2 + seed_error**2)
+    mean = statistics.fmean(seed_values)
+    if seeds > 1:
+        quantile, power_quantile, tail = (
+            t.ppf(0.5 + confidence / 2, seeds - 1),
+            t.ppf(POWER, seeds - 1),
+            lambda z: 2 * t.sf(abs(z), seeds - 1),
+        )
+    else:
+        quantile, power_quantile, tail = norm.ppf(0.5 + confidence / 2), norm.ppf(POWER), lambda z: 2 * norm.sf(abs(z))
     return {
-        "mean": over_seeds(estimates)["mean"],
-        "low": float(np.quantile(means, tail)),
-        "high": float(np.quantile(means, 1 - tail)),
+        "mean": mean,
+        "low": mean - float(quantile) * error,
+        "high": mean + float(quantile) * error,
         "se": error,
-        "detectable": detectable_from_error(error),
-        "p": float(min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean()))),
+        "row_se": row_error,
+        "detectable": float(quantile + power_quantile) * error,
+        "p": (float(tail(mean / error)) if error > 0 else None),
         "n": seeds,
     }
 
@@ -197,8 +220,12 @@ def verdict(intervals: Sequence[Mapping[str, float | None] | None]) -> str:
     'not distinguishable'
     >>> verdict([{"low": 0.01, "high": 0.05}])
     'higher'
+    >>> verdict([{"low": None, "high": None}, {"low": 0.01, "high": 0.05}])
+    'not distinguishable'
     """
-    given = [i for i in intervals if i is not None and i.get("low") is not None]
+    given = [i for i in intervals if i is not None]
+    if any(i.get("low") is None for i in given):  # one seed: its spread over seeds is unknown
+        return "not distinguishable"
     if given and all(i["low"] > 0 for i in given):
         return "higher"
     if given and all(i["high"] < 0 for i in given):
@@ -207,12 +234,11 @@ def verdict(intervals: Sequence[Mapping[str, float | None] | None]) -> str:
 
 
 def t_test_p(differences: Sequence[float]) -> float | None:
-    """Two-sided p-value of a one-sample t-test that the mean of ``differences`` is 0 (None below 2
-    values; 0.0 when they are all equal and not 0, 1.0 when all are 0)."""
+    """Two-sided p-value of a one-sample t-test that the mean of ``differences`` is 0; None below 2
+    values or with no spread among them (the test is undefined there, and a p of 0 would let two
+    identical seeds pass Holm's test on their own)."""
     from scipy.stats import ttest_1samp
 
-    if len(differences) < 2:
+    if len(differences) < 2 or statistics.pstdev(differences) == 0:
         return None
-    if statistics.pstdev(differences) == 0:
-        return 1.0 if statistics.fmean(differences) == 0 else 0.0
     return float(ttest_1samp(differences, 0.0).pvalue)

@@ -405,7 +405,7 @@ def test_a_skipped_validation_step_fails_the_run_unless_allowed(tmp_path):
 def test_power_statistics_match_known_values():
     """The detectable difference, Holm's step-down and the words a difference earns, by hand."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from stats import detectable_from_error, detectable_over_seeds, hierarchical_bootstrap, holm, verdict
+    from stats import detectable_from_error, detectable_over_seeds, holm, rows_and_seeds, t_test_p, verdict
 
     # (t(0.975, 2) + t(0.8, 2)) x sd / sqrt(n) = (4.3027 + 1.0607) x 0.02 / sqrt(3).
     assert detectable_over_seeds([0.01, 0.03, 0.05]) == pytest.approx(5.3634 * 0.02 / 3**0.5, abs=1e-4)
@@ -417,10 +417,31 @@ def test_power_statistics_match_known_values():
     assert verdict([{"low": -0.024, "high": 0.008}]) == "not distinguishable"
     assert verdict([{"low": 0.01, "high": 0.2}, {"low": 0.02, "high": 0.1}]) == "higher"
     assert verdict([{"low": -0.2, "high": -0.01}]) == "lower" and verdict([None]) == "not distinguishable"
-    # Every row resample gives the same value and the seeds agree: no spread, the mean is the runs'.
+    # One seed has no spread over seeds: whatever the rows say, it earns no word.
+    assert verdict([{"low": None, "high": None}, {"low": 0.01, "high": 0.05}]) == "not distinguishable"
+    # Identical seeds: the t-test is undefined, not p = 0.
+    assert t_test_p([0.03, 0.03, 0.03]) is None and t_test_p([0.01]) is None
+    assert t_test_p([0.01, 0.03, 0.05]) == pytest.approx(0.1217, abs=1e-3)  # t = 0.03 / (0.02 / sqrt 3) = 2.598, df 2
+
+    # Rows and seeds: the rows' error (spread over resamples of the seeds' mean) and the seeds' error
+    # (stdev / sqrt n) in quadrature, t with n - 1 df.
+    drawn = {(0, "01"): [0.0, 0.2], (1, "01"): [0.2, 0.4], (2, "01"): [0.1, 0.3]}
+    summary = rows_and_seeds(drawn, {(0, "01"): 0.1, (1, "01"): 0.3, (2, "01"): 0.2})
+    # Seeds' mean per resample: 0.1, 0.3 -> sd 0.1414; seeds 0.1, 0.3, 0.2 -> sd 0.1 / sqrt 3.
+    se = (0.1414214**2 + (0.1 / 3**0.5) ** 2) ** 0.5
+    assert summary["row_se"] == pytest.approx(0.1414214, abs=1e-6) and summary["se"] == pytest.approx(se, abs=1e-6)
+    assert summary["mean"] == pytest.approx(0.2) and summary["n"] == 3
+    assert summary["high"] - summary["mean"] == pytest.approx(4.302653 * se, abs=1e-5)
+    assert summary["detectable"] == pytest.approx((4.302653 + 1.060660) * se, abs=1e-5)
+    # Every row resample gives the same value and the seeds agree: no spread, no p.
     constant = {(seed, "01"): [0.5] * 100 for seed in range(3)}
-    summary = hierarchical_bootstrap(constant, {(seed, "01"): 0.5 for seed in range(3)})
+    summary = rows_and_seeds(constant, {(seed, "01"): 0.5 for seed in range(3)})
     assert summary["mean"] == 0.5 and summary["low"] == summary["high"] == 0.5 and summary["se"] == 0.0
+    assert summary["p"] is None
+    # One seed: only the rows' error is known, and the interval is normal.
+    single = rows_and_seeds({(0, "01"): [0.0, 0.2]}, {(0, "01"): 0.1})
+    assert single["se"] == pytest.approx(0.1414214, abs=1e-6) and single["n"] == 1
+    assert single["high"] - single["mean"] == pytest.approx(1.959964 * single["se"], abs=1e-5)
 
 
 def test_row_resamples_are_shared_by_every_run_and_pair_the_same_rows():
