@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import importlib
 import json
 import os
@@ -723,6 +724,12 @@ def _load(model_dir: str, device: str, threads: int | None) -> None:
     # float32 weights everywhere; on a GPU the trainers autocast to bf16 (sft_config).
     _LOADED["base"] = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     _LOADED["tokenizer"] = AutoTokenizer.from_pretrained(model_dir)
+    # Every method builds trainers, and each Trainer.train() runs a full gc.collect() (accelerate's
+    # free_memory) over every object alive: the imports and this base model, 0.4-0.7 s a task on a
+    # CPU, outside the optimizer steps (harness_time.py). Frozen, they are not walked again.
+    import trl.trainer.sft_trainer  # noqa: F401  (imported now, so frozen with the rest)
+
+    gc.freeze()
 
 
 def run_cell(

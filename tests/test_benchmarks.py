@@ -481,3 +481,28 @@ def test_the_stored_real_text_grid_reads_not_distinguishable_where_an_interval_i
     # The grid mixes accuracy and ROUGE-L: AA is also compared per family.
     assert set(versus["seq"]) == {"average_accuracy", "bwt", "aa_accuracy", "aa_rouge_l"}
     assert "| magmax | -0.8 [-2.4, +0.8] | n/a | 2.0 / n/a | 0.157 | not distinguishable |" in completed.stdout
+
+
+def test_harness_time_splits_each_tasks_wall_time_around_the_optimizer_steps(tmp_path):
+    """harness_time.py runs the benchmark's own cells with its clock around them: per method and task,
+    the wall time is the steps plus what lies outside them (trainer, scoring, rest)."""
+    output = tmp_path / "harness_time.json"
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "harness_time.py"), "--smoke", "--output", str(output)],
+        env=offline_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    timings = json.loads(output.read_text())["per_task"]
+    assert set(timings) == {"slao", "seq"} and all(len(tasks) == 2 for tasks in timings.values())
+    for tasks in timings.values():
+        for spent in tasks:
+            assert spent["steps"] > 0 and spent["scoring"] > 0 and spent["trainer"] > 0
+            assert spent["outside_steps"] == pytest.approx(
+                spent["trainer"] + spent["scoring"] + spent["rest"], abs=2e-3
+            )
+            assert spent["wall"] == pytest.approx(spent["steps"] + spent["outside_steps"], abs=2e-3)
+    assert "| slao | 2 |" in completed.stdout

@@ -6,6 +6,7 @@ through the real ``train_sequence`` (TRL's ``SFTTrainer`` on a tiny model).
 
 from __future__ import annotations
 
+import gc
 import json
 import warnings
 
@@ -150,6 +151,7 @@ def test_a_guard_stop_inside_one_call_leaves_the_adapter_and_report_of_the_tasks
         assert exported[f"base_model.model.{name}.lora_A.weight"].equal(pair.a) and held[name].a.equal(pair.a)
     assert json.loads((tmp_path / "report.json").read_text())["finished_tasks"] == ["learn"]
     printed = capsys.readouterr().out
+    assert gc.get_freeze_count() == 0  # the driver thawed what it froze, on the guard's way out too
     assert "[task 1/2] learn: training" in printed and "[task 2/2] unlearn: training" in printed
     assert f"1 task(s) finished. Merged adapter: {tmp_path / 'adapter'}" in printed
     assert f"Report: {tmp_path / 'report.json'}" in printed
@@ -172,3 +174,21 @@ def test_rerunning_a_finished_sequence_says_so_and_checks_the_model_against_the_
     # Another base model (same shapes, other weights) is refused before anything runs.
     with pytest.raises(StateMismatchError, match="base model"):
         train_sequence(peft_model(learning_model_dir), tasks, args=sft_config(tmp_path, max_steps=2))
+
+
+def test_each_task_trains_with_the_objects_alive_before_the_sequence_frozen(tiny_model_dir, tmp_path):
+    """Trainer.train() starts with a full gc.collect() (accelerate's free_memory); the driver keeps
+    the imports and the model out of it while the sequence runs, and gives them back after."""
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class FreezeCount(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen.append(gc.get_freeze_count())
+
+    assert gc.get_freeze_count() == 0
+    tasks = [Task(name, Dataset.from_list(demo_rows(name, "train")[:8])) for name in ("antonyms", "plurals")]
+    train_sequence(peft_model(tiny_model_dir), tasks, args=sft_config(tmp_path, max_steps=1), callbacks=[FreezeCount()])
+    assert len(seen) == 2 and all(count > 0 for count in seen)
+    assert gc.get_freeze_count() == 0
