@@ -17,7 +17,8 @@ nothing must not exit 0.
              float32 on the CPU check), LoRA r=16 on every linear layer, the three demo tasks of
              examples/trl_sequence.py, SLAO; the exported adapter reloaded in stock PEFT on a fresh
              4-bit base must give the trained model's logits, and its size must not grow.
-  grid_slice slao and seq of benchmarks/continual_benchmark.py's gpu preset, one seed, one order.
+  grid_slice slao and seq of benchmarks/continual_benchmark.py's gpu preset at --grid-steps steps a task,
+             one seed, one order, timed by harness_time.py (in and outside the optimizer steps).
 Budget: each subprocess step has a 420 s limit. The 8-minute aim is an estimate for one H100 (the
 GPU has not run it): docs/benchmarks.md says how it was made.
 """
@@ -162,20 +163,37 @@ def step_trl_qlora(out: Path, cpu_check: bool, steps: int) -> dict:
     }
 
 
-def step_grid(out: Path, cpu_check: bool) -> dict:
-    command = [sys.executable, str(REPO / "benchmarks" / "continual_benchmark.py"), "--methods", "slao,seq"]
-    command += ["--seeds", "0", "--orders", "01234" if not cpu_check else "01", "--output-dir", str(out / "grid")]
-    command += ["--smoke"] if cpu_check else ["--preset", "gpu", "--device", "cuda"]
+def step_grid(out: Path, cpu_check: bool, steps: int) -> dict:
+    """slao and seq of the benchmark's gpu preset (``steps`` a task, not its 125, to fit the budget),
+    through harness_time.py: besides each run's metrics, where each task's time went, in and
+    outside the optimizer steps, which is what planning a grid on this GPU needs."""
+    timings = out / "grid" / "harness_time.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "harness_time.py"), "--methods", "slao,seq", "--seed", "0"]
+    command += ["--output", str(timings)]
+    command += ["--smoke"] if cpu_check else ["--preset", "gpu", "--device", "cuda", "--steps", str(steps)]
     completed = _run(command, REPO / "benchmarks", timeout=420)
     if completed.returncode != 0:
         return {"status": "failed", "stderr_tail": completed.stderr[-2000:]}
-    results = json.loads((out / "grid" / "results.json").read_text())
+    results = json.loads((out / "grid" / "harness_time_runs" / "results.json").read_text())
+    per_task = json.loads(timings.read_text())["per_task"]
+    time_spent = {}
+    for method, tasks in per_task.items():
+        count, inside = sum(t["optimizer_steps"] for t in tasks), sum(t["steps"] for t in tasks)
+        time_spent[method] = {
+            "optimizer_steps": count,
+            "step_seconds": round(inside, 1),
+            "outside_step_seconds": round(sum(t["outside_steps"] for t in tasks), 1),
+            "steps_per_second": round(count / inside, 2) if inside else None,
+        }
     return {
         "status": "ok",
         "preset": "smoke" if cpu_check else "gpu",
+        "steps_per_task": results["settings"]["steps"],
         "runs": [
             {"method": r["method"], "metrics": r["metrics"], "seconds": round(r["seconds"], 1)} for r in results["runs"]
         ],
+        "time": time_spent,
+        "per_task": per_task,
     }
 
 
@@ -188,6 +206,12 @@ def main() -> None:
     )
     parser.add_argument("--axolotl-steps", type=int, default=40, help="optimizer steps per task of the Axolotl run")
     parser.add_argument("--trl-steps", type=int, default=40, help="optimizer steps per task of the TRL run")
+    parser.add_argument(
+        "--grid-steps",
+        type=int,
+        default=60,
+        help="optimizer steps per task of the grid slice (the gpu preset trains 125; 60 fits the 8-minute aim)",
+    )
     parser.add_argument("--steps", default="axolotl,trl_qlora,grid_slice", help="which steps, comma-separated")
     parser.add_argument(
         "--allow-skip",
@@ -213,7 +237,7 @@ def main() -> None:
     steps = {
         "axolotl": lambda: step_axolotl(out, args.cpu_check, 2 if args.cpu_check else args.axolotl_steps),
         "trl_qlora": lambda: step_trl_qlora(out, args.cpu_check, 2 if args.cpu_check else args.trl_steps),
-        "grid_slice": lambda: step_grid(out, args.cpu_check),
+        "grid_slice": lambda: step_grid(out, args.cpu_check, args.grid_steps),
     }
     wanted = [s for s in args.steps.split(",") if s]
     unknown = sorted(set(wanted) - set(steps))

@@ -15,6 +15,7 @@ A task's window runs from its trainer's construction to the next one's (the last
 Run:    python benchmarks/harness_time.py --preset cpu --methods slao,seq
         python benchmarks/harness_time.py --smoke
         python benchmarks/harness_time.py --benchmarks-dir OTHER_CHECKOUT/benchmarks   # older code, same clock
+        python benchmarks/harness_time.py --preset gpu --device cuda --steps 60         # other options: the grid's
 Writes --output (JSON) and prints a table. It patches transformers' Trainer and the package's
 scorer from outside, so the code it measures is unchanged and an older checkout can be measured
 the same way.
@@ -65,12 +66,14 @@ class Clock:
         tasks = []
         for start, stop in windows:
             spent = {"wall": stop - start, "steps": 0.0, "trainer": 0.0, "scoring": 0.0}
+            count = 0
             for kind, begin, finish in self.intervals:
                 if start <= begin < stop:
                     spent[kind] += finish - begin
+                    count += kind == "steps"
             spent["rest"] = spent["wall"] - spent["steps"] - spent["trainer"] - spent["scoring"]
             spent["outside_steps"] = spent["wall"] - spent["steps"]
-            tasks.append({k: round(v, 3) for k, v in spent.items()})
+            tasks.append({**{k: round(v, 3) for k, v in spent.items()}, "optimizer_steps": count})
         return tasks
 
 
@@ -121,7 +124,8 @@ def main() -> None:
     parser.add_argument("--methods", default="slao,seq")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="harness_time.json")
-    options = parser.parse_args()
+    # Anything else goes to continual_benchmark.py after the preset (e.g. --device cuda --steps 60).
+    options, passed_on = parser.parse_known_args()
     sys.path.insert(0, options.benchmarks_dir)
     benchmark = importlib.import_module("continual_benchmark")
     preset = "smoke" if options.smoke else options.preset
@@ -141,6 +145,7 @@ def main() -> None:
         "1",
         "--output-dir",
         str(out),
+        *passed_on,
     ]
     clock = Clock()
     install(clock)

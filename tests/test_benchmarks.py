@@ -341,7 +341,11 @@ def test_gpu_validation_runs_every_step_at_smoke_size_on_the_cpu(tmp_path):
     # A 4-bit base on the CPU: the reloaded adapter matched to 1.4e-3 here (2026-12-05), inside the
     # script's tolerance for bf16 logits; the float32 path without quantization matched to 1e-4.
     assert trl["reloaded_max_logit_difference"] < 1e-2 and len(set(trl["adapter_bytes"])) == 1
-    assert [r["method"] for r in steps["grid_slice"]["runs"]] == ["slao", "seq"]
+    grid = steps["grid_slice"]
+    assert [r["method"] for r in grid["runs"]] == ["slao", "seq"]
+    # Where the slice's time went: 2 tasks x the smoke preset's 2 steps per method, and the rest.
+    for spent in grid["time"].values():
+        assert spent["optimizer_steps"] == 2 * grid["steps_per_task"] and spent["outside_step_seconds"] > 0
     assert record["versions"]["torch"] and record["versions"]["peft"]
 
 
