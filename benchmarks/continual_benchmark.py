@@ -28,7 +28,7 @@ mergeforget_plugin.evaluation.scoring):
   magmax        MagMax: entry-wise max-magnitude merge of SeqLoRA's updates after each task, x 0.5 (dense)
   opcm          OPCM: each task LoRA's update projected off the merged one's principal subspace, rescaled
   osf           PEFT's Orthogonal Subspace Fine-tuning (OSFConfig) as its continual-learning example runs it:
-                a growing share of each weight's top singular directions frozen, the rest trained, unloaded
+                a growing share of each weight's top singular directions frozen, the rest trained, merged
                 into the weights after every task (no adapter: it rewrites the target weights)
   joint         one LoRA on the union of all tasks, T x the steps (multi-task upper bound; AA only)
   slao+replay, seq+replay
@@ -571,9 +571,9 @@ def run_osf(shared, base, tokenizer, tasks, eval_sets, args, out):
     decomposes again. (``unload()`` would hand back the weights as they were before the task and drop
     what it learned.) What a user keeps is the target weights themselves, not an adapter
     (adapter_bytes: those weights' bytes); ``weight_change`` records, per task, how far training moved
-    them (Frobenius norm of the change over the norm of the weights), so a run that learned nothing
-    shows. OSF trains full-rank singular factors, so it has its own learning rate
-    (--osf-learning-rate), not the LoRA's."""
+    them (Frobenius norm of the change over the norm of the weights; PEFT's SVD round trip alone is
+    about 1e-7), so a run that learned nothing shows. OSF trains full-rank singular factors, so it has
+    its own learning rate (--osf-learning-rate), not the LoRA's."""
     from datasets import Dataset
     from peft import OSFConfig, get_peft_model
     from transformers import set_seed
@@ -601,7 +601,11 @@ def run_osf(shared, base, tokenizer, tasks, eval_sets, args, out):
         after = _target_weights(model)
         change = sum(float((after[k] - before[k]).float().norm() ** 2) for k in before) ** 0.5
         weight_change.append(change / sum(float(w.float().norm() ** 2) for w in before.values()) ** 0.5)
-    kept = sum(w.numel() * w.element_size() for w in _target_weights(model).values())
+    kept = sum(
+        module.weight.numel() * module.weight.element_size()
+        for module_name, module in model.named_modules()
+        if module_name.rsplit(".", 1)[-1] in TARGET_MODULES
+    )
     return {
         "seconds": time.time() - started,
         "zero_shot": zero_shot,
@@ -729,6 +733,7 @@ def _load(model_dir: str, device: str, threads: int | None) -> None:
     # CPU, outside the optimizer steps (harness_time.py). Frozen, they are not walked again.
     import trl.trainer.sft_trainer  # noqa: F401  (imported now, so frozen with the rest)
 
+    gc.collect()  # garbage pending now would be frozen with the rest
     gc.freeze()
 
 
@@ -1276,7 +1281,7 @@ def print_table(results: dict, names: list[str]) -> None:
     print(
         "\nReads: 'higher' or 'lower' only where both intervals exclude 0 and Holm's test over the table's "
         "comparisons of that quantity holds at 0.05; else 'not distinguishable'. n/a rows + seeds: the runs "
-        "kept no per-row scores, or one seed."
+        "kept no per-row scores; with one seed that interval holds the rows' error only."
     )
     sequential = [m for m, entry in summary["methods"].items() if entry.get("diagonal") and entry.get("zero_shot")]
     if sequential:
@@ -1323,7 +1328,9 @@ _BUDGET_DEFAULTS = {"rows": "lower", "osf_learning_rate": 1e-4}
 
 def _budget(results: dict) -> dict:
     settings = results["settings"]
-    return {key: settings.get(key, _BUDGET_DEFAULTS.get(key)) for key in _BUDGET_KEYS} | {
+    # OSF's learning rate is a setting of its runs only: files without them combine whatever it was.
+    keys = [k for k in _BUDGET_KEYS if k != "osf_learning_rate" or any(r["method"] == "osf" for r in results["runs"])]
+    return {key: settings.get(key, _BUDGET_DEFAULTS.get(key)) for key in keys} | {
         "suite": settings.get("suite", "toy"),
         "model": results["model"],
     }

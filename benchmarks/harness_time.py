@@ -116,6 +116,19 @@ def install(clock: Clock) -> None:
             setattr(scoring, name, clock.timed("scoring", getattr(scoring, name)))
 
 
+def given_order(benchmark, preset: str, passed_on: list[str]) -> str:
+    """The suite's given task order as an --orders value ('01234' for the toy suite's five tasks)."""
+    suite_name = "toy"
+    for i, option in enumerate(passed_on):
+        if option.startswith("--suite="):
+            suite_name = option.split("=", 1)[1]
+        elif option == "--suite" and i + 1 < len(passed_on):
+            suite_name = passed_on[i + 1]
+    suite = importlib.import_module(benchmark.SUITES[suite_name])
+    names = suite.SMOKE_TASKS if preset == "smoke" else suite.TASK_ORDER
+    return "".join(map(str, range(len(names))))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--benchmarks-dir", default=str(Path(__file__).parent), help="whose continual_benchmark.py")
@@ -126,6 +139,9 @@ def main() -> None:
     parser.add_argument("--output", default="harness_time.json")
     # Anything else goes to continual_benchmark.py after the preset (e.g. --device cuda --steps 60).
     options, passed_on = parser.parse_known_args()
+    if any(option.split("=")[0] in ("--seeds", "--orders") for option in passed_on):
+        # Timings are kept per method: a second seed or order would overwrite the first's.
+        parser.error("one seed and one order: use --seed (the order is the suite's given one)")
     sys.path.insert(0, options.benchmarks_dir)
     benchmark = importlib.import_module("continual_benchmark")
     preset = "smoke" if options.smoke else options.preset
@@ -140,7 +156,7 @@ def main() -> None:
         "--seeds",
         str(options.seed),
         "--orders",
-        "01" if preset == "smoke" else "01234",
+        given_order(benchmark, preset, passed_on),
         "--workers",
         "1",
         "--output-dir",

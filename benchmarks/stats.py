@@ -85,7 +85,9 @@ def _common(first: Mapping[Run, float], second: Mapping[Run, float]) -> list[Run
 # What a comparison can detect and how sure it is, from the held-out rows as well as the seeds.
 # Every run of a grid scores the same held-out rows (the split is fixed), so those rows are a
 # second sample beside the training seeds: one task's accuracy on n rows has a standard error of
-# sqrt(p (1 - p) / n), 7 points at n = 50 and p = 0.5. The bootstrap below resamples both.
+# sqrt(p (1 - p) / n), 7 points at n = 50 and p = 0.5. rows_and_seeds below counts both: the rows
+# by a bootstrap (the same resamples for every run, so a paired difference resamples the same rows),
+# the seeds by their spread.
 POWER = 0.8
 ALPHA = 0.05
 BOOTSTRAP_DRAWS = 2000
@@ -106,17 +108,6 @@ def detectable_over_seeds(differences: Sequence[float], power: float = POWER, al
         return None
     spread = statistics.stdev(differences) / math.sqrt(n)
     return float(t.ppf(1 - alpha / 2, n - 1) + t.ppf(power, n - 1)) * spread
-
-
-def detectable_from_error(standard_error: float, power: float = POWER, alpha: float = ALPHA) -> float:
-    """The same for an estimate with a known standard error (the bootstrap's): (z(1 - alpha/2) + z(power)) x se.
-
-    >>> round(detectable_from_error(0.01), 4)
-    0.028
-    """
-    from scipy.stats import norm
-
-    return float(norm.ppf(1 - alpha / 2) + norm.ppf(power)) * standard_error
 
 
 def row_draws(task: str, rows: int, draws: int = BOOTSTRAP_DRAWS):
@@ -155,44 +146,45 @@ def rows_and_seeds(
     - seeds: stdev of the per-seed values / sqrt(n), how far it would move with other seeds.
 
     The seeds are not bootstrapped: with three of them a resample has ten distinct outcomes and its
-    percentile interval is far too narrow. The interval is mean +- t(n - 1) x se (normal for one
-    seed, where only the rows' error is known); ``detectable`` is the smallest true difference
-    detected at 80% power with that error, ``p`` the two-sided p-value of mean / se.
+    percentile interval is far too narrow. The interval is mean +- t(df) x se, df by
+    Welch-Satterthwaite: only the seeds' part is estimated from n - 1 degrees of freedom (the rows'
+    from thousands of resamples), so df is n - 1 where the seeds dominate and tends to the normal
+    where the rows do. ``detectable`` is the smallest true difference detected at 80% power with that
+    error, ``p`` the two-sided p-value of mean / se. One seed: the interval holds the rows' error only
+    (normal) and there is no p (nothing is known of the seeds).
 
     >>> one = {(0, "01"): [0.0, 0.2], (1, "01"): [0.2, 0.4]}
     >>> summary = rows_and_seeds(one, {(0, "01"): 0.1, (1, "01"): 0.3})
-    >>> round(summary["row_se"], 4), round(summary["se"], 4), summary["n"]
-    (0.1414, 0.1732, 2)
+    >>> round(summary["row_se"], 4), round(summary["se"], 4), round(summary["df"], 2), summary["n"]
+    (0.1414, 0.1732, 9.0, 2)
     """
     import numpy as np
-    from scipy.stats import norm, t
+    from scipy.stats import t
 
     by_seed: dict[int, list] = {}
     for (run_seed, _order), values in replicates.items():
         by_seed.setdefault(run_seed, []).append(np.asarray(values, dtype=float))
+    per_seed_estimates = seed_means(estimates)
+    if sorted(by_seed) != sorted(per_seed_estimates):
+        raise ValueError("rows_and_seeds: the resampled runs and the estimates are not of the same seeds.")
     per_seed = np.stack([np.mean(v, axis=0) for _, v in sorted(by_seed.items())])  # (seeds, draws)
-    seeds = per_seed.shape[0]
+    seed_values = list(per_seed_estimates.values())
+    seeds = len(seed_values)
     row_error = float(per_seed.mean(0).std(ddof=1))
-    seed_values = list(seed_means(estimates).values())
     seed_error = statistics.stdev(seed_values) / math.sqrt(seeds) if seeds > 1 else 0.0
     error = math.sqrt(row_error**2 + seed_error**2)
+    df = error**4 / (seed_error**4 / (seeds - 1)) if seed_error > 0 else math.inf
     mean = statistics.fmean(seed_values)
-    if seeds > 1:
-        quantile, power_quantile, tail = (
-            t.ppf(0.5 + confidence / 2, seeds - 1),
-            t.ppf(POWER, seeds - 1),
-            lambda z: 2 * t.sf(abs(z), seeds - 1),
-        )
-    else:
-        quantile, power_quantile, tail = norm.ppf(0.5 + confidence / 2), norm.ppf(POWER), lambda z: 2 * norm.sf(abs(z))
+    half = float(t.ppf(0.5 + confidence / 2, df)) * error
     return {
         "mean": mean,
-        "low": mean - float(quantile) * error,
-        "high": mean + float(quantile) * error,
+        "low": mean - half,
+        "high": mean + half,
         "se": error,
         "row_se": row_error,
-        "detectable": float(quantile + power_quantile) * error,
-        "p": (float(tail(mean / error)) if error > 0 else None),
+        "df": df,
+        "detectable": float(t.ppf(0.5 + confidence / 2, df) + t.ppf(POWER, df)) * error,
+        "p": float(2 * t.sf(abs(mean) / error, df)) if seeds > 1 and error > 0 else None,
         "n": seeds,
     }
 

@@ -109,14 +109,17 @@ def _older_objects_frozen() -> Iterator[None]:
     about 600,000 objects, 0.4-0.7 s per task on a CPU outside the optimizer steps
     (benchmarks/harness_time.py), most of what a short task spends around them. What the tasks create
     (a finished task's trainer and optimizer state) is collected as before; the frozen objects go
-    back to the collector when the sequence ends, unless a caller had frozen objects already."""
-    thawed_before = gc.get_freeze_count() == 0
+    back to the collector when the sequence ends. A caller that froze objects itself keeps its own
+    policy: nothing more is frozen, since ``gc.unfreeze()`` cannot thaw only what this froze, and a
+    freeze left in place would keep this sequence's model from ever being collected."""
+    if gc.get_freeze_count():
+        yield
+        return
     gc.freeze()
     try:
         yield
     finally:
-        if thawed_before:
-            gc.unfreeze()
+        gc.unfreeze()
 
 
 def _finish(

@@ -69,7 +69,8 @@ def test_continual_benchmark_smoke_runs_every_method_in_two_orders(tmp_path):
     osf = runs["01", "osf"]
     assert osf["adapter_bytes"][0] == osf["adapter_bytes"][1] == runs["01", "magmax"]["adapter_bytes"][0]
     # ...and each task's training is written into them (unload() would have dropped it).
-    assert len(osf["weight_change"]) == 2 and all(change > 0 for change in osf["weight_change"])
+    # (PEFT's SVD round trip alone moves them by about 1e-7; 2 steps at lr 1e-4 by about 1e-3.)
+    assert len(osf["weight_change"]) == 2 and all(change > 1e-5 for change in osf["weight_change"])
     # Every entry scored keeps each held-out row's score, whose mean is the entry.
     for (_, method), r in runs.items():
         for row, items in zip(r["matrix"], r["row_items"], strict=True):
@@ -409,12 +410,11 @@ def test_a_skipped_validation_step_fails_the_run_unless_allowed(tmp_path):
 def test_power_statistics_match_known_values():
     """The detectable difference, Holm's step-down and the words a difference earns, by hand."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from stats import detectable_from_error, detectable_over_seeds, holm, rows_and_seeds, t_test_p, verdict
+    from stats import detectable_over_seeds, holm, rows_and_seeds, t_test_p, verdict
 
     # (t(0.975, 2) + t(0.8, 2)) x sd / sqrt(n) = (4.3027 + 1.0607) x 0.02 / sqrt(3).
     assert detectable_over_seeds([0.01, 0.03, 0.05]) == pytest.approx(5.3634 * 0.02 / 3**0.5, abs=1e-4)
     assert detectable_over_seeds([0.02]) is None
-    assert detectable_from_error(0.01) == pytest.approx((1.95996 + 0.84162) * 0.01, abs=1e-5)
     # Holm: 0.01 <= 0.05/3 holds; 0.03 > 0.05/2 stops, and every larger p with it.
     assert holm({"a": 0.01, "b": 0.04, "c": 0.03}) == {"a": True, "b": False, "c": False}
     assert holm({"a": 0.01, "b": 0.02}) == {"a": True, "b": True}
@@ -428,24 +428,35 @@ def test_power_statistics_match_known_values():
     assert t_test_p([0.01, 0.03, 0.05]) == pytest.approx(0.1217, abs=1e-3)  # t = 0.03 / (0.02 / sqrt 3) = 2.598, df 2
 
     # Rows and seeds: the rows' error (spread over resamples of the seeds' mean) and the seeds' error
-    # (stdev / sqrt n) in quadrature, t with n - 1 df.
+    # (stdev / sqrt n) in quadrature; t with Welch-Satterthwaite's df, from the seeds' part only.
     drawn = {(0, "01"): [0.0, 0.2], (1, "01"): [0.2, 0.4], (2, "01"): [0.1, 0.3]}
     summary = rows_and_seeds(drawn, {(0, "01"): 0.1, (1, "01"): 0.3, (2, "01"): 0.2})
     # Seeds' mean per resample: 0.1, 0.3 -> sd 0.1414; seeds 0.1, 0.3, 0.2 -> sd 0.1 / sqrt 3.
-    se = (0.1414214**2 + (0.1 / 3**0.5) ** 2) ** 0.5
-    assert summary["row_se"] == pytest.approx(0.1414214, abs=1e-6) and summary["se"] == pytest.approx(se, abs=1e-6)
+    row_se, seed_se = 0.1414214, 0.1 / 3**0.5
+    se = (row_se**2 + seed_se**2) ** 0.5
+    assert summary["row_se"] == pytest.approx(row_se, abs=1e-6) and summary["se"] == pytest.approx(se, abs=1e-6)
+    assert summary["df"] == pytest.approx(se**4 / (seed_se**4 / 2), rel=1e-4) == pytest.approx(98.0, rel=1e-4)
     assert summary["mean"] == pytest.approx(0.2) and summary["n"] == 3
-    assert summary["high"] - summary["mean"] == pytest.approx(4.302653 * se, abs=1e-5)
-    assert summary["detectable"] == pytest.approx((4.302653 + 1.060660) * se, abs=1e-5)
+    assert summary["high"] - summary["mean"] == pytest.approx(1.984467 * se, abs=1e-5)  # t(0.975, 98)
+    assert summary["detectable"] == pytest.approx((1.984467 + 0.845304) * se, abs=1e-5)  # + t(0.8, 98)
+    # Where the seeds dominate, df falls to n - 1: t(0.975, 2) = 4.303.
+    seeds_only = rows_and_seeds(
+        {(s, "01"): [v, v] for s, v in enumerate((0.1, 0.3, 0.2))},
+        {(s, "01"): v for s, v in enumerate((0.1, 0.3, 0.2))},
+    )
+    assert seeds_only["df"] == pytest.approx(2.0) and seeds_only["row_se"] == 0.0
+    assert seeds_only["high"] - seeds_only["mean"] == pytest.approx(4.302653 * seed_se, abs=1e-5)
     # Every row resample gives the same value and the seeds agree: no spread, no p.
     constant = {(seed, "01"): [0.5] * 100 for seed in range(3)}
     summary = rows_and_seeds(constant, {(seed, "01"): 0.5 for seed in range(3)})
     assert summary["mean"] == 0.5 and summary["low"] == summary["high"] == 0.5 and summary["se"] == 0.0
     assert summary["p"] is None
-    # One seed: only the rows' error is known, and the interval is normal.
+    # One seed: the interval holds the rows' error only (normal), and there is no p.
     single = rows_and_seeds({(0, "01"): [0.0, 0.2]}, {(0, "01"): 0.1})
-    assert single["se"] == pytest.approx(0.1414214, abs=1e-6) and single["n"] == 1
+    assert single["se"] == pytest.approx(0.1414214, abs=1e-6) and single["n"] == 1 and single["p"] is None
     assert single["high"] - single["mean"] == pytest.approx(1.959964 * single["se"], abs=1e-5)
+    with pytest.raises(ValueError, match="same seeds"):
+        rows_and_seeds({(0, "01"): [0.0, 0.2]}, {(1, "01"): 0.1})
 
 
 def test_row_resamples_are_shared_by_every_run_and_pair_the_same_rows():

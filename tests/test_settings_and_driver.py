@@ -192,3 +192,27 @@ def test_each_task_trains_with_the_objects_alive_before_the_sequence_frozen(tiny
     train_sequence(peft_model(tiny_model_dir), tasks, args=sft_config(tmp_path, max_steps=1), callbacks=[FreezeCount()])
     assert len(seen) == 2 and all(count > 0 for count in seen)
     assert gc.get_freeze_count() == 0
+
+
+def test_a_caller_that_froze_objects_keeps_its_freeze_and_the_sequences_model_is_still_collected(
+    tiny_model_dir, tmp_path
+):
+    """The benchmark freezes its imports and base model itself: the driver then freezes nothing more,
+    since gc.unfreeze() could not thaw only its own share, and the sequence's model must stay
+    collectable once the caller lets it go."""
+    import weakref
+
+    tasks = [Task(name, Dataset.from_list(demo_rows(name, "train")[:8])) for name in ("antonyms", "plurals")]
+    gc.collect()
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()  # frozen objects can still be freed by reference counting: never more
+        model = peft_model(tiny_model_dir)  # made after the caller's freeze, as the benchmark's runs are
+        gone = weakref.ref(model)
+        result = train_sequence(model, tasks, args=sft_config(tmp_path, max_steps=1))
+        assert result.state.finished_tasks == ["antonyms", "plurals"] and 0 < gc.get_freeze_count() <= frozen
+        del model, result
+        gc.collect()
+        assert gone() is None
+    finally:
+        gc.unfreeze()
