@@ -1006,14 +1006,33 @@ def families(task_metrics: dict[str, str]) -> dict[str, list[str]]:
     return found
 
 
+def family_keys_of(task_families: dict[str, list[str]]) -> list[str]:
+    """AA and BWT per family (``aa_accuracy``, ..., ``bwt_rouge_l``), only where a suite mixes
+    families: AA of accuracy and ROUGE-L points together is neither."""
+    if len(task_families) < 2:
+        return []
+    return [f"{quantity}_{family}" for quantity in ("aa", "bwt") for family in task_families]
+
+
 def family_aa(run: dict, tasks: list[str]) -> float:
     """The mean final score over ``tasks`` (one family's AA)."""
     final = dict(zip(run["tasks"], run["matrix"][-1], strict=True))
     return sum(final[t] for t in tasks) / len(tasks)
 
 
+def family_bwt(run: dict, tasks: list[str]) -> float | None:
+    """One family's BWT: the mean of R[T][j] - R[j][j] over its tasks before the last (None for a
+    one-row method, or a family whose only task is the last)."""
+    if run["metrics"].get("bwt") is None:
+        return None
+    trained = [j for j, task in enumerate(run["tasks"][:-1]) if task in tasks]
+    if not trained:
+        return None
+    return sum(run["matrix"][-1][j] - run["matrix"][j][j] for j in trained) / len(trained)
+
+
 def run_replicates(run: dict, key: str, tasks: list[str] | None = None):
-    """One run's ``key`` (average_accuracy over ``tasks``, default all; or bwt) under every row
+    """One run's ``key`` (average_accuracy or bwt, over ``tasks``, default all) under every row
     resample of stats.row_draws, ``(draws,)``; None for a run without per-row values (grids before
     2026-12-05) or a metric the run does not have."""
     from stats import resampled
@@ -1027,8 +1046,9 @@ def run_replicates(run: dict, key: str, tasks: list[str] | None = None):
     differences = {
         task: [after - before for after, before in zip(final[task], run["row_items"][j][j], strict=True)]
         for j, task in enumerate(run["tasks"][:-1])
+        if tasks is None or task in tasks
     }
-    return resampled(differences, list(differences))
+    return resampled(differences, list(differences)) if differences else None
 
 
 def task_metrics_of(results: dict) -> dict[str, str]:
@@ -1067,11 +1087,13 @@ def summarize_runs(runs: list[dict], names: list[str], task_metrics: dict[str, s
 
     task_families = families(task_metrics or dict.fromkeys(names, "choice"))
     # Per family only where a suite mixes them (AA of accuracy and ROUGE-L points is neither).
-    family_keys = [f"aa_{family}" for family in task_families] if len(task_families) > 1 else []
+    family_keys = family_keys_of(task_families)
 
     def value_of(run: dict, key: str) -> float | None:
         if key.startswith("aa_"):
             return family_aa(run, task_families[key.removeprefix("aa_")])
+        if key.startswith("bwt_"):
+            return family_bwt(run, task_families[key.removeprefix("bwt_")])
         return run["metrics"][key]
 
     def values(method: str, key: str) -> dict[tuple[int, str], float]:
@@ -1080,12 +1102,11 @@ def summarize_runs(runs: list[dict], names: list[str], task_metrics: dict[str, s
 
     def replicates(method: str, key: str) -> dict | None:
         """Every run's ``key`` under the row resamples, or None if a run has no per-row values."""
-        if key.startswith("aa_"):
-            tasks = task_families[key.removeprefix("aa_")]
-            found = {(r["seed"], r["order"]): run_replicates(r, "average_accuracy", tasks) for r in by_method[method]}
-        else:
-            found = {(r["seed"], r["order"]): run_replicates(r, key) for r in by_method[method]}
-        if key != "average_accuracy" and not key.startswith("aa_"):
+        quantity, _, family = key.partition("_") if key in family_keys else (key, "", "")
+        quantity = {"aa": "average_accuracy"}.get(quantity, quantity)
+        tasks = task_families[family] if family else None
+        found = {(r["seed"], r["order"]): run_replicates(r, quantity, tasks) for r in by_method[method]}
+        if quantity != "average_accuracy":  # runs without the quantity (one-row methods' BWT) are left out
             found = {cell: value for cell, value in found.items() if cell in values(method, key)}
         return found if found and all(v is not None for v in found.values()) else None
 
@@ -1102,9 +1123,10 @@ def summarize_runs(runs: list[dict], names: list[str], task_metrics: dict[str, s
             drawn = replicates(method, key) if cells else None
             entry[f"{key}_rows_and_seeds"] = rows_and_seeds(drawn, cells) if drawn else None
         for key in family_keys:
-            entry[key] = over_seeds(values(method, key))
-            drawn = replicates(method, key)
-            entry[f"{key}_rows_and_seeds"] = rows_and_seeds(drawn, values(method, key)) if drawn else None
+            cells = values(method, key)
+            entry[key] = over_seeds(cells) if cells else None
+            drawn = replicates(method, key) if cells else None
+            entry[f"{key}_rows_and_seeds"] = rows_and_seeds(drawn, cells) if drawn else None
         if method not in ONE_ROW_METHODS:
             # Accuracy on each task right after training it (R[j][j]), mean over runs.
             diagonal: dict[str, list[float]] = {}
@@ -1208,6 +1230,11 @@ def _detectable(comparison: dict) -> str:
     return " / ".join("n/a" if d is None else _points(d).strip() for d in (seeds, rows))
 
 
+def _family_label(key: str) -> str:
+    quantity, _, family = key.partition("_")
+    return f"{quantity.upper()} {family}"
+
+
 def _print_paired(title: str, wins_label: str, pairs: dict, family_keys: list[str]) -> None:
     """One table of paired differences (``summarize_runs``' ``paired``: AA and BWT per method),
     each with both intervals, what the design can detect, Holm's verdict and the words it earns;
@@ -1231,8 +1258,12 @@ def _print_paired(title: str, wins_label: str, pairs: dict, family_keys: list[st
             f"{_interval(bwt.get('rows_and_seeds'), True) if bwt else 'n/a'} |"
         )
     if family_keys:
-        print(f"\n{title}, AA per metric family (accuracy and ROUGE-L apart), points:")
-        print("| method | " + " | ".join(f"{key[3:]}: over seeds; rows + seeds; reads" for key in family_keys) + " |")
+        print(f"\n{title}, AA and BWT per metric family (accuracy and ROUGE-L apart), points:")
+        print(
+            "| method | "
+            + " | ".join(f"{_family_label(key)}: over seeds; rows + seeds; reads" for key in family_keys)
+            + " |"
+        )
         print("|---|" + "---|" * len(family_keys))
         for method, paired in pairs.items():
             cells = [
@@ -1272,7 +1303,18 @@ def print_table(results: dict, names: list[str]) -> None:
             f"{first['adapter_bytes'][0]} / {first['adapter_bytes'][-1]} |"
         )
     found_families = summary.get("families", {})
-    family_keys = [f"aa_{family}" for family in found_families] if len(found_families) > 1 else []
+    family_keys = family_keys_of(found_families)
+    if family_keys:
+        print("\nAA and BWT per metric family, [95% interval over seeds]; [over rows + seeds], points:")
+        print("| method | " + " | ".join(_family_label(key) for key in family_keys) + " |")
+        print("|---|" + "---|" * len(family_keys))
+        for method, entry in summary["methods"].items():
+            cells = [
+                f"{_interval(entry.get(key), key.startswith('bwt_'))}; "
+                f"{_interval(entry.get(f'{key}_rows_and_seeds'), key.startswith('bwt_'))}"
+                for key in family_keys
+            ]
+            print(f"| {method} | " + " | ".join(cells) + " |")
     if summary.get("versus_slao"):
         _print_paired("SLAO minus each method", "SLAO wins", summary["versus_slao"], family_keys)
     if summary.get("replay_minus_plain"):

@@ -493,8 +493,8 @@ def test_the_stored_real_text_grid_reads_not_distinguishable_where_an_interval_i
     assert versus["magmax"]["average_accuracy"]["verdict"] == "not distinguishable"
     assert versus["seq"]["average_accuracy"]["verdict"] == "not distinguishable"
     assert versus["merge_ties"]["average_accuracy"]["verdict"] == "higher"
-    # The grid mixes accuracy and ROUGE-L: AA is also compared per family.
-    assert set(versus["seq"]) == {"average_accuracy", "bwt", "aa_accuracy", "aa_rouge_l"}
+    # The grid mixes accuracy and ROUGE-L: AA and BWT are also compared per family.
+    assert set(versus["seq"]) == {"average_accuracy", "bwt", "aa_accuracy", "aa_rouge_l", "bwt_accuracy", "bwt_rouge_l"}
     assert "| magmax | -0.8 [-2.4, +0.8] | n/a | 2.0 / n/a | 0.157 | not distinguishable |" in completed.stdout
 
 
@@ -521,3 +521,39 @@ def test_harness_time_splits_each_tasks_wall_time_around_the_optimizer_steps(tmp
             )
             assert spent["wall"] == pytest.approx(spent["steps"] + spent["outside_steps"], abs=2e-3)
     assert "| slao | 2 |" in completed.stdout
+
+
+def test_the_stored_power_grid_keeps_its_rows_and_every_word_follows_both_intervals_and_holm(tmp_path):
+    """The power grid (RESULTS.md headline, 2026-12-05) recomputed from its stored runs: each run kept
+    its held-out rows, so every comparison has both intervals, and a difference reads "higher" or
+    "lower" exactly where both exclude 0 and Holm's test over its quantity holds."""
+    import shutil
+
+    stored = tmp_path / "grid.json"
+    shutil.copy(REPO / "benchmarks" / "results" / "continual_power_real.json", stored)
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "continual_benchmark.py"), "--summarize", str(stored)],
+        env=offline_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(stored.read_text())
+    summary = results["summary"]
+    assert results["settings"]["test_size"] == 160 and "tweets" not in results["tasks"]
+    assert {r["seed"] for r in results["runs"]} == {0, 1, 2}
+    for method, entry in summary["methods"].items():
+        assert entry["average_accuracy_rows_and_seeds"]["n"] == 3, method
+        assert entry["fwt_rows_and_seeds"] is None  # FWT is not resampled
+    for pairs in (summary["versus_slao"], summary.get("replay_minus_plain", {})):
+        for method, pair in pairs.items():
+            for key, comparison in pair.items():
+                both = [comparison["over_seeds"], comparison["rows_and_seeds"]]
+                excluded = all(i["low"] > 0 for i in both) or all(i["high"] < 0 for i in both)
+                assert (comparison["verdict"] != "not distinguishable") == (excluded and comparison["holm"]), (
+                    method,
+                    key,
+                )
+                # Rows and seeds is never narrower than seeds alone: it adds the rows' error.
+                assert comparison["rows_and_seeds"]["se"] >= comparison["rows_and_seeds"]["row_se"]
