@@ -554,13 +554,18 @@ def osf_preserved(task: int, count: int) -> float:
     return 0.3 if count == 1 else round(0.3 + 0.4 * (task - 1) / (count - 1), 4)
 
 
-def _target_weights(model) -> dict:
-    """A copy of every target module's weight (the weights OSF rewrites), by module name."""
+def _target_modules(model) -> dict:
+    """Every target module (the layers whose weights OSF rewrites), by name."""
     return {
-        name: module.weight.detach().clone()
+        name: module
         for name, module in model.named_modules()
         if name.rsplit(".", 1)[-1] in TARGET_MODULES and hasattr(module, "weight")
     }
+
+
+def _target_weights(model) -> dict:
+    """A copy of every target module's weight, by module name."""
+    return {name: module.weight.detach().clone() for name, module in _target_modules(model).items()}
 
 
 def run_osf(shared, base, tokenizer, tasks, eval_sets, args, out):
@@ -601,11 +606,7 @@ def run_osf(shared, base, tokenizer, tasks, eval_sets, args, out):
         after = _target_weights(model)
         change = sum(float((after[k] - before[k]).float().norm() ** 2) for k in before) ** 0.5
         weight_change.append(change / sum(float(w.float().norm() ** 2) for w in before.values()) ** 0.5)
-    kept = sum(
-        module.weight.numel() * module.weight.element_size()
-        for module_name, module in model.named_modules()
-        if module_name.rsplit(".", 1)[-1] in TARGET_MODULES
-    )
+    kept = sum(module.weight.numel() * module.weight.element_size() for module in _target_modules(model).values())
     return {
         "seconds": time.time() - started,
         "zero_shot": zero_shot,

@@ -23,6 +23,24 @@ def run(script: str, out, *options: str) -> subprocess.CompletedProcess:
     )
 
 
+def summarize_stored(name: str, tmp_path) -> tuple:
+    """A copy of a committed results file summarized again by --summarize (nothing retrained): the
+    copy, rewritten, and the finished process (its stdout is the tables)."""
+    import shutil
+
+    stored = tmp_path / "grid.json"
+    shutil.copy(REPO / "benchmarks" / "results" / name, stored)
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "continual_benchmark.py"), "--summarize", str(stored)],
+        env=offline_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return stored, completed
+
+
 def test_continual_benchmark_smoke_runs_every_method_in_two_orders(tmp_path):
     completed = run("continual_benchmark.py", tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -149,18 +167,7 @@ def test_mean_interval_and_paired_difference_match_known_values():
 def test_the_stored_grid_recomputes_without_pseudo_replication(tmp_path):
     """The committed CPU grid, summarized again: order-blind methods count once per seed, and the
     primary intervals are over seeds with each seed's orders averaged (values checked by hand)."""
-    import shutil
-
-    stored = tmp_path / "grid.json"
-    shutil.copy(REPO / "benchmarks" / "results" / "continual_cpu_grid.json", stored)
-    completed = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "continual_benchmark.py"), "--summarize", str(stored)],
-        env=offline_environment(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    stored, completed = summarize_stored("continual_cpu_grid.json", tmp_path)
     results = json.loads(stored.read_text())
     summary = results["summary"]
 
@@ -477,18 +484,7 @@ def test_row_resamples_are_shared_by_every_run_and_pair_the_same_rows():
 def test_the_stored_real_text_grid_reads_not_distinguishable_where_an_interval_includes_zero(tmp_path):
     """RESULTS.md §1a's words, recomputed: SLAO − MagMax −0.8 [−2.4, +0.8] is not distinguishable
     (it was called "level with"); after Holm over the five comparisons SLAO − SeqLoRA is not either."""
-    import shutil
-
-    stored = tmp_path / "grid.json"
-    shutil.copy(REPO / "benchmarks" / "results" / "continual_cpu_real_3seeds.json", stored)
-    completed = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "continual_benchmark.py"), "--summarize", str(stored)],
-        env=offline_environment(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    stored, completed = summarize_stored("continual_cpu_real_3seeds.json", tmp_path)
     versus = json.loads(stored.read_text())["summary"]["versus_slao"]
     assert versus["magmax"]["average_accuracy"]["verdict"] == "not distinguishable"
     assert versus["seq"]["average_accuracy"]["verdict"] == "not distinguishable"
@@ -527,18 +523,7 @@ def test_the_stored_power_grid_keeps_its_rows_and_every_word_follows_both_interv
     """The power grid (RESULTS.md headline, 2026-12-05) recomputed from its stored runs: each run kept
     its held-out rows, so every comparison has both intervals, and a difference reads "higher" or
     "lower" exactly where both exclude 0 and Holm's test over its quantity holds."""
-    import shutil
-
-    stored = tmp_path / "grid.json"
-    shutil.copy(REPO / "benchmarks" / "results" / "continual_power_real.json", stored)
-    completed = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "continual_benchmark.py"), "--summarize", str(stored)],
-        env=offline_environment(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    stored, completed = summarize_stored("continual_power_real.json", tmp_path)
     results = json.loads(stored.read_text())
     summary = results["summary"]
     assert results["settings"]["test_size"] == 160 and "tweets" not in results["tasks"]

@@ -379,28 +379,16 @@ def _per_task_lines(report: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def _heatmap(
-    tasks: Sequence[str],
-    labels: Sequence[str],
-    values: Sequence[Sequence[float | None]],
-    metric_of,
-    title: str,
-) -> bytes:
-    """An annotated heatmap whose colour bar is in the metric's unit and direction: fractions on
-    0-100 %, other metrics (loss, perplexity) on their own range, brighter where better. When the
-    columns hold metrics of different units, each column is coloured from its worst (dark) to its
-    best (bright) cell and the colour bar says so."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _heatmap_cells(tasks: Sequence[str], values: Sequence[Sequence[float | None]], metric_of):
+    """What each cell shows: its colour value, its brightness (0 dark .. 1 bright, for the text's
+    colour) and its text, and the colour scale; one metric is coloured on its own unit, mixed
+    metrics each column from its worst to its best cell."""
     kinds = {metric_of(task) for task in tasks}
     single = metric_info(next(iter(kinds))) if len(kinds) == 1 else None
     cells = [value for row in values for value in row if value is not None]
     low, high = (min(cells), max(cells)) if cells else (0.0, 1.0)
     colours = [[float("nan")] * len(tasks) for _ in values]
-    brightness = [[0.0] * len(tasks) for _ in values]  # 0 dark .. 1 bright, for the text's colour
+    brightness = [[0.0] * len(tasks) for _ in values]
     texts = [[""] * len(tasks) for _ in values]
     for j, task in enumerate(tasks):
         info = metric_info(metric_of(task))
@@ -419,13 +407,31 @@ def _heatmap(
                 share = 0.5 if column_high == column_low else (value - column_low) / (column_high - column_low)
                 colours[i][j] = 100 * (share if info.higher_is_better else 1 - share)
             brightness[i][j] = share if info.higher_is_better else 1 - share
-    if single is not None and single.unit == "fraction":
-        scale = {"vmin": 0, "vmax": 100, "cmap": "viridis"}
-    elif single is not None:  # lower is better: the reversed map keeps better brighter
+    if single is not None and single.unit != "fraction":  # lower is better: the reversed map keeps better brighter
         scale = {"vmin": low, "vmax": high if high > low else low + 1e-9}
         scale["cmap"] = "viridis" if single.higher_is_better else "viridis_r"
-    else:
+    else:  # fractions on 0-100 %, or each column's worst-to-best share
         scale = {"vmin": 0, "vmax": 100, "cmap": "viridis"}
+    return single, scale, colours, brightness, texts
+
+
+def _heatmap(
+    tasks: Sequence[str],
+    labels: Sequence[str],
+    values: Sequence[Sequence[float | None]],
+    metric_of,
+    title: str,
+) -> bytes:
+    """An annotated heatmap whose colour bar is in the metric's unit and direction: fractions on
+    0-100 %, other metrics (loss, perplexity) on their own range, brighter where better. When the
+    columns hold metrics of different units, each column is coloured from its worst (dark) to its
+    best (bright) cell and the colour bar says so."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    single, scale, colours, brightness, texts = _heatmap_cells(tasks, values, metric_of)
     figure, axes = plt.subplots(figsize=(1.6 + 1.3 * max(1, len(tasks)), 1.2 + 0.6 * max(1, len(labels))))
     image = axes.imshow(colours, aspect="auto", **scale)
     axes.set_xticks(range(len(tasks)), labels=tasks, rotation=30, ha="right")
