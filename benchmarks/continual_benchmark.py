@@ -734,6 +734,10 @@ def _load(model_dir: str, device: str, threads: int | None) -> None:
     # CPU, outside the optimizer steps (harness_time.py). Frozen, they are not walked again.
     import trl.trainer.sft_trainer  # noqa: F401  (imported now, so frozen with the rest)
 
+    # The plugin too, before the freeze: its driver then reads the freeze as this process's own and
+    # adds none of its own (mergeforget_plugin._FROZEN_AT_IMPORT).
+    import mergeforget_plugin.integrations.trl.sequence  # noqa: F401
+
     gc.collect()  # garbage pending now would be frozen with the rest
     gc.freeze()
 

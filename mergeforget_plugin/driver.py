@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import _FROZEN_AT_IMPORT
 from .core.export import ADAPTER_WEIGHTS_FILE
 from .core.layout import RunLayout
 from .core.state import ContinualState, load_state
@@ -109,10 +110,12 @@ def _older_objects_frozen() -> Iterator[None]:
     about 600,000 objects, 0.4-0.7 s per task on a CPU outside the optimizer steps
     (benchmarks/harness_time.py), most of what a short task spends around them. What the tasks create
     (a finished task's trainer and optimizer state) is collected as before; the frozen objects go
-    back to the collector when the sequence ends. A caller that froze objects itself keeps its own
-    policy: nothing more is frozen, since ``gc.unfreeze()`` cannot thaw only what this froze, and a
-    freeze left in place would keep this sequence's model from ever being collected."""
-    if gc.get_freeze_count():
+    back to the collector when the sequence ends (the interpreter's own immortal share with them: they
+    are never collected, and walking them costs nothing worth keeping). A caller that froze objects
+    since the plugin was imported keeps its own policy: nothing more is frozen, since
+    ``gc.unfreeze()`` cannot thaw only what this froze, and a freeze left in place would keep this
+    sequence's model from ever being collected."""
+    if gc.get_freeze_count() > _FROZEN_AT_IMPORT:
         yield
         return
     gc.freeze()
