@@ -460,6 +460,25 @@ def test_recipe_replays_earlier_rows_and_its_guard_stops_a_task_that_overwrites_
     assert {name: len(rows) for name, rows in state.replay_buffer.items()} == {"learn": 4, "unlearn": 4}
 
 
+def test_a_task_whose_rows_axolotl_all_drops_as_too_long_is_refused_by_name(tmp_path, tiny_model_dir):
+    """Axolotl drops rows longer than sequence_len; with none left, torch's sampler fails with
+    "num_samples=0". The plugin refuses first, naming the task, the setting and the ways out."""
+    recipe_path = tiny_recipe(tmp_path, tiny_model_dir, tasks=("plurals",))
+    recipe = yaml.safe_load(recipe_path.read_text())
+    recipe["tasks"][0]["overrides"] = {"sequence_len": 4}  # every demo row is longer
+    recipe_path.write_text(yaml.safe_dump(recipe))
+    refused = mergeforget("train", str(recipe_path), cwd=tmp_path)
+    assert refused.returncode != 0
+    message = refused.stdout + refused.stderr
+    assert (
+        "TrainingDataError: Task 'plurals': no training row is left once Axolotl has dropped those longer than "
+        "sequence_len (4 tokens; excess_length_strategy 'drop')" in message
+    ), message[-3000:]
+    assert "set excess_length_strategy: truncate" in message and "num_samples" not in message
+    state = load_state(tmp_path / "out" / "state")
+    assert state is None or state.finished_tasks == []
+
+
 def _peft_tensors(merged):
     """The state's merged LoRA under the names PEFT saves it with."""
     return {

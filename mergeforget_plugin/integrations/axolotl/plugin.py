@@ -17,6 +17,7 @@ from axolotl.integrations.base import BasePlugin
 from ...core.layout import RunLayout
 from ...data.models import resolve_model_reference
 from ...engine import ContinualTask
+from ...errors import TrainingDataError
 from ..callback import TaskCallback
 from .args import MergeForgetSettings
 from .failure import record_failures
@@ -74,6 +75,22 @@ class MergeForgetPlugin(BasePlugin):
         from ...peft_bridge import is_sharded
 
         self.task.begin(model, tokenizer, score_rows=not is_sharded(model))
+
+    def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
+        # Axolotl drops the tokenized rows longer than sequence_len (its default
+        # excess_length_strategy) and those with no trained token; a task left with none fails at its
+        # first step with torch's "num_samples=0", which names neither the task nor the setting.
+        rows = trainer.train_dataset
+        if self.task is None or not hasattr(rows, "__len__") or len(rows):
+            return
+        strategy = cfg.get("excess_length_strategy") or "drop"
+        raise TrainingDataError(
+            f"Task {self.task.name!r}: no training row is left once Axolotl has dropped those longer than "
+            f"sequence_len ({cfg.get('sequence_len')} tokens; excess_length_strategy {strategy!r}) and those with no "
+            "trained token. Raise sequence_len (the recipe's `axolotl:` or the task's `overrides:`), set "
+            "excess_length_strategy: truncate, or shorten the rows; the task's train.log says how many "
+            "rows Axolotl dropped."
+        )
 
     def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list:
         return [TaskCallback(self.task)] if self.task is not None else []
