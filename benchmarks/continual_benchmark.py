@@ -1367,20 +1367,30 @@ _BUDGET_KEYS = (
     "train_size",
     "test_size",
     "rows",
-    "osf_learning_rate",
 )
 # What a results file written before a setting existed ran with.
 _BUDGET_DEFAULTS = {"rows": "lower", "osf_learning_rate": 1e-4}
 
 
 def _budget(results: dict) -> dict:
+    """The settings every run of ``results`` depends on (OSF's learning rate is :func:`_osf_rate`)."""
     settings = results["settings"]
-    # OSF's learning rate is a setting of its runs only: files without them combine whatever it was.
-    keys = [k for k in _BUDGET_KEYS if k != "osf_learning_rate" or any(r["method"] == "osf" for r in results["runs"])]
-    return {key: settings.get(key, _BUDGET_DEFAULTS.get(key)) for key in keys} | {
+    return {key: settings.get(key, _BUDGET_DEFAULTS.get(key)) for key in _BUDGET_KEYS} | {
         "suite": settings.get("suite", "toy"),
         "model": results["model"],
     }
+
+
+def _osf_rate(results: dict) -> float | None:
+    """OSF's learning rate, a setting of its runs only: ``None`` for a file without them."""
+    if not any(run["method"] == "osf" for run in results["runs"]):
+        return None
+    return results["settings"].get("osf_learning_rate", _BUDGET_DEFAULTS["osf_learning_rate"])
+
+
+def _listed(value) -> list:
+    """A file's command (or commit): one, or the list a file combined from several holds."""
+    return value if isinstance(value, list) else [value]
 
 
 def resummarize(paths: list[Path], output: Path | None = None) -> None:
@@ -1394,6 +1404,9 @@ def resummarize(paths: list[Path], output: Path | None = None) -> None:
         if output is None:
             raise SystemExit("--summarize with several files needs --combined-output FILE.")
         runs: dict[tuple, dict] = {}
+        osf_rates = {str(path): _osf_rate(other) for path, other in zip(paths, stored, strict=True)}
+        if len(set(osf_rates.values()) - {None}) > 1:
+            raise SystemExit(f"OSF's runs have other learning rates: {osf_rates}; they cannot be summarized together.")
         for path, other in zip(paths, stored, strict=True):
             if list(other["tasks"]) != list(results["tasks"]) or _budget(other) != _budget(results):
                 raise SystemExit(
@@ -1407,7 +1420,18 @@ def resummarize(paths: list[Path], output: Path | None = None) -> None:
                         f"{path}: seed {key[0]} order {key[1]} {key[2]} differs from the earlier file's run."
                     )
                 runs.setdefault(key, run)
-        results = {**results, "command": [other["command"] for other in stored], "runs": list(runs.values())}
+        # Each command beside the commit it ran at (chunks may come from different commits).
+        commands, commits = [], []
+        for other in stored:
+            commands += _listed(other["command"])
+            ran_at = _listed(other.get("commit"))
+            commits += ran_at * len(_listed(other["command"])) if len(ran_at) == 1 else ran_at
+        results = {
+            **results,
+            "command": commands,
+            "commit": commits,
+            "runs": list(runs.values()),
+        }
         # A file from a grid stopped early has no wall time: then the sum would be a number no run took.
         results.pop("wall_seconds", None)
         if all("wall_seconds" in other for other in stored):

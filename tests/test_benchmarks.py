@@ -542,3 +542,61 @@ def test_the_stored_power_grid_keeps_its_rows_and_every_word_follows_both_interv
                 )
                 # Rows and seeds is never narrower than seeds alone: it adds the rows' error.
                 assert comparison["rows_and_seeds"]["se"] >= comparison["rows_and_seeds"]["row_se"]
+
+
+def test_seed_chunks_of_a_grid_combine_into_the_grid_and_other_settings_are_refused(tmp_path, capsys):
+    """The power grid ran as one chunk per seed; --summarize A B C --combined-output F gives back its
+    runs and summary, each command beside its commit, and refuses chunks that cannot belong together."""
+    import copy
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from continual_benchmark import resummarize
+
+    grid = json.loads((REPO / "benchmarks" / "results" / "continual_power_real.json").read_text())
+    chunks = []
+    for seed, command in enumerate(grid["command"]):
+        chunk = {**grid, "command": command, "commit": f"commit-{seed}"}
+        chunk["runs"] = [run for run in grid["runs"] if run["seed"] == seed]
+        chunk.pop("summary")
+        chunks.append(chunk)
+
+    def combine(*files):
+        paths = []
+        for number, chunk in enumerate(files):
+            paths.append(tmp_path / f"chunk{number}.json")
+            paths[-1].write_text(json.dumps(chunk))
+        resummarize(paths, tmp_path / "combined.json")
+        return json.loads((tmp_path / "combined.json").read_text())
+
+    # A run found in two chunks is kept once when it reproduces.
+    combined = combine(*chunks, chunks[0])
+    assert combined["command"] == grid["command"] + grid["command"][:1]
+    assert combined["commit"] == ["commit-0", "commit-1", "commit-2", "commit-0"]
+    assert sorted(map(json.dumps, combined["runs"])) == sorted(map(json.dumps, grid["runs"]))
+    assert combined["summary"]["methods"] == grid["summary"]["methods"]
+    assert combined["summary"]["versus_slao"] == grid["summary"]["versus_slao"]
+    # A combined file combines again, its commands and commits still side by side.
+    again = combine(combined, {**chunks[1], "command": "later", "commit": "commit-9"})
+    assert list(zip(again["command"], again["commit"], strict=True))[-2:] == [
+        (grid["command"][0], "commit-0"),
+        ("later", "commit-9"),
+    ]
+    capsys.readouterr()
+
+    other_rows = copy.deepcopy(chunks[1])
+    other_rows["settings"]["test_size"] = 48
+    rerun = copy.deepcopy(chunks[0])
+    rerun["runs"][0]["matrix"][0][0] += 1.0
+    other_osf = copy.deepcopy(chunks[2])
+    other_osf["settings"]["osf_learning_rate"] = 1e-3
+    without_osf = {**chunks[2], "runs": [run for run in chunks[2]["runs"] if run["method"] != "osf"]}
+    without_osf["settings"] = {**chunks[2]["settings"], "osf_learning_rate": 1e-3}
+    for files, refusal in (
+        ((chunks[0], other_rows), "chunk1.json: other tasks or settings than"),
+        ((chunks[0], rerun), "chunk1.json: seed 0 order 012345 slao differs from the earlier file's run"),
+        ((chunks[0], other_osf), "OSF's runs have other learning rates"),
+    ):
+        with pytest.raises(SystemExit, match=refusal):
+            combine(*files)
+    # OSF's learning rate is compared only between files that have OSF runs.
+    assert combine(chunks[0], without_osf)["commit"] == ["commit-0", "commit-2"]
