@@ -732,11 +732,9 @@ def _load(model_dir: str, device: str, threads: int | None) -> None:
     # Every method builds trainers, and each Trainer.train() runs a full gc.collect() (accelerate's
     # free_memory) over every object alive: the imports and this base model, 0.4-0.7 s a task on a
     # CPU, outside the optimizer steps (harness_time.py). Frozen, they are not walked again.
-    import trl.trainer.sft_trainer  # noqa: F401  (imported now, so frozen with the rest)
+    import trl.trainer.sft_trainer  # noqa: F401
 
-    # The plugin too, before the freeze: its driver then reads the freeze as this process's own and
-    # adds none of its own (mergeforget_plugin._FROZEN_AT_IMPORT).
-    import mergeforget_plugin.integrations.trl.sequence  # noqa: F401
+    import mergeforget_plugin.integrations.trl.sequence  # noqa: F401  (imported now, so frozen with the rest)
 
     gc.collect()  # garbage pending now would be frozen with the rest
     gc.freeze()
@@ -1388,9 +1386,18 @@ def _osf_rate(results: dict) -> float | None:
     return results["settings"].get("osf_learning_rate", _BUDGET_DEFAULTS["osf_learning_rate"])
 
 
-def _listed(value) -> list:
-    """A file's command (or commit): one, or the list a file combined from several holds."""
-    return value if isinstance(value, list) else [value]
+def _commands_and_commits(results: dict) -> list[tuple[str, str | None]]:
+    """Each command of a results file beside the commit it ran at. A file that a combine made before
+    commits were kept per command holds a list of commands and the first file's commit: the
+    commit is known for its first command only."""
+    commands, commit = results["command"], results.get("commit")
+    if isinstance(commands, str):
+        return [(commands, commit)]
+    flat = [command for part in commands for command in ([part] if isinstance(part, str) else part)]
+    commits = commit if isinstance(commit, list) else [commit] + [None] * (len(flat) - 1)
+    if len(commits) != len(flat):
+        raise SystemExit(f"{len(flat)} commands but {len(commits)} commits in one results file.")
+    return list(zip(flat, commits, strict=True))
 
 
 def resummarize(paths: list[Path], output: Path | None = None) -> None:
@@ -1405,7 +1412,8 @@ def resummarize(paths: list[Path], output: Path | None = None) -> None:
             raise SystemExit("--summarize with several files needs --combined-output FILE.")
         runs: dict[tuple, dict] = {}
         osf_rates = {str(path): _osf_rate(other) for path, other in zip(paths, stored, strict=True)}
-        if len(set(osf_rates.values()) - {None}) > 1:
+        osf_rate = set(osf_rates.values()) - {None}
+        if len(osf_rate) > 1:
             raise SystemExit(f"OSF's runs have other learning rates: {osf_rates}; they cannot be summarized together.")
         for path, other in zip(paths, stored, strict=True):
             if list(other["tasks"]) != list(results["tasks"]) or _budget(other) != _budget(results):
@@ -1421,15 +1429,16 @@ def resummarize(paths: list[Path], output: Path | None = None) -> None:
                     )
                 runs.setdefault(key, run)
         # Each command beside the commit it ran at (chunks may come from different commits).
-        commands, commits = [], []
-        for other in stored:
-            commands += _listed(other["command"])
-            ran_at = _listed(other.get("commit"))
-            commits += ran_at * len(_listed(other["command"])) if len(ran_at) == 1 else ran_at
+        ran = [pair for other in stored for pair in _commands_and_commits(other)]
+        # The settings are the first file's; OSF's learning rate is that of the files with OSF runs.
+        settings = {key: value for key, value in results["settings"].items() if key != "osf_learning_rate"}
+        if osf_rate:
+            settings["osf_learning_rate"] = next(iter(osf_rate))
         results = {
             **results,
-            "command": commands,
-            "commit": commits,
+            "settings": settings,
+            "command": [command for command, _ in ran],
+            "commit": [commit for _, commit in ran],
             "runs": list(runs.values()),
         }
         # A file from a grid stopped early has no wall time: then the sum would be a number no run took.

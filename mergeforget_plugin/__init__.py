@@ -10,7 +10,6 @@ first use.
 
 from __future__ import annotations
 
-import gc
 from importlib import import_module
 from typing import Any
 
@@ -42,12 +41,6 @@ from .errors import (
 )
 
 __version__ = "0.1.0"
-
-# What the garbage collector's permanent generation holds when the plugin is imported: the
-# interpreter's own share (none on Python 3.10, 3.11 and 3.13; 375 immortal tuples on 3.12, measured
-# with `python3.12 -I -S -c "import gc; print(gc.get_freeze_count())"`), and any freeze made earlier.
-# The sequence driver reads only a freeze made since as a caller's own (driver._older_objects_frozen).
-_FROZEN_AT_IMPORT = gc.get_freeze_count()
 
 _LAZY = {
     "ContinualTask": "engine",

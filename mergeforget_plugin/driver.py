@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _FROZEN_AT_IMPORT
 from .core.export import ADAPTER_WEIGHTS_FILE
 from .core.layout import RunLayout
 from .core.state import ContinualState, load_state
@@ -102,6 +101,14 @@ def drive_sequence(
     return _finish(layout, end, say, recipe, main_process, stopped=False)
 
 
+# The most objects the interpreter keeps in the collector's permanent generation by itself: none on
+# Python 3.10, 3.11 and 3.13; on 3.12.1, 375 immortal tuples, at start and again after each full
+# collection (`python3.12 -I -S -c "import gc; print(gc.get_freeze_count())"`). A caller's
+# gc.freeze() holds thousands (about 4,600 in a bare 3.12 interpreter, 600,000 after torch,
+# transformers and TRL are imported), whenever it was made.
+_INTERPRETERS_OWN_FROZEN = 1000
+
+
 @contextlib.contextmanager
 def _older_objects_frozen() -> Iterator[None]:
     """Keep the objects alive before the sequence (the imports, the model) out of the garbage
@@ -110,12 +117,11 @@ def _older_objects_frozen() -> Iterator[None]:
     about 600,000 objects, 0.4-0.7 s per task on a CPU outside the optimizer steps
     (benchmarks/harness_time.py), most of what a short task spends around them. What the tasks create
     (a finished task's trainer and optimizer state) is collected as before; the frozen objects go
-    back to the collector when the sequence ends (the interpreter's own immortal share with them: they
-    are never collected, and walking them costs nothing worth keeping). A caller that froze objects
-    since the plugin was imported keeps its own policy: nothing more is frozen, since
-    ``gc.unfreeze()`` cannot thaw only what this froze, and a freeze left in place would keep this
-    sequence's model from ever being collected."""
-    if gc.get_freeze_count() > _FROZEN_AT_IMPORT:
+    back to the collector when the sequence ends (Python 3.12 takes its own immortal tuples back at
+    its next full collection). A caller that froze objects keeps its own policy: nothing more is
+    frozen, since ``gc.unfreeze()`` cannot thaw only what this froze, and a freeze left in place
+    would keep this sequence's model from ever being collected."""
+    if gc.get_freeze_count() > _INTERPRETERS_OWN_FROZEN:
         yield
         return
     gc.freeze()

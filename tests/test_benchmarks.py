@@ -598,5 +598,13 @@ def test_seed_chunks_of_a_grid_combine_into_the_grid_and_other_settings_are_refu
     ):
         with pytest.raises(SystemExit, match=refusal):
             combine(*files)
-    # OSF's learning rate is compared only between files that have OSF runs.
-    assert combine(chunks[0], without_osf)["commit"] == ["commit-0", "commit-2"]
+    # OSF's learning rate is compared only between files that have OSF runs, and is theirs in the
+    # combined file whichever comes first.
+    for files in ((chunks[0], without_osf), (without_osf, chunks[0])):
+        combined = combine(*files)
+        assert combined["settings"]["osf_learning_rate"] == grid["settings"]["osf_learning_rate"] == 1e-4
+    assert combined["commit"] == ["commit-2", "commit-0"]
+    assert "osf_learning_rate" not in combine(without_osf, without_osf)["settings"]
+    # A file combined before commits were kept per command knows the first command's commit only.
+    older = {**grid, "command": [grid["command"][:2], grid["command"][2]], "commit": "commit-0"}
+    assert combine(older, chunks[0])["commit"] == ["commit-0", None, None, "commit-0"]

@@ -78,18 +78,25 @@ class MergeForgetPlugin(BasePlugin):
 
     def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
         # Axolotl drops the tokenized rows longer than sequence_len (its default
-        # excess_length_strategy) and those with no trained token; a task left with none fails at its
+        # excess_length_strategy) or shorter than min_sample_len; a task left with none fails at its
         # first step with torch's "num_samples=0", which names neither the task nor the setting.
-        rows = trainer.train_dataset
-        if self.task is None or not hasattr(rows, "__len__") or len(rows):
+        # (With sample_packing on, Axolotl counts the steps while it loads the data and fails
+        # there, before any plugin hook sees the dataset.) No earlier hook sees the tokenized rows.
+        try:
+            left = len(trainer.train_dataset)
+        except TypeError:  # a streamed dataset, or none: nothing to count before it is read
+            return
+        if self.task is None or left:
             return
         strategy = cfg.get("excess_length_strategy") or "drop"
+        dropped = f"longer than sequence_len ({cfg.get('sequence_len')} tokens; excess_length_strategy {strategy!r})"
+        if cfg.get("min_sample_len"):
+            dropped += f" or shorter than min_sample_len ({cfg.get('min_sample_len')})"
+        truncate = "" if strategy == "truncate" else ", set excess_length_strategy: truncate"
         raise TrainingDataError(
-            f"Task {self.task.name!r}: no training row is left once Axolotl has dropped those longer than "
-            f"sequence_len ({cfg.get('sequence_len')} tokens; excess_length_strategy {strategy!r}) and those with no "
-            "trained token. Raise sequence_len (the recipe's `axolotl:` or the task's `overrides:`), set "
-            "excess_length_strategy: truncate, or shorten the rows; the task's train.log says how many "
-            "rows Axolotl dropped."
+            f"Task {self.task.name!r}: no training row is left once Axolotl has dropped those {dropped}. Raise "
+            f"sequence_len (the recipe's `axolotl:` or the task's `overrides:`){truncate} or shorten the rows; "
+            'Axolotl\'s log says how many it dropped ("Dropped N sequences outside valid range").'
         )
 
     def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list:
