@@ -197,10 +197,6 @@ def train_sequence(
     _check_model(model, state, len(tasks), settings.adapter_name, str(layout.state))
     extra = list(callbacks or [])
     trainer = _SFTTasks(model, tasks, args, layout, settings, processing_class, eval_sets, probes, extra, loss_matrix)
-    # TRL's trainer modules are imported before the driver freezes the objects alive so far, so that
-    # each task's full garbage collection (Trainer.train) does not walk them again (driver.py).
-    import trl.trainer.sft_trainer  # noqa: F401
-
     end = drive_sequence(layout, [task.name for task in tasks], trainer, main_process=is_main_process())
     primary = {eval_set.task: eval_set.metric for eval_set in eval_sets}
     files = (end.report_files, trainer.scores, primary)
@@ -224,6 +220,11 @@ class _SFTTasks(TaskTrainer):
     eval_loss: dict[str, dict[str, float]] = field(default_factory=dict)
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
     scores: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # TRL's trainer modules are imported before the driver freezes the objects alive so far, so
+        # that each task's full garbage collection (Trainer.train) does not walk them again (driver.py).
+        import trl.trainer.sft_trainer  # noqa: F401
 
     @property
     def eval_datasets(self) -> dict[str, Any]:
